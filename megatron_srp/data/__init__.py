@@ -1,0 +1,1 @@
+"""Data: segmentation, classifiers, annotation, variants, Megatron dataset writing and reading."""

@@ -1,0 +1,1 @@
+"""Pretraining on Megatron-Core: model provider, train loop, checkpoints, signals, metrics."""

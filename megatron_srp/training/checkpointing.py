@@ -1,0 +1,320 @@
+"""Checkpoints in Megatron-Core's ``dist_checkpointing`` (torch_dist) format, laid out as
+Megatron-LM lays them out::
+
+    CKPT_DIR/
+      latest_checkpointed_iteration.txt    # written last, atomically: the commit point
+      recipe.yaml                          # the resolved recipe of the newest save
+      iter_0000010/                        # torch_dist shards + common.pt + metadata.json
+        recipe.yaml
+
+A save is complete only once the tracker names it, so a job killed mid-save resumes from the
+previous good checkpoint. Tensors are saved with their global shapes, so a checkpoint loads under
+any TP / PP / DP layout; optimizer state uses the ``fully_reshardable`` distributed-optimizer
+format for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_srp.config import Recipe
+
+log = logging.getLogger(__name__)
+
+TRACKER = "latest_checkpointed_iteration.txt"
+FORMAT_VERSION = 1
+_ITER_RE = re.compile(r"^iter_(\d{7})$")
+# Fault injection for tests of interrupted saves: seconds to sleep after the shards are written
+# and before the tracker commits them (a SIGKILL then lands mid-save).
+_FAULT_SLEEP_ENV = "MEGATRON_SRP_FAULT_SLEEP_BEFORE_COMMIT"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete, or does not match the recipe."""
+
+
+@dataclass
+class LoadedState:
+    iteration: int
+    consumed_train_samples: int
+    consumed_valid_samples: int
+
+
+def iter_dir(ckpt_dir: str, iteration: int) -> str:
+    return os.path.join(ckpt_dir, f"iter_{iteration:07d}")
+
+
+def read_tracker(ckpt_dir: str) -> Optional[int]:
+    """The last completed iteration in ``ckpt_dir``, or None when it holds no checkpoint."""
+    path = os.path.join(ckpt_dir, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{path}: expected an iteration number, found {text!r}")
+    return int(text)
+
+
+def completed_iterations(ckpt_dir: str) -> list[int]:
+    latest = read_tracker(ckpt_dir)
+    if latest is None:
+        return []
+    found = []
+    for name in os.listdir(ckpt_dir):
+        m = _ITER_RE.match(name)
+        if m and int(m.group(1)) <= latest:
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def _layout() -> dict:
+    return {
+        "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+        "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
+        "data_parallel_size": parallel_state.get_data_parallel_world_size(),
+    }
+
+
+def _rng_state() -> dict:
+    return {
+        "random": random.getstate(),
+        "np": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded_object(state) -> ShardedObject:
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    return ShardedObject(
+        "rng_state", state, (pp, tp),
+        (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()),
+        replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True),
+    )
+
+
+def _model_sharded_state_dict(model) -> dict:
+    if len(model) == 1:
+        return {"model": model[0].module.sharded_state_dict()}
+    return {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
+
+
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _ensure_optimizer_state(optimizer) -> None:
+    """torch's AdamW creates its state lazily at the first step; Megatron's sharded state dict
+    needs it to exist. Zero states plus step 0 are exactly what the first step would create."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        init = getattr(opt, "init_state_fn", None)
+        if init is not None:
+            init(inner, getattr(opt, "config", None))
+        for group in inner.param_groups:
+            for p in group["params"]:
+                st = inner.state[p]
+                if "exp_avg" in st and "step" not in st:
+                    st["step"] = torch.zeros((), dtype=torch.float32)
+
+
+def _fix_loaded_step_tensors(optimizer) -> None:
+    """After loading, each param must own its ``step`` tensor (a shared one is stepped N times)."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for st in opt.optimizer.state.values():
+            if "step" in st and torch.is_tensor(st["step"]):
+                st["step"] = st["step"].detach().clone().float().reshape(())
+
+
+@contextmanager
+def _torch_adam_load_fix(optimizer):
+    """megatron-core's DistributedOptimizer, wrapping torch's AdamW (no TE / apex), copies every
+    key of a param's state when loading ``fully_reshardable`` state, but the checkpoint has no
+    per-param ``step`` (it is restored from the param groups): KeyError 'step' in 0.16 and 0.19.
+    Copy only the keys the checkpoint holds, for the duration of the load."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not (isinstance(opt, DistributedOptimizer) and isinstance(opt.optimizer, torch.optim.Optimizer)
+                and type(opt.optimizer).__module__.startswith("torch.optim")
+                and not opt.config.use_precision_aware_optimizer):
+            continue
+
+        def set_present_keys(model_param, tensors, _opt=opt):
+            group_index, group_order = _opt.model_param_group_index_map[model_param]
+            main_param = _opt.optimizer.param_groups[group_index]["params"][group_order]
+            dst = {"param": main_param, **_opt.optimizer.state[main_param]}
+            with torch.no_grad():
+                for key, value in tensors.items():
+                    dst[key].copy_(value)
+
+        opt._set_main_param_and_optimizer_states = set_present_keys
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states
+
+
+def save_checkpoint(recipe: Recipe, ckpt_dir: str, iteration: int, model, optimizer, scheduler,
+                    consumed_train_samples: int, consumed_valid_samples: int) -> float:
+    """Save on all ranks (collective); commit with the tracker; prune. Returns seconds taken."""
+    t0 = time.time()
+    rank = torch.distributed.get_rank()
+    target = iter_dir(ckpt_dir, iteration)
+    if rank == 0:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        if os.path.exists(target):  # leftover of a save that was killed before it committed
+            shutil.rmtree(target)
+        os.makedirs(target)
+    torch.distributed.barrier()
+
+    state = _model_sharded_state_dict(model)
+    if optimizer is not None:
+        _ensure_optimizer_state(optimizer)
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=False, metadata=_OPTIM_METADATA)
+    state["opt_param_scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    state["rng_state"] = _rng_sharded_object(_rng_state())
+    state["iteration"] = iteration
+    state["consumed_train_samples"] = consumed_train_samples
+    state["consumed_valid_samples"] = consumed_valid_samples
+    state["layout"] = _layout()
+    state["recipe"] = recipe.to_dict()
+    state["format_version"] = FORMAT_VERSION
+    dist_checkpointing.save(state, target)
+    torch.distributed.barrier()
+
+    if rank == 0:
+        with open(os.path.join(target, "recipe.yaml"), "w") as f:
+            f.write(recipe.to_yaml())
+        fault_sleep = float(os.environ.get(_FAULT_SLEEP_ENV, "0") or 0)
+        if fault_sleep > 0:
+            print(f"[fault injection] shards of iteration {iteration} written; sleeping {fault_sleep}s "
+                  "before commit", flush=True)
+            time.sleep(fault_sleep)
+        _atomic_write(os.path.join(ckpt_dir, "recipe.yaml"), recipe.to_yaml())
+        _atomic_write(os.path.join(ckpt_dir, TRACKER), f"{iteration}\n")
+        if recipe.checkpoint.keep_last:
+            prune(ckpt_dir, recipe.checkpoint.keep_last)
+    torch.distributed.barrier()
+    return time.time() - t0
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prune(ckpt_dir: str, keep_last: int) -> list[int]:
+    """Delete completed checkpoints older than the newest ``keep_last``; returns those deleted."""
+    done = completed_iterations(ckpt_dir)
+    doomed = done[:-keep_last] if keep_last < len(done) else []
+    for it in doomed:
+        shutil.rmtree(iter_dir(ckpt_dir, it), ignore_errors=True)
+    return doomed
+
+
+def checkpoint_common(path: str) -> dict:
+    """The non-tensor part of a saved iteration directory (recipe, iteration, layout, ...)."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a directory")
+    if not os.path.isfile(os.path.join(path, "metadata.json")):
+        raise CheckpointError(f"{path}: not a torch_dist checkpoint (no metadata.json)")
+    return dist_checkpointing.load_common_state_dict(path)
+
+
+def resolve_load_dir(ckpt_dir: str, iteration: Optional[int] = None) -> tuple[str, int]:
+    """(iteration directory, iteration) of the tracker's or the requested iteration."""
+    latest = read_tracker(ckpt_dir)
+    if latest is None:
+        raise CheckpointError(f"{ckpt_dir}: no {TRACKER}; not a checkpoint directory of a completed save")
+    it = latest if iteration is None else iteration
+    path = iter_dir(ckpt_dir, it)
+    if not os.path.isdir(path):
+        have = completed_iterations(ckpt_dir)
+        raise CheckpointError(f"{ckpt_dir}: iteration {it} not found; completed iterations: {have}")
+    return path, it
+
+
+_SHAPE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+               "ffn_hidden_size", "vocab_size", "make_vocab_size_divisible_by", "normalization",
+               "activation", "share_embeddings_and_output_weights", "add_bias_linear", "qk_layernorm",
+               "position_embedding_type")
+
+
+def check_compatible(recipe: Recipe, saved_recipe: dict, where: str) -> None:
+    """Raise when the checkpoint's model shape differs from the recipe's, naming every key."""
+    saved = saved_recipe.get("model", {})
+    ours = recipe.to_dict()["model"]
+    diffs = [f"model.{k}: checkpoint {saved.get(k)!r} != recipe {ours[k]!r}"
+             for k in _SHAPE_KEYS if k in saved and saved.get(k) != ours[k]]
+    if diffs:
+        raise CheckpointError(f"{where} does not match the recipe:\n  " + "\n  ".join(diffs))
+
+
+def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, finetune: bool = False,
+                    iteration: Optional[int] = None) -> LoadedState:
+    path, it = resolve_load_dir(ckpt_dir, iteration)
+    common = checkpoint_common(path)
+    check_compatible(recipe, common.get("recipe", {}), path)
+
+    state = _model_sharded_state_dict(model)
+    load_optim = optimizer is not None and not finetune and recipe.checkpoint.load_optim
+    if load_optim:
+        _ensure_optimizer_state(optimizer)
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIM_METADATA)
+    same_layout = common.get("layout") == _layout()
+    load_rng = not finetune and recipe.checkpoint.load_rng and same_layout
+    if load_rng:
+        state["rng_state"] = _rng_sharded_object(None)
+    loaded = dist_checkpointing.load(state, path)
+
+    if len(model) == 1:
+        model[0].module.load_state_dict(loaded["model"], strict=True)
+    else:
+        for i, chunk in enumerate(model):
+            chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
+    if load_optim:
+        with _torch_adam_load_fix(optimizer):
+            optimizer.load_state_dict(loaded["optimizer"])
+        _fix_loaded_step_tensors(optimizer)
+    if finetune:
+        return LoadedState(0, 0, 0)
+    if scheduler is not None and common.get("opt_param_scheduler") is not None:
+        scheduler.load_state_dict(common["opt_param_scheduler"])
+    if load_rng:
+        _set_rng_state(loaded["rng_state"])
+    elif not same_layout:
+        log.info("parallel layout changed %s -> %s: RNG states are not restored", common.get("layout"), _layout())
+    return LoadedState(int(common["iteration"]), int(common["consumed_train_samples"]),
+                       int(common["consumed_valid_samples"]))

@@ -1,0 +1,159 @@
+"""Training data: BlendedMegatronDatasetBuilder + GPTDataset (or MockGPTDataset), and a sampler
+whose position is one integer (consumed samples), so a resumed run reads exactly the batches an
+uninterrupted run would have read."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from megatron.core import parallel_state
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDatasetConfig, MockGPTDataset
+
+from megatron_srp.config import Recipe, RecipeError, blend_from_data_path
+from megatron_srp.data.gpt_dataset import RoleAwareGPTDataset
+
+
+@dataclass
+class DatasetTokenizerInfo:
+    """The two facts GPTDataset needs from a tokenizer."""
+
+    vocab_size: int
+    eod: int
+
+    @property
+    def unique_identifiers(self) -> dict:
+        # Part of GPTDataset's cache key: a different eod must not reuse cached indices.
+        return {"class": type(self).__name__, "vocab_size": self.vocab_size, "eod": self.eod}
+
+
+def tokenizer_info(recipe: Recipe) -> DatasetTokenizerInfo:
+    d, vocab = recipe.data, recipe.model.vocab_size
+    if d.tokenizer_model:
+        eod = _hf_eod_id(d.tokenizer_model)
+        return DatasetTokenizerInfo(vocab_size=vocab, eod=eod)
+    eod = d.eod_token_id if d.eod_token_id is not None else vocab - 1
+    return DatasetTokenizerInfo(vocab_size=vocab, eod=eod)
+
+
+def _hf_eod_id(path: str) -> int:
+    """End-of-document id of a Hugging Face tokenizer directory, read without loading code."""
+    cfg_path = os.path.join(path, "tokenizer_config.json")
+    tok_path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        raise RecipeError(f"data.tokenizer_model={path}: no tokenizer.json there")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tok_path)
+    eos = None
+    if os.path.isfile(cfg_path):
+        cfg = json.load(open(cfg_path))
+        eos = cfg.get("eos_token")
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+    for candidate in [eos, "<|endoftext|>", "</s>", "<eos>"]:
+        if candidate and tok.token_to_id(candidate) is not None:
+            return tok.token_to_id(candidate)
+    raise RecipeError(f"data.tokenizer_model={path}: cannot find an end-of-text token; set data.eod_token_id")
+
+
+def _num_samples(recipe: Recipe) -> list[int]:
+    t = recipe.training
+    train = t.train_iters * t.global_batch_size
+    if t.eval_interval:
+        evals = t.train_iters // t.eval_interval + 1
+        valid = evals * t.eval_iters * t.global_batch_size
+    else:
+        valid = 0
+    return [train, valid, 0]
+
+
+def build_datasets(recipe: Recipe):
+    """(train, valid) datasets, built on every rank (each rank reads its own microbatches)."""
+    d, m = recipe.data, recipe.model
+    info = tokenizer_info(recipe)
+    blend = None
+    if not d.mock:
+        prefixes, weights = blend_from_data_path(d.data_path)
+        for p in prefixes:
+            if not (os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx")):
+                raise RecipeError(f"data.data_path: {p}.bin / {p}.idx not found")
+        blend = (prefixes, weights)
+    cfg = GPTDatasetConfig(
+        random_seed=recipe.training.seed,
+        sequence_length=m.seq_length,
+        blend=blend,
+        split=d.split,
+        path_to_cache=d.data_cache_path,
+        tokenizer=info,
+        reset_position_ids=d.reset_position_ids,
+        reset_attention_mask=d.reset_attention_mask,
+        eod_mask_loss=d.eod_mask_loss,
+        create_attention_mask=d.reset_attention_mask,
+        mid_level_dataset_surplus=0.005,
+    )
+    if d.mock:
+        cfg.mock = True
+    cls = MockGPTDataset if d.mock else RoleAwareGPTDataset
+    sizes = _num_samples(recipe)
+    train, valid, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, cfg).build()
+    return train, valid
+
+
+class PretrainingSampler:
+    """Megatron's pretraining sampler: global batch b holds samples
+    [b * gbs, (b + 1) * gbs); each microbatch step takes ``mbs * dp`` consecutive samples and
+    rank r takes its ``mbs`` slice. The whole state is ``consumed_samples``."""
+
+    def __init__(self, total: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.total = total
+        self.consumed = consumed_samples
+        self.mbs = micro_batch_size
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+
+    def __iter__(self):
+        step = self.mbs * self.dp_size
+        start = self.consumed
+        while start + step <= self.total:
+            lo = start + self.dp_rank * self.mbs
+            yield list(range(lo, lo + self.mbs))
+            start += step
+
+
+def _collate(samples: list[dict]) -> dict:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def build_iterator(dataset, recipe: Recipe, consumed_samples: int, cycle: bool = False) -> Optional[Iterator]:
+    if dataset is None:
+        return None
+    sampler = PretrainingSampler(
+        total=len(dataset),
+        consumed_samples=consumed_samples % len(dataset) if cycle else consumed_samples,
+        micro_batch_size=recipe.training.micro_batch_size,
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        dp_size=parallel_state.get_data_parallel_world_size(),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=recipe.data.num_workers,
+        collate_fn=_collate,
+        pin_memory=False,
+        persistent_workers=recipe.data.num_workers > 0,
+    )
+    if not cycle:
+        return iter(loader)
+
+    def forever():
+        while True:
+            yield from loader
+            sampler.consumed = 0
+
+    return forever()

@@ -1,0 +1,88 @@
+"""metrics.jsonl (one JSON object per logged step), TensorBoard scalars, a one-line console log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Optional
+
+import torch
+
+log = logging.getLogger("megatron_srp")
+
+# Dense peak TFLOP/s per GPU (no sparsity), from the vendors' data sheets.
+GPU_PEAK_TFLOPS = {
+    # name fragment: {bf16, fp8}
+    "H200": {"bf16": 989.0, "fp8": 1979.0},
+    "GH200": {"bf16": 989.0, "fp8": 1979.0},
+    "H100 PCIe": {"bf16": 756.0, "fp8": 1513.0},
+    "H100 NVL": {"bf16": 835.0, "fp8": 1671.0},
+    "H100": {"bf16": 989.0, "fp8": 1979.0},
+    "B200": {"bf16": 2250.0, "fp8": 4500.0},
+    "A100": {"bf16": 312.0, "fp8": None},
+    "L40S": {"bf16": 362.0, "fp8": 733.0},
+}
+
+
+def gpu_peak_tflops(device_name: str, fp8: bool) -> Optional[float]:
+    """Peak TFLOP/s for the GPU's name and precision; None when unknown (or on the CPU)."""
+    for fragment, peaks in GPU_PEAK_TFLOPS.items():  # dict order: specific names first
+        if fragment in device_name:
+            return peaks["fp8" if fp8 else "bf16"]
+    return None
+
+
+class MetricsWriter:
+    """Writes on the rank that holds the loss (last pipeline stage, first TP/DP rank)."""
+
+    def __init__(self, log_dir: str, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = os.path.join(log_dir, "metrics.jsonl")
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(log_dir, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            step = record["step"]
+            prefix = "validation/" if record.get("split") == "validation" else "train/"
+            for k, v in record.items():
+                if k not in ("step", "split") and isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(prefix + k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def console_line(r: dict, train_iters: int) -> str:
+    parts = [f"step {r['step']:>6}/{train_iters}", f"loss {r['loss']:.4f}"]
+    if r.get("loss_text") is not None:
+        parts.append(f"text {r['loss_text']:.4f}")
+    if r.get("loss_reflection") is not None:
+        parts.append(f"refl {r['loss_reflection']:.4f}")
+    parts += [f"lr {r['lr']:.3e}", f"gnorm {r['grad_norm']:.3f}" if r.get("grad_norm") is not None else "gnorm n/a",
+              f"{r['step_time_s'] * 1000:.0f} ms/step", f"{r['tokens_per_s_per_device']:.0f} tok/s/dev"]
+    if r.get("mfu") is not None:
+        parts.append(f"MFU {100 * r['mfu']:.1f}%")
+    return " | ".join(parts)
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
