@@ -51,7 +51,8 @@ class RoleAwareGPTDataset(GPTDataset):
         tokens_dataset = self.dataset
         self.dataset = self.roles
         try:
-            roles, _ = self._query_document_sample_shuffle_indices(idx)
+            # (tokens, document ids) in megatron-core 0.16; 0.19 appends per-document counts.
+            roles = self._query_document_sample_shuffle_indices(idx)[0]
         finally:
             self.dataset = tokens_dataset
         return roles

@@ -38,9 +38,17 @@ log = logging.getLogger(__name__)
 TRACKER = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
-# Fault injection for tests of interrupted saves: seconds to sleep after the shards are written
-# and before the tracker commits them (a SIGKILL then lands mid-save).
+# Fault injection for tests of interrupted saves: "ITERATION:SECONDS" sleeps after that
+# iteration's shards are written and before the tracker commits them, so a SIGKILL lands mid-save.
 _FAULT_SLEEP_ENV = "MEGATRON_SRP_FAULT_SLEEP_BEFORE_COMMIT"
+
+
+def _fault_sleep_seconds(iteration: int) -> float:
+    spec = os.environ.get(_FAULT_SLEEP_ENV, "")
+    if not spec:
+        return 0.0
+    it, _, secs = spec.partition(":")
+    return float(secs) if int(it) == iteration else 0.0
 
 
 class CheckpointError(RuntimeError):
@@ -213,7 +221,7 @@ def save_checkpoint(recipe: Recipe, ckpt_dir: str, iteration: int, model, optimi
     if rank == 0:
         with open(os.path.join(target, "recipe.yaml"), "w") as f:
             f.write(recipe.to_yaml())
-        fault_sleep = float(os.environ.get(_FAULT_SLEEP_ENV, "0") or 0)
+        fault_sleep = _fault_sleep_seconds(iteration)
         if fault_sleep > 0:
             print(f"[fault injection] shards of iteration {iteration} written; sleeping {fault_sleep}s "
                   "before commit", flush=True)

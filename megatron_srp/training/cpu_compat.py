@@ -30,20 +30,29 @@ class _CudaToCpuMode(TorchFunctionMode):
     """Rewrites CUDA device arguments to CPU; ``Tensor.cuda()`` becomes a no-op."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        # Megatron moves modules and tensors with .cuda(); on CPU that is the identity.
-        if func is torch.Tensor.cuda:
-            return args[0]
-        # Megatron's optimizer and DDP compare t.type() with 'torch.cuda.FloatTensor' etc.
-        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
-            name = func(*args)
-            return name if ".cuda." in name else name.replace("torch.", "torch.cuda.", 1)
-        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
-            kwargs["device"] = "cpu"
-        # Tensor.to("cuda"), Tensor.to(torch.device("cuda")), Tensor.to(0)
-        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
-            args = (args[0], "cpu", *args[2:])
+        # Every torch call of the process passes here: keep the common path short.
+        if kwargs:
+            dev = kwargs.get("device")
+            if dev is not None and _is_cuda_device(dev):
+                kwargs = {**kwargs, "device": "cpu"}
+        else:
+            kwargs = {}
+        if func in _SPECIAL:
+            # Megatron moves modules and tensors with .cuda(); on CPU that is the identity.
+            if func is _TENSOR_CUDA:
+                return args[0]
+            # Megatron's optimizer and DDP compare t.type() with 'torch.cuda.FloatTensor' etc.
+            if func is _TENSOR_TYPE and len(args) == 1 and not kwargs:
+                name = func(*args)
+                return name if ".cuda." in name else name.replace("torch.", "torch.cuda.", 1)
+            # Tensor.to("cuda"), Tensor.to(torch.device("cuda")), Tensor.to(0)
+            if func is _TENSOR_TO and len(args) > 1 and _is_cuda_device(args[1]):
+                args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)
+
+
+_TENSOR_CUDA, _TENSOR_TYPE, _TENSOR_TO = torch.Tensor.cuda, torch.Tensor.type, torch.Tensor.to
+_SPECIAL = {_TENSOR_CUDA, _TENSOR_TYPE, _TENSOR_TO}
 
 
 class _NoopStream:

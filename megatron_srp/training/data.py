@@ -99,10 +99,31 @@ def build_datasets(recipe: Recipe):
     )
     if d.mock:
         cfg.mock = True
-    cls = MockGPTDataset if d.mock else RoleAwareGPTDataset
     sizes = _num_samples(recipe)
+    # Build only the splits the run reads. An unread split would still be indexed, and an empty
+    # one makes GPTDataset loop forever. Dropping it from the matrix keeps the train boundaries.
+    cfg.split_matrix = [rng if n > 0 else None for rng, n in zip(cfg.split_matrix, sizes)]
+    if not d.mock:
+        _check_splits_nonempty(prefixes, cfg.split_matrix)
+    cls = MockGPTDataset if d.mock else RoleAwareGPTDataset
     train, valid, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, cfg).build()
     return train, valid
+
+
+def _check_splits_nonempty(prefixes: list[str], split_matrix) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    names = ["train", "validation", "test"]
+    for prefix in prefixes:
+        n = len(IndexedDataset(prefix).sequence_lengths)
+        for name, rng in zip(names, split_matrix):
+            if rng is None:
+                continue
+            beg, end = int(round(rng[0] * n)), int(round(rng[1] * n))
+            if end <= beg:
+                raise RecipeError(
+                    f"data.split gives the {name} split no documents of {prefix} ({n} documents); "
+                    "use more data or change data.split (or disable training.eval_interval)")
 
 
 class PretrainingSampler:
@@ -126,10 +147,6 @@ class PretrainingSampler:
             start += step
 
 
-def _collate(samples: list[dict]) -> dict:
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-
-
 def build_iterator(dataset, recipe: Recipe, consumed_samples: int, cycle: bool = False) -> Optional[Iterator]:
     if dataset is None:
         return None
@@ -144,7 +161,7 @@ def build_iterator(dataset, recipe: Recipe, consumed_samples: int, cycle: bool =
         dataset,
         batch_sampler=sampler,
         num_workers=recipe.data.num_workers,
-        collate_fn=_collate,
+        collate_fn=torch.utils.data.default_collate,
         pin_memory=False,
         persistent_workers=recipe.data.num_workers > 0,
     )

@@ -1,0 +1,54 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Everything installs into .venv (Python 3.11, megatron-core 0.16.1, CPU torch 2.13.0).
+# `make test` also runs the training, checkpoint and dataset tests on megatron-core 0.19.2 under
+# Python 3.12 (the NGC line), in a venv cached outside the checkout (first build: ~2 min, 1.4 GB).
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+# The first python3.12 that runs (a pyenv shim may exist without 3.12 being active).
+PYTHON312 ?= $(shell for p in $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do [ -x $$p ] && $$p -c '' 2>/dev/null && echo $$p && break; done)
+MCORE019 ?= megatron-core==0.19.2
+CACHE ?= $(HOME)/.cache/megatron-srp
+REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
+VENV312 ?= $(CACHE)/venv-py312-mcore0.19.2-$(REQ_HASH)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-mcore016 test-mcore019 bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+demo: install
+	$(PY) tools/pretrain.py recipes/tiny_cpu.yaml
+
+test: test-mcore016 test-mcore019
+
+test-mcore016: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+$(VENV312)/.installed: requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON312)" || { echo "python3.12 not found (set PYTHON312=...)"; exit 1; }
+	rm -rf $(VENV312)
+	$(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q $(TORCH) $(MCORE019)
+	$(VENV312)/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+test-mcore019: $(VENV312)/.installed
+	$(VENV312)/bin/python -c "import megatron.core as m, sys; print('megatron-core', m.__version__, 'python', sys.version.split()[0])"
+	PYTHONPATH=$(CURDIR) $(VENV312)/bin/python -m pytest -q $(PYTEST_ARGS) tests/training tests/data
+
+bench: install
+	$(PY) bench/cpu_step.py --compare
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

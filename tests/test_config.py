@@ -1,0 +1,98 @@
+"""The recipe schema: inheritance, overrides, validation errors that name the key."""
+
+import dataclasses
+import subprocess
+import sys
+import typing
+
+import pytest
+import yaml
+
+from megatron_srp import config as C
+from megatron_srp.config import RecipeError, load_recipe, validate_world
+from tests.conftest import ROOT, child_env
+
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_recipe_loads(path):
+    r = load_recipe(path)
+    assert r.model.num_layers > 0
+
+
+def test_defaults_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
+        {"model": {"num_layers": 8, "hidden_size": 128}, "training": {"train_iters": 7}, "data": {"mock": True}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(
+        {"defaults": ["base.yaml"], "model": {"hidden_size": 256}, "optimizer": {"lr": "5e-4"}}))
+    r = load_recipe(tmp_path / "child.yaml", ["training.train_iters=11", "data.data_path=[a,b]", "data.mock=false"])
+    assert r.model.num_layers == 8  # inherited
+    assert r.model.hidden_size == 256  # child wins
+    assert r.training.train_iters == 11  # override wins
+    assert r.optimizer.lr == 5e-4  # YAML 1.1 string float accepted
+    assert r.data.data_path == ["a", "b"]
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown key 'parallel.tensor_parallel_size'.*tensor_model_parallel_size"):
+        load_recipe(ROOT / "recipes/tiny_cpu.yaml", ["parallel.tensor_parallel_size=2"])
+    with pytest.raises(RecipeError, match=r"unknown key 'modle'.*'model'"):
+        load_recipe(ROOT / "recipes/tiny_cpu.yaml", ["modle.num_layers=2"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.train_iters=ten", r"training.train_iters: expected int"),
+    ("model.activation=relu", r"model.activation: 'relu' is not one of"),
+    ("precision.bf16=3", r"precision.bf16: expected bool"),
+    ("model.num_query_groups=3", r"model.num_attention_heads=4 is not divisible by model.num_query_groups=3"),
+    ("parallel.tensor_model_parallel_size=4", r"num_query_groups=2 is not divisible by parallel.tensor_model_parallel_size=4"),
+    ("parallel.pipeline_model_parallel_size=3", r"model.num_layers=4 is not divisible by parallel.pipeline_model_parallel_size=3"),
+    ("training.global_batch_size=7", r"training.global_batch_size=7 is not divisible by training.micro_batch_size=4"),
+    ("model.recompute_granularity=full", r"needs model.recompute_method"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(ROOT / "recipes/tiny_cpu.yaml", [override])
+
+
+def test_world_size_must_factor():
+    r = load_recipe(ROOT / "recipes/tiny_cpu.yaml", ["parallel.tensor_model_parallel_size=2"])
+    assert validate_world(r, 4) == 2
+    with pytest.raises(RecipeError, match=r"world size 3 does not factor into parallel.tensor_model_parallel_size=2"):
+        validate_world(r, 3)
+    with pytest.raises(RecipeError, match=r"global_batch_size=8 is not divisible by training.micro_batch_size=4 x data-parallel size 4"):
+        validate_world(r, 8)
+
+
+def test_padded_vocab_follows_megatron():
+    r = load_recipe(ROOT / "recipes/tiny_cpu.yaml", ["model.vocab_size=49152", "parallel.tensor_model_parallel_size=2"])
+    assert C.padded_vocab_size(r) == 49152
+    r = load_recipe(ROOT / "recipes/tiny_cpu.yaml", ["model.vocab_size=50000", "parallel.tensor_model_parallel_size=2"])
+    assert C.padded_vocab_size(r) == 50176
+
+
+def test_every_field_has_a_docstring():
+    for f in dataclasses.fields(C.Recipe):
+        cls = typing.get_type_hints(C.Recipe)[f.name]
+        if dataclasses.is_dataclass(cls):
+            docs = C.field_docs(cls)
+            missing = [sub.name for sub in dataclasses.fields(cls) if not docs.get(sub.name)]
+            assert not missing, f"{f.name}: fields without a docstring: {missing}"
+
+
+def test_cli_recipe_error_exits_nonzero_with_key_path():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/pretrain.py"), str(ROOT / "recipes/tiny_cpu.yaml"),
+                           "training.micro_batch_sise=2"], capture_output=True, text=True, env=child_env(), cwd=ROOT)
+    assert proc.returncode == 2
+    assert "training.micro_batch_sise" in proc.stderr and "training.micro_batch_size" in proc.stderr
+
+
+def test_cli_resolved_recipe_round_trips(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/pretrain.py"), str(ROOT / "recipes/tiny_cpu.yaml"),
+                           "model.hidden_size=96", "model.num_attention_heads=4", "--print-recipe"],
+                          capture_output=True, text=True, env=child_env(), cwd=ROOT, check=True)
+    (tmp_path / "resolved.yaml").write_text(proc.stdout)
+    again = load_recipe(tmp_path / "resolved.yaml")
+    assert again.model.hidden_size == 96
+    assert again == load_recipe(ROOT / "recipes/tiny_cpu.yaml", ["model.hidden_size=96"])

@@ -1,0 +1,80 @@
+"""Training on Megatron indexed datasets (weighted blends, role sidecars) and what a run writes."""
+
+import json
+import math
+
+import pytest
+
+from tests.fixtures import VOCAB, write_indexed_dataset
+from tests.training import runner
+
+
+@pytest.fixture(scope="module")
+def srp_prefix(tmp_path_factory):
+    return write_indexed_dataset(tmp_path_factory.mktemp("data") / "srp", n_docs=300, with_roles=True)
+
+
+def _data(prefix, tmp_path):
+    return [f"data.data_path=[{prefix}]", "data.mock=false", f"model.vocab_size={VOCAB}",
+            f"data.data_cache_path={tmp_path / 'cache'}", "training.train_iters=6"]
+
+
+def test_metrics_record_every_field(tmp_path):
+    runner.run(tmp_path, ["training.train_iters=6", "logging.tensorboard=true", "training.eval_interval=3"])
+    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r.get("split") != "validation"]
+    valid = [r for r in recs if r.get("split") == "validation"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in valid] == [3, 6]
+    for r in train:
+        assert r["consumed_tokens"] == r["step"] * 8 * 128
+        assert r["loss"] > 0 and r["lr"] >= 0 and r["grad_norm"] > 0
+        assert r["step_time_s"] > 0 and r["tokens_per_s_per_device"] > 0
+        assert r["tflops_per_device"] is None and r["mfu"] is None  # CPU
+    assert all(v["loss"] > 0 for v in valid)
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tb_loss = [e.value for e in acc.Scalars("train/loss")]
+    assert tb_loss == pytest.approx([r["loss"] for r in train], rel=1e-6)
+
+
+def test_role_sidecar_gives_separate_losses(tmp_path, srp_prefix):
+    runner.run(tmp_path, _data(srp_prefix, tmp_path))
+    loss, text, refl = (runner.losses(tmp_path, k) for k in ("loss", "loss_text", "loss_reflection"))
+    for step in range(1, 7):
+        lo, hi = sorted([text[step], refl[step]])
+        # The trained loss is the token-weighted mean of both parts.
+        assert lo - 1e-6 <= loss[step] <= hi + 1e-6
+
+
+def test_reflection_loss_mask_trains_on_text_only(tmp_path, srp_prefix):
+    trained = tmp_path / "train"
+    masked = tmp_path / "mask"
+    runner.run(trained, _data(srp_prefix, tmp_path))
+    runner.run(masked, _data(srp_prefix, tmp_path) + ["data.reflection_loss=mask"])
+    loss, text = runner.losses(masked), runner.losses(masked, "loss_text")
+    for step in loss:
+        assert math.isclose(loss[step], text[step], rel_tol=1e-6)
+    # Same weights and data at step 1; different gradients afterwards.
+    assert math.isclose(runner.losses(trained, "loss_text")[1], text[1], rel_tol=1e-6)
+    assert not math.isclose(runner.losses(trained, "loss_text")[6], text[6], rel_tol=1e-6)
+
+
+def test_weighted_blend_of_two_datasets(tmp_path):
+    a = write_indexed_dataset(tmp_path / "a", n_docs=150, seed=1)
+    b = write_indexed_dataset(tmp_path / "b", n_docs=150, seed=2)
+    overrides = _data(a, tmp_path)
+    overrides[0] = f"data.data_path=[0.3,{a},0.7,{b}]"
+    runner.run(tmp_path, overrides)
+    assert sorted(runner.losses(tmp_path)) == list(range(1, 7))
+    assert "loss_text" not in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    proc = runner.run(tmp_path, [f"data.data_path=[{tmp_path / 'nope'}]", "data.mock=false"], check=False)
+    assert proc.returncode == 2
+    assert "nope.bin" in proc.stderr and "data.data_path" in proc.stderr

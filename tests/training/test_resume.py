@@ -1,0 +1,104 @@
+"""Checkpoints: stop + resume equals an uninterrupted run; layouts change on resume; interrupted
+saves and Slurm signals lose nothing."""
+
+import math
+import os
+import signal
+import subprocess
+import time
+
+from tests.conftest import ROOT, child_env
+from tests.training import runner
+
+
+def assert_same_losses(got: dict, want: dict, steps):
+    for step in steps:
+        assert step in got, f"step {step} missing"
+        assert math.isclose(got[step], want[step], rel_tol=1e-5), (step, got[step], want[step])
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path, from_init, baseline):
+    first = runner.run(tmp_path, from_init + ["training.exit_interval=10"])
+    assert "exit_interval reached" in first.stderr
+    assert runner.tracker(tmp_path) == 10
+    second = runner.run(tmp_path, from_init)
+    assert "resumed from" in second.stderr and "at step 10" in second.stderr
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
+    assert runner.tracker(tmp_path) == 20
+
+
+def test_distributed_optimizer_checkpoint_resumes(tmp_path, from_init, baseline):
+    dist_opt = ["optimizer.use_distributed_optimizer=true"]
+    runner.run(tmp_path, from_init + dist_opt + ["training.exit_interval=10"], nproc=2)
+    runner.run(tmp_path, from_init + dist_opt, nproc=2)
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
+
+
+def test_tp2_checkpoint_resumes_at_tp1(tmp_path, from_init, baseline):
+    runner.run(tmp_path, from_init + ["parallel.tensor_model_parallel_size=2", "training.exit_interval=10"], nproc=2)
+    assert runner.tracker(tmp_path) == 10
+    resumed = runner.run(tmp_path, from_init)
+    assert "parallel layout changed" in resumed.stderr
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path, from_init):
+    runner.run(tmp_path, from_init + ["checkpoint.save_interval=5", "checkpoint.keep_last=2"])
+    kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("iter_"))
+    assert kept == ["iter_0000015", "iter_0000020"]
+    assert (tmp_path / "ckpt" / "iter_0000020" / "recipe.yaml").is_file()
+
+
+def _start(tmp_path, overrides, env=None):
+    cmd = runner.command(1, [f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path}", *overrides])
+    return subprocess.Popen(cmd, cwd=ROOT, env={**child_env(), **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc, needle: str, timeout: float = 120) -> str:
+    seen = []
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+        if time.time() > deadline:
+            break
+    proc.kill()
+    raise AssertionError(f"never saw {needle!r}:\n{''.join(seen)[-3000:]}")
+
+
+def test_sigkill_during_save_resumes_from_previous_checkpoint(tmp_path, from_init, baseline):
+    overrides = from_init + ["checkpoint.save_interval=5"]
+    proc = _start(tmp_path, overrides, env={"MEGATRON_SRP_FAULT_SLEEP_BEFORE_COMMIT": "10:60"})
+    _wait_for(proc, "shards of iteration 10 written")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    # The half-finished save exists on disk but was never committed.
+    assert (tmp_path / "ckpt" / "iter_0000010").is_dir()
+    assert runner.tracker(tmp_path) == 5
+    resumed = runner.run(tmp_path, overrides)
+    assert "at step 5" in resumed.stderr
+    assert runner.tracker(tmp_path) == 20
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
+
+
+def test_sigterm_saves_exits_zero_and_resumes(tmp_path, from_init, baseline):
+    proc = _start(tmp_path, from_init)
+    _wait_for(proc, "step      2/20")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "signal received" in out
+    stopped_at = runner.tracker(tmp_path)
+    assert stopped_at is not None and 2 <= stopped_at < 20
+    runner.run(tmp_path, from_init)
+    assert runner.tracker(tmp_path) == 20
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
+
+
+def test_exit_duration_minutes_saves_and_exits(tmp_path, from_init):
+    proc = runner.run(tmp_path, from_init + ["training.exit_duration_minutes=0.0"])
+    assert "exit_duration_minutes reached" in proc.stderr
+    assert runner.tracker(tmp_path) == 1
