@@ -1,4 +1,5 @@
-"""TP=2, PP=2 and DP=2 (distributed optimizer) on 2 gloo processes equal the single-process run."""
+"""TP=2, PP=2 (plain and interleaved) and DP=2 (distributed optimizer) on 2 gloo processes equal
+the single-process run."""
 
 import math
 
@@ -10,6 +11,7 @@ LAYOUTS = {
     "tp2": ["parallel.tensor_model_parallel_size=2"],
     "pp2": ["parallel.pipeline_model_parallel_size=2"],
     "dp2_distributed_optimizer": ["optimizer.use_distributed_optimizer=true"],
+    "pp2_virtual2": ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"],
 }
 
 

@@ -102,3 +102,22 @@ def test_exit_duration_minutes_saves_and_exits(tmp_path, from_init):
     proc = runner.run(tmp_path, from_init + ["training.exit_duration_minutes=0.0"])
     assert "exit_duration_minutes reached" in proc.stderr
     assert runner.tracker(tmp_path) == 1
+
+
+def test_sigusr1_to_one_rank_stops_all_ranks_cleanly(tmp_path, from_init, baseline):
+    import psutil
+
+    dist_opt = ["optimizer.use_distributed_optimizer=true"]
+    cmd = runner.command(2, [f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path}", *from_init, *dist_opt])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(proc, "step      2/20")
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain.py" in " ".join(p.cmdline())]
+    rank1 = [p for p in workers if p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1, [p.cmdline() for p in workers]
+    rank1[0].send_signal(signal.SIGUSR1)  # only one rank hears it, as when Slurm signals one task
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    stopped_at = runner.tracker(tmp_path)
+    assert stopped_at is not None and 2 <= stopped_at < 20
+    runner.run(tmp_path, from_init + dist_opt, nproc=2)
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
