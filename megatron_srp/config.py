@@ -509,7 +509,7 @@ def validate(r: Recipe) -> None:
               "transformer_engine or auto (FP8 runs through Transformer Engine)")
     if not r.data.mock:
         _need(bool(r.data.data_path), "data.data_path is empty; give dataset prefixes or set data.mock=true")
-        _blend(r.data.data_path)  # raises on a malformed blend
+        blend_from_data_path(r.data.data_path)  # raises on a malformed blend
     if r.data.eod_token_id is not None:
         _need(0 <= r.data.eod_token_id < m.vocab_size,
               f"data.eod_token_id={r.data.eod_token_id} is outside model.vocab_size={m.vocab_size}")
@@ -525,7 +525,7 @@ def validate(r: Recipe) -> None:
     _need(r.optimizer.min_lr <= r.optimizer.lr, "optimizer.min_lr exceeds optimizer.lr")
 
 
-def _blend(data_path: list[str]) -> tuple[list[str], Optional[list[float]]]:
+def blend_from_data_path(data_path: list[str]) -> tuple[list[str], Optional[list[float]]]:
     """Megatron's blend list: [p1, p2] or [w1, p1, w2, p2] -> (prefixes, weights or None)."""
     def is_number(s: str) -> bool:
         try:
@@ -545,8 +545,6 @@ def _blend(data_path: list[str]) -> tuple[list[str], Optional[list[float]]]:
     _need(all(w > 0 for w in weights), f"data.data_path: weights must be positive, got {weights}")
     return list(data_path[1::2]), weights
 
-
-blend_from_data_path = _blend
 
 
 def validate_world(r: Recipe, world_size: int) -> int:
@@ -592,23 +590,18 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def describe() -> str:
-    """Every recipe key with its default and docstring."""
+    """Every recipe key with its default and docstring (``tools/pretrain.py --describe``)."""
+    hints = typing.get_type_hints(Recipe)
+    top_docs = field_docs(Recipe)
     lines = []
     for f in dataclasses.fields(Recipe):
-        if dataclasses.is_dataclass(f.type) or f.name in {"model", "parallel", "training", "optimizer",
-                                                            "scheduler", "precision", "data",
-                                                            "checkpoint", "logging"}:
-            cls = typing.get_type_hints(Recipe)[f.name]
-            lines.append(f"{f.name}:  # {inspect_doc(cls)}")
-            docs = field_docs(cls)
-            for sub in dataclasses.fields(cls):
-                default = sub.default if sub.default is not dataclasses.MISSING else sub.default_factory()
-                lines.append(f"  {sub.name}: {default!r}")
-                lines.append(f"      {docs.get(sub.name, '').replace(chr(10), ' ')}")
-        else:
-            lines.append(f"{f.name}: {f.default!r}    # {field_docs(Recipe).get(f.name, '')}")
+        cls = hints[f.name]
+        if not dataclasses.is_dataclass(cls):
+            lines.append(f"{f.name}: {f.default!r}\n    {top_docs.get(f.name, '')}")
+            continue
+        lines.append(f"{f.name}:  # {(cls.__doc__ or '').strip().splitlines()[0]}")
+        docs = field_docs(cls)
+        for sub in dataclasses.fields(cls):
+            default = sub.default if sub.default is not dataclasses.MISSING else sub.default_factory()
+            lines.append(f"  {sub.name}: {default!r}\n      {docs.get(sub.name, '').replace(chr(10), ' ')}")
     return "\n".join(lines)
-
-
-def inspect_doc(cls) -> str:
-    return (cls.__doc__ or "").strip().splitlines()[0]

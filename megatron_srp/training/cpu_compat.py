@@ -149,6 +149,21 @@ def enable() -> None:
     torch.cuda.synchronize = lambda *a, **k: None
     # megatron-core 0.19 DDP waits on the current stream at every gradient sync.
     torch.cuda.current_stream = lambda *a, **k: _NoopStream()
+    # Activation recomputation saves and restores "the CUDA RNG state" around each recomputed
+    # block; on the CPU that state is the default CPU generator's.
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    # The recomputed forward runs inside autograd's backward, where the function mode entered
+    # below is not active; re-enter it there.
+    recompute_backward = mrandom.CheckpointFunction.backward
+
+    def backward_with_mode(ctx, *grads):
+        with _CudaToCpuMode():
+            return recompute_backward(ctx, *grads)
+
+    mrandom.CheckpointFunction.backward = staticmethod(backward_with_mode)
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()
     _ENABLED = True

@@ -72,7 +72,8 @@ class MetricsWriter:
 
 
 def console_line(r: dict, train_iters: int) -> str:
-    parts = [f"step {r['step']:>6}/{train_iters}", f"loss {r['loss']:.4f}"]
+    loss = "n/a (no trained tokens)" if r.get("loss") is None else f"{r['loss']:.4f}"
+    parts = [f"step {r['step']:>6}/{train_iters}", f"loss {loss}"]
     if r.get("loss_text") is not None:
         parts.append(f"text {r['loss_text']:.4f}")
     if r.get("loss_reflection") is not None:

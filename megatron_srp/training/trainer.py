@@ -249,7 +249,7 @@ class Trainer:
                     val = self.evaluate(valid_ds)
                     if self.is_logger:
                         self.metrics.write({"step": self.iteration, "split": "validation", **val})
-                        log.info(f"step {self.iteration:>6}/{t.train_iters} | validation loss {val.get('loss'):.4f}")
+                        log.info(f"step {self.iteration:>6}/{t.train_iters} | validation loss {val.get('loss')}")
                 saved = False
                 if save_interval and self.iteration % save_interval == 0:
                     self.save()

@@ -26,3 +26,14 @@ def test_two_process_layout_matches_single_process(tmp_path, from_init, baseline
 
 def test_loss_falls(baseline):
     assert baseline[20] < baseline[1] - 0.5
+
+
+@pytest.mark.parametrize("recompute", [
+    ["model.recompute_granularity=selective"],
+    ["model.recompute_granularity=full", "model.recompute_method=uniform", "model.recompute_num_layers=1"],
+], ids=["selective", "full"])
+def test_activation_recompute_gives_the_same_losses(tmp_path, from_init, baseline, recompute):
+    runner.run(tmp_path, from_init + recompute)
+    got = runner.losses(tmp_path)
+    for step in range(1, 21):
+        assert math.isclose(got[step], baseline[step], rel_tol=1e-5), (step, got[step], baseline[step])
