@@ -1,0 +1,109 @@
+"""Sentence-aligned segmentation of a document, packed up to a token budget.
+
+Sentences come from NLTK's Punkt (an untrained ``PunktSentenceTokenizer`` works offline; one
+trained on a corpus sample learns its abbreviations). Whitespace between sentences is attached to
+the *following* sentence, because byte-level BPE tokens carry their leading space, so each piece
+tokenizes as it does inside the whole document. Sentences are packed greedily while the segment
+stays within the budget; a sentence longer than the budget is cut at token boundaries every
+``budget`` tokens. Concatenating the segments gives back the document exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer
+
+# (text) -> [(start, end)] character offsets of each token; the tokenizer adapters below build it.
+TokenOffsets = Callable[[list[str]], list[list[tuple[int, int]]]]
+
+
+def hf_token_offsets(tokenizer) -> TokenOffsets:
+    """Offsets from a ``tokenizers.Tokenizer`` (or a transformers fast tokenizer's backend)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+    def offsets(texts: list[str]) -> list[list[tuple[int, int]]]:
+        return [list(enc.offsets) for enc in backend.encode_batch(texts, add_special_tokens=False)]
+
+    return offsets
+
+
+def train_punkt(sample: Iterable[str]) -> PunktSentenceTokenizer:
+    """A Punkt splitter trained on the corpus's own text (offline; learns abbreviations)."""
+    trainer = PunktTrainer()
+    trainer.INCLUDE_ALL_COLLOCS = True
+    for text in sample:
+        trainer.train(text, finalize=False)
+    trainer.finalize_training()
+    return PunktSentenceTokenizer(trainer.get_params())
+
+
+@dataclass
+class Segmenter:
+    """Cuts documents into sentence-aligned segments of at most ``budget`` tokens."""
+
+    token_offsets: TokenOffsets
+    budget: int = 256
+    splitter: Optional[PunktSentenceTokenizer] = None
+
+    def __post_init__(self):
+        if self.budget < 1:
+            raise ValueError(f"segment budget must be >= 1 token, got {self.budget}")
+        if self.splitter is None:
+            self.splitter = PunktSentenceTokenizer()
+
+    def sentences(self, text: str) -> list[str]:
+        """Pieces covering ``text`` exactly: leading whitespace + one sentence each."""
+        spans = list(self.splitter.span_tokenize(text))
+        if not spans:
+            return [text] if text else []
+        cuts = [0] + [start for start, _ in spans[1:]]
+        # Move each cut back over the whitespace before the sentence.
+        cuts = [0] + [self._back_over_space(text, c) for c in cuts[1:]]
+        return [text[a:b] for a, b in zip(cuts, cuts[1:] + [len(text)]) if b > a]
+
+    @staticmethod
+    def _back_over_space(text: str, i: int) -> int:
+        while i > 0 and text[i - 1].isspace():
+            i -= 1
+        return i
+
+    def segment(self, text: str) -> list[str]:
+        return self.segment_many([text])[0]
+
+    def segment_many(self, texts: Sequence[str]) -> list[list[str]]:
+        """Segments of each text (the tokenizer runs once per batch)."""
+        pieces = [self.sentences(t) for t in texts]
+        flat = [p for ps in pieces for p in ps]
+        offsets = self.token_offsets(flat) if flat else []
+        out, k = [], 0
+        for ps in pieces:
+            out.append(self._pack(ps, offsets[k:k + len(ps)]))
+            k += len(ps)
+        return out
+
+    def _pack(self, pieces: list[str], offsets: list[list[tuple[int, int]]]) -> list[str]:
+        segments: list[str] = []
+        current, current_tokens = "", 0
+        for piece, offs in zip(pieces, offsets):
+            n = len(offs)
+            if n > self.budget:  # an over-long sentence: flush, then cut it every `budget` tokens
+                if current:
+                    segments.append(current)
+                    current, current_tokens = "", 0
+                segments.extend(self._hard_cut(piece, offs))
+                continue
+            if current and current_tokens + n > self.budget:
+                segments.append(current)
+                current, current_tokens = "", 0
+            current += piece
+            current_tokens += n
+        if current:
+            segments.append(current)
+        return segments
+
+    def _hard_cut(self, piece: str, offs: list[tuple[int, int]]) -> list[str]:
+        cuts = [offs[i][0] for i in range(self.budget, len(offs), self.budget)]
+        bounds = [0, *cuts, len(piece)]
+        return [piece[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
