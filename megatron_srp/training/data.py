@@ -35,13 +35,13 @@ class DatasetTokenizerInfo:
 def tokenizer_info(recipe: Recipe) -> DatasetTokenizerInfo:
     d, vocab = recipe.data, recipe.model.vocab_size
     if d.tokenizer_model:
-        eod = _hf_eod_id(d.tokenizer_model)
+        eod = _hf_eod_id(d.tokenizer_model, vocab)
         return DatasetTokenizerInfo(vocab_size=vocab, eod=eod)
     eod = d.eod_token_id if d.eod_token_id is not None else vocab - 1
     return DatasetTokenizerInfo(vocab_size=vocab, eod=eod)
 
 
-def _hf_eod_id(path: str) -> int:
+def _hf_eod_id(path: str, vocab_size: int) -> int:
     """End-of-document id of a Hugging Face tokenizer directory, read without loading code."""
     cfg_path = os.path.join(path, "tokenizer_config.json")
     tok_path = os.path.join(path, "tokenizer.json")
@@ -50,6 +50,9 @@ def _hf_eod_id(path: str) -> int:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tok_path)
+    if tok.get_vocab_size() > vocab_size:
+        raise RecipeError(f"data.tokenizer_model={path} has {tok.get_vocab_size()} tokens but "
+                          f"model.vocab_size={vocab_size}; set model.vocab_size >= the tokenizer's")
     eos = None
     if os.path.isfile(cfg_path):
         cfg = json.load(open(cfg_path))
