@@ -87,6 +87,9 @@ class ModelConfig:
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
     """Layer implementation: Transformer Engine when it imports (auto), or Megatron-Core's local
     PyTorch layers. FP8 requires transformer_engine."""
+    local_attention: Literal["sdpa", "unfused"] = "sdpa"
+    """Core attention of the local spec: torch's scaled_dot_product_attention (fused kernels) or
+    Megatron-Core's unfused DotProductAttention. Masks, dropout and bias always use the latter."""
     recompute_granularity: Optional[Literal["full", "selective"]] = None
     """Activation recomputation: null (off), full layers, or selective (core attention)."""
     recompute_method: Optional[Literal["uniform", "block"]] = None

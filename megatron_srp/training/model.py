@@ -119,8 +119,13 @@ def layer_spec(recipe: Recipe, config: TransformerConfig, on_cpu: bool):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=recipe.model.qk_layernorm)
-    return get_gpt_layer_local_spec(qk_layernorm=recipe.model.qk_layernorm,
+    spec = get_gpt_layer_local_spec(qk_layernorm=recipe.model.qk_layernorm,
                                     normalization=recipe.model.normalization)
+    if recipe.model.local_attention == "sdpa":
+        from megatron_srp.training.attention import SDPADotProductAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
+    return spec
 
 
 def build_model_chunk(recipe: Recipe, config: TransformerConfig, on_cpu: bool,

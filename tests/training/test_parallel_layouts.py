@@ -37,3 +37,11 @@ def test_activation_recompute_gives_the_same_losses(tmp_path, from_init, baselin
     got = runner.losses(tmp_path)
     for step in range(1, 21):
         assert math.isclose(got[step], baseline[step], rel_tol=1e-5), (step, got[step], baseline[step])
+
+
+def test_unfused_megatron_attention_matches_sdpa(tmp_path, from_init, baseline):
+    # The baseline uses the default SDPA core attention; Megatron's unfused path must agree.
+    runner.run(tmp_path, from_init + ["model.local_attention=unfused"])
+    got = runner.losses(tmp_path)
+    for step in range(1, 21):
+        assert math.isclose(got[step], baseline[step], rel_tol=1e-5), (step, got[step], baseline[step])
