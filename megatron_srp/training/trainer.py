@@ -249,7 +249,9 @@ class Trainer:
                     val = self.evaluate(valid_ds)
                     if self.is_logger:
                         self.metrics.write({"step": self.iteration, "split": "validation", **val})
-                        log.info(f"step {self.iteration:>6}/{t.train_iters} | validation loss {val.get('loss')}")
+                        vloss = val.get("loss")
+                        log.info(f"step {self.iteration:>6}/{t.train_iters} | validation loss "
+                                 + ("n/a" if vloss is None else f"{vloss:.4f}"))
                 saved = False
                 if save_interval and self.iteration % save_interval == 0:
                     self.save()
