@@ -549,7 +549,6 @@ def blend_from_data_path(data_path: list[str]) -> tuple[list[str], Optional[list
     return list(data_path[1::2]), weights
 
 
-
 def validate_world(r: Recipe, world_size: int) -> int:
     """Check the layout against the process count; return the data-parallel size."""
     tp, pp = r.parallel.tensor_model_parallel_size, r.parallel.pipeline_model_parallel_size

@@ -15,7 +15,8 @@ after the ``<``; the text reads the same, no longer matches a tag, and the rule 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, Optional
 
 SAFE, UNSAFE, CONTROVERSIAL = "safe", "unsafe", "controversial"
@@ -93,8 +94,14 @@ class ReflectionFormat:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _word(self, label: str) -> str:
-        return {SAFE: self.safe_word, UNSAFE: self.unsafe_word, CONTROVERSIAL: self.controversial_word}[label]
+    # Derived once per format (cached_property writes to __dict__, which frozen allows).
+    @cached_property
+    def _word_of(self) -> dict[str, str]:
+        return {SAFE: self.safe_word, UNSAFE: self.unsafe_word, CONTROVERSIAL: self.controversial_word}
+
+    @cached_property
+    def _label_of(self) -> dict[str, str]:
+        return {word: label for label, word in self._word_of.items()}
 
     def render(self, verdict: Verdict) -> str:
         """`` <think> Unsafe, Violent </think>`` for Verdict("unsafe", ("Violent",))."""
@@ -103,14 +110,14 @@ class ReflectionFormat:
         unknown = [c for c in verdict.categories if c not in self.categories]
         if unknown:
             raise ValueError(f"categories not in the taxonomy: {unknown}")
-        body = self._word(verdict.label)
+        body = self._word_of[verdict.label]
         if verdict.label != SAFE:  # a Safe reflection carries no category
             body = self.category_separator.join([body, *verdict.categories])
         return f"{' ' if self.leading_space else ''}{self.open_tag} {body} {self.close_tag}"
 
     # -- reading -----------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def _pattern(self) -> re.Pattern:
         lead = r" ?" if self.leading_space else ""
         return re.compile(lead + re.escape(self.open_tag) + r" (.*?) " + re.escape(self.close_tag), re.S)
@@ -118,10 +125,9 @@ class ReflectionFormat:
     def parse_body(self, body: str) -> Verdict:
         parts = body.split(self.category_separator)
         word, cats = parts[0].strip(), tuple(p.strip() for p in parts[1:])
-        by_word = {self.safe_word: SAFE, self.unsafe_word: UNSAFE, self.controversial_word: CONTROVERSIAL}
-        if word not in by_word:
+        if word not in self._label_of:
             raise ReflectionParseError(f"unknown label word {word!r} in reflection {body!r}")
-        label = by_word[word]
+        label = self._label_of[word]
         if label == SAFE and cats:
             raise ReflectionParseError(f"a Safe reflection carries no category: {body!r}")
         unknown = [c for c in cats if c not in self.categories]

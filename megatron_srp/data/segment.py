@@ -58,9 +58,8 @@ class Segmenter:
         spans = list(self.splitter.span_tokenize(text))
         if not spans:
             return [text] if text else []
-        cuts = [0] + [start for start, _ in spans[1:]]
-        # Move each cut back over the whitespace before the sentence.
-        cuts = [0] + [self._back_over_space(text, c) for c in cuts[1:]]
+        # Each later sentence starts at its span, moved back over the whitespace before it.
+        cuts = [0] + [self._back_over_space(text, start) for start, _ in spans[1:]]
         return [text[a:b] for a, b in zip(cuts, cuts[1:] + [len(text)]) if b > a]
 
     @staticmethod

@@ -71,9 +71,13 @@ class MetricsWriter:
             self._tb.close()
 
 
+def format_loss(value: Optional[float]) -> str:
+    """A loss for the console; None when no token was trained on (all masked)."""
+    return "n/a (no trained tokens)" if value is None else f"{value:.4f}"
+
+
 def console_line(r: dict, train_iters: int) -> str:
-    loss = "n/a (no trained tokens)" if r.get("loss") is None else f"{r['loss']:.4f}"
-    parts = [f"step {r['step']:>6}/{train_iters}", f"loss {loss}"]
+    parts = [f"step {r['step']:>6}/{train_iters}", f"loss {format_loss(r.get('loss'))}"]
     if r.get("loss_text") is not None:
         parts.append(f"text {r['loss_text']:.4f}")
     if r.get("loss_reflection") is not None:

@@ -23,7 +23,7 @@ from megatron_srp.config import Recipe
 from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
 from megatron_srp.training.data import build_datasets, build_iterator
-from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, gpu_peak_tflops
+from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, format_loss, gpu_peak_tflops
 from megatron_srp.training.model import build_model_chunk, build_transformer_config, model_flops_per_token
 from megatron_srp.training.optim import build_optimizer, build_scheduler, wrap_ddp
 from megatron_srp.training.signals import ExitRequest
@@ -249,9 +249,8 @@ class Trainer:
                     val = self.evaluate(valid_ds)
                     if self.is_logger:
                         self.metrics.write({"step": self.iteration, "split": "validation", **val})
-                        vloss = val.get("loss")
                         log.info(f"step {self.iteration:>6}/{t.train_iters} | validation loss "
-                                 + ("n/a" if vloss is None else f"{vloss:.4f}"))
+                                 f"{format_loss(val.get('loss'))}")
                 saved = False
                 if save_interval and self.iteration % save_interval == 0:
                     self.save()
