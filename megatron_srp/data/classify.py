@@ -1,0 +1,204 @@
+"""Safety classifier backends behind one interface, and a verdict cache.
+
+A backend maps a batch of ``SegmentInput`` (a segment and a bounded window of the text before it)
+to ``Verdict`` objects of ``megatron_srp.reflection``. Backends are looked up by name in
+``BACKENDS`` and built with keyword options (``build_classifier("oracle", world="world.json")``);
+heavy dependencies are imported only by the backend that needs them.
+
+Rewriters (the ``rewrite`` variant) follow the same pattern: ``Rewriter.rewrite`` maps unsafe
+segments to safe replacements; registry ``REWRITERS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sqlite3
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from megatron_srp.reflection import SAFE, Verdict
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    """What a classifier sees: one segment and the text before it (already cut to the window)."""
+
+    segment: str
+    context: str = ""
+
+
+class ClassifierError(RuntimeError):
+    """A backend that cannot be built or that returned something unusable."""
+
+
+class Classifier(ABC):
+    """Batch of (context, segment) -> verdicts. Subclasses set ``name``, ``version``, ``categories``."""
+
+    name: str = ""
+    """Backend name as given on the command line."""
+    version: str = ""
+    """What makes two runs comparable: model id and revision, world hash, label map. Part of the cache key."""
+    categories: tuple[str, ...] = ()
+    """The taxonomy of unsafe categories this backend can emit (becomes the reflection format's list)."""
+    batch_size: int = 32
+    """How many segments ``classify`` is given at once."""
+
+    @abstractmethod
+    def classify(self, items: Sequence[SegmentInput]) -> list[Verdict]:
+        """One verdict per item, in order."""
+
+
+class Rewriter(ABC):
+    """Unsafe segment -> a safe replacement (the ``rewrite`` variant)."""
+
+    name: str = ""
+    version: str = ""
+
+    @abstractmethod
+    def rewrite(self, items: Sequence[SegmentInput], verdicts: Sequence[Verdict]) -> list[str]:
+        """One replacement text per item; it should keep the segment's leading whitespace."""
+
+
+# name -> "module:attribute"; modules are imported on demand.
+BACKENDS = {
+    "column": "megatron_srp.data.classify:ColumnClassifier",
+    "hf": "megatron_srp.data.classifiers.hf_sequence:HFSequenceClassifier",
+    "qwen3guard": "megatron_srp.data.classifiers.qwen3guard:Qwen3GuardClassifier",
+    "oracle": "megatron_srp.medsafetyworld.oracle:OracleClassifier",
+}
+REWRITERS = {
+    "medsafetyworld": "megatron_srp.medsafetyworld.rewrite:OracleRewriter",
+    "hf": "megatron_srp.data.classifiers.hf_rewriter:HFRewriter",
+}
+
+
+def _resolve(table: dict, kind: str, name: str):
+    if name not in table:
+        raise ClassifierError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
+    module, attr = table[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_classifier(name: str, **options) -> Classifier:
+    return _resolve(BACKENDS, "classifier backend", name)(**options)
+
+
+def build_rewriter(name: str, **options) -> Rewriter:
+    return _resolve(REWRITERS, "rewriter", name)(**options)
+
+
+def parse_options(pairs: Sequence[str], flag: str) -> dict:
+    """``["world=w.json", "batch_size=8"]`` -> dict; values parsed as JSON when they are JSON."""
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClassifierError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+class ColumnClassifier(Classifier):
+    """Labels already in the input: the annotator passes them through ``labels_from_row``.
+
+    A document row carries either ``label`` (+ optional ``categories``) for the whole document, or
+    ``segments``: a list of ``{"text", "label", "categories"}`` that also fixes the segmentation.
+    ``classify`` is never called with raw text: a missing label is an input error.
+    """
+
+    name = "column"
+
+    def __init__(self, label_key: str = "label", categories_key: str = "categories",
+                 segments_key: str = "segments", taxonomy: Optional[Sequence[str]] = None):
+        self.label_key, self.categories_key, self.segments_key = label_key, categories_key, segments_key
+        self.categories = tuple(taxonomy) if taxonomy is not None else ()
+        self.version = f"column:{label_key}/{categories_key}/{segments_key}"
+
+    def classify(self, items):
+        raise ClassifierError("the column backend reads labels from the input rows, it cannot classify text")
+
+    def verdict(self, label, categories, where: str) -> Verdict:
+        label = str(label).strip().lower() if label is not None else ""
+        if label not in (SAFE, "unsafe", "controversial"):
+            raise ClassifierError(f"{where}: label {label!r} is not safe, unsafe or controversial")
+        cats = () if label == SAFE else tuple(categories or ())
+        if self.categories:
+            unknown = [c for c in cats if c not in self.categories]
+            if unknown:
+                raise ClassifierError(f"{where}: categories {unknown} are not in the taxonomy {list(self.categories)}")
+        return Verdict(label, cats)
+
+
+def cache_key(classifier: Classifier, item: SegmentInput) -> str:
+    h = hashlib.sha256()
+    for part in (classifier.name, classifier.version, item.context, item.segment):
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+class VerdictCache:
+    """sqlite table content-hash -> verdict, shared by every shard of an annotation run.
+
+    A rerun (after a crash, or over overlapping shards) classifies nothing twice. sqlite makes
+    concurrent writers from several worker processes safe.
+    """
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, label TEXT, categories TEXT)")
+        self._db.commit()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Verdict]:
+        found = {}
+        for i in range(0, len(keys), 500):
+            chunk = list(keys[i:i + 500])
+            rows = self._db.execute(
+                f"SELECT key, label, categories FROM verdicts WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            for key, label, cats in rows:
+                found[key] = Verdict(label, tuple(json.loads(cats)))
+        return found
+
+    def put_many(self, pairs: Sequence[tuple[str, Verdict]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)",
+                             [(k, v.label, json.dumps(list(v.categories))) for k, v in pairs])
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def classify_cached(classifier: Classifier, items: Sequence[SegmentInput],
+                    cache: Optional[VerdictCache]) -> tuple[list[Verdict], int]:
+    """Verdicts for ``items``, asking the backend only for those not cached. Returns (verdicts, n_new)."""
+    keys = [cache_key(classifier, it) for it in items]
+    known = cache.get_many(keys) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    # Identical segments in one batch are classified once.
+    unique: dict[str, int] = {}
+    for i in todo:
+        unique.setdefault(keys[i], i)
+    order = list(unique.values())
+    fresh: dict[str, Verdict] = {}
+    for start in range(0, len(order), max(1, classifier.batch_size)):
+        chunk = order[start:start + classifier.batch_size]
+        verdicts = classifier.classify([items[i] for i in chunk])
+        if len(verdicts) != len(chunk):
+            raise ClassifierError(f"{classifier.name} returned {len(verdicts)} verdicts for {len(chunk)} segments")
+        for i, v in zip(chunk, verdicts):
+            fresh[keys[i]] = v
+        if cache is not None:
+            cache.put_many([(keys[i], fresh[keys[i]]) for i in chunk])
+    known.update(fresh)
+    return [known[k] for k in keys], len(order)
