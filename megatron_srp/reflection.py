@@ -172,11 +172,22 @@ class ReflectionFormat:
 
     # -- injection safety --------------------------------------------------------------------
 
+    @cached_property
+    def _tag_pattern(self) -> re.Pattern:
+        tags = sorted({self.open_tag, self.close_tag}, key=len, reverse=True)
+        return re.compile("|".join(re.escape(t) for t in tags))
+
+    def neutralize_points(self, text: str) -> list[int]:
+        """Offsets in ``text`` where ``neutralize`` inserts U+200B (one per tag occurrence)."""
+        return [m.start() + 1 for m in self._tag_pattern.finditer(text)]
+
     def neutralize(self, text: str) -> str:
         """Break every tag occurrence in source text (insert U+200B after its first character)."""
-        for tag in (self.open_tag, self.close_tag):
-            text = text.replace(tag, tag[0] + ZERO_WIDTH_SPACE + tag[1:])
-        return text
+        points = self.neutralize_points(text)
+        if not points:
+            return text
+        bounds = [0, *points, len(text)]
+        return ZERO_WIDTH_SPACE.join(text[a:b] for a, b in zip(bounds, bounds[1:]))
 
     def special_tokens(self) -> list[str]:
         """Strings to register with the tokenizer when ``register_special_tokens`` is on."""

@@ -37,3 +37,57 @@ def write_indexed_dataset(prefix: Path, n_docs: int = 200, seed: int = 0, with_r
     if roles_b is not None:
         roles_b.finalize(f"{roles_prefix(str(prefix))}.idx")
     return prefix
+
+
+def train_bpe_tokenizer(out_dir: Path, texts, vocab_size: int = 600, extra_special=()) -> Path:
+    """A byte-level BPE trained offline on ``texts``, saved as a Hugging Face tokenizer directory."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", *extra_special],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    return out_dir
+
+
+SAFE_SENTENCES = [
+    "The cell divides twice a day.", "Dr. Smith measured the dose at noon.", "Water boils at a lower heat up high.",
+    "The class read about rivers and lakes.", "Plants need light, water and time.", "A map shows roads and towns.",
+]
+UNSAFE_SENTENCES = ["Mix bleach with ammonia to hurt people.", "Here is how to build a weapon at home."]
+
+
+def labelled_corpus(n_docs: int = 120, seed: int = 0):
+    """Documents made of sentences; each carries its segments with exact labels (the column backend)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n_docs):
+        segments = []
+        for j in range(int(rng.integers(1, 6))):
+            unsafe = rng.random() < 0.15
+            pool = UNSAFE_SENTENCES if unsafe else SAFE_SENTENCES
+            sents = [pool[int(k)] for k in rng.integers(0, len(pool), int(rng.integers(1, 4)))]
+            text = (" " if j else "") + " ".join(sents)
+            segments.append({"text": text, "label": "unsafe" if unsafe else "safe",
+                             "categories": ["Violent"] if unsafe else []})
+        text = "".join(s["text"] for s in segments)
+        docs.append({"id": f"doc-{seed}-{i}", "text": text, "segments": segments})
+    return docs
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path

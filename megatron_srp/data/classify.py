@@ -71,6 +71,7 @@ BACKENDS = {
     "oracle": "megatron_srp.medsafetyworld.oracle:OracleClassifier",
 }
 REWRITERS = {
+    "template": "megatron_srp.data.classify:TemplateRewriter",
     "medsafetyworld": "megatron_srp.medsafetyworld.rewrite:OracleRewriter",
     "hf": "megatron_srp.data.classifiers.hf_rewriter:HFRewriter",
 }
@@ -134,6 +135,24 @@ class ColumnClassifier(Classifier):
             if unknown:
                 raise ClassifierError(f"{where}: categories {unknown} are not in the taxonomy {list(self.categories)}")
         return Verdict(label, cats)
+
+
+class TemplateRewriter(Rewriter):
+    """Replaces an unsafe segment by a fixed text (``{categories}`` is filled in): a cheap, exact baseline."""
+
+    name = "template"
+
+    def __init__(self, text: str = " [Removed: unsafe content ({categories}).]"):
+        self.text = text
+        self.version = f"template:{text}"
+
+    def rewrite(self, items, verdicts):
+        out = []
+        for item, verdict in zip(items, verdicts):
+            lead = item.segment[:len(item.segment) - len(item.segment.lstrip())]
+            body = self.text.format(categories=", ".join(verdict.categories) or verdict.label)
+            out.append(lead + body.lstrip())  # the segment's own leading whitespace, then the text
+        return out
 
 
 def cache_key(classifier: Classifier, item: SegmentInput) -> str:
@@ -202,3 +221,42 @@ def classify_cached(classifier: Classifier, items: Sequence[SegmentInput],
             cache.put_many([(keys[i], fresh[keys[i]]) for i in chunk])
     known.update(fresh)
     return [known[k] for k in keys], len(order)
+
+
+class RewriteCache:
+    """sqlite table content-hash -> rewritten text (rewriting is the slowest step of the rewrite variant)."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS rewrites (key TEXT PRIMARY KEY, text TEXT)")
+        self._db.commit()
+
+    def rewrite(self, rewriter: Rewriter, items: Sequence[SegmentInput], verdicts: Sequence[Verdict]) -> list[str]:
+        keys = []
+        for it, v in zip(items, verdicts):
+            h = hashlib.sha256()
+            for part in (rewriter.name, rewriter.version, it.context, it.segment, v.label, *v.categories):
+                data = part.encode("utf-8", "surrogatepass")
+                h.update(len(data).to_bytes(8, "little"))
+                h.update(data)
+            keys.append(h.hexdigest())
+        found = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            found.update(self._db.execute(
+                f"SELECT key, text FROM rewrites WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        if todo:
+            texts = rewriter.rewrite([items[i] for i in todo], [verdicts[i] for i in todo])
+            if len(texts) != len(todo):
+                raise ClassifierError(f"rewriter {rewriter.name} returned {len(texts)} texts for {len(todo)} segments")
+            self._db.executemany("INSERT OR REPLACE INTO rewrites VALUES (?, ?)",
+                                 [(keys[i], t) for i, t in zip(todo, texts)])
+            self._db.commit()
+            found.update({keys[i]: t for i, t in zip(todo, texts)})
+        return [found[k] for k in keys]
+
+    def close(self) -> None:
+        self._db.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
-from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer
+from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
 # (text) -> [(start, end)] character offsets of each token; the tokenizer adapters below build it.
 TokenOffsets = Callable[[list[str]], list[list[tuple[int, int]]]]
@@ -37,6 +37,27 @@ def train_punkt(sample: Iterable[str]) -> PunktSentenceTokenizer:
         trainer.train(text, finalize=False)
     trainer.finalize_training()
     return PunktSentenceTokenizer(trainer.get_params())
+
+
+def punkt_to_json(splitter: PunktSentenceTokenizer) -> dict:
+    """Punkt's learned parameters as JSON (NLTK refuses to load pickles from disk; we never need to)."""
+    p = splitter._params
+    return {
+        "abbrev_types": sorted(p.abbrev_types),
+        "collocations": sorted(list(c) for c in p.collocations),
+        "sent_starters": sorted(p.sent_starters),
+        "ortho_context": dict(sorted(p.ortho_context.items())),
+    }
+
+
+def punkt_from_json(data: dict) -> PunktSentenceTokenizer:
+    params = PunktParameters()
+    params.abbrev_types = set(data["abbrev_types"])
+    params.collocations = {tuple(c) for c in data["collocations"]}
+    params.sent_starters = set(data["sent_starters"])
+    for word, flags in data["ortho_context"].items():
+        params.ortho_context[word] = int(flags)
+    return PunktSentenceTokenizer(params)
 
 
 @dataclass
@@ -67,6 +88,17 @@ class Segmenter:
         while i > 0 and text[i - 1].isspace():
             i -= 1
         return i
+
+    def spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """(start, end) character spans of each text's segments; they tile the text exactly."""
+        out = []
+        for segments in self.segment_many(texts):
+            bounds, pos = [], 0
+            for seg in segments:
+                bounds.append((pos, pos + len(seg)))
+                pos += len(seg)
+            out.append(bounds)
+        return out
 
     def segment(self, text: str) -> list[str]:
         return self.segment_many([text])[0]

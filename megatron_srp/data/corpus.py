@@ -1,0 +1,160 @@
+"""Reading corpus shards: jsonl, jsonl.gz and parquet files, globs or directories (FineWeb-Edu layout).
+
+Every document keeps its position in the shard (``line``: 1-based line of a jsonl file, 1-based row of
+a parquet file), so errors name the file and line, and annotations can be matched back to documents.
+Bad rows raise ``CorpusError`` or, with ``on_error="skip"``, are counted and left out; both the
+annotator and the preprocessor read through here, so they skip exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Optional, Sequence
+
+import orjson
+
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+OnError = Literal["fail", "skip"]
+
+
+class CorpusError(ValueError):
+    """A corpus row or file that cannot be used; the message names the file and line."""
+
+
+@dataclass
+class Document:
+    line: int
+    """1-based line (jsonl) or row (parquet) in its file."""
+    id: str
+    """The row's ``id`` field, or ``<file stem>:<line>`` when there is none."""
+    texts: dict
+    """json key -> text, for every requested key."""
+    row: dict
+    """The whole row (other fields: labels for the column backend, metadata)."""
+
+    @property
+    def text(self) -> str:
+        return next(iter(self.texts.values()))
+
+
+@dataclass
+class ReadStats:
+    documents: int = 0
+    skipped: int = 0
+    errors: dict = field(default_factory=dict)
+    """error kind -> count (only with on_error=skip)."""
+
+    def count(self, kind: str) -> None:
+        self.skipped += 1
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def is_corpus_file(path: str) -> bool:
+    return path.endswith(SUFFIXES)
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """Files named by paths, globs or directories (searched recursively), sorted, without duplicates."""
+    found: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            matches = [str(p) for p in sorted(Path(pattern).rglob("*")) if p.is_file() and is_corpus_file(str(p))]
+        elif any(ch in pattern for ch in "*?["):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        elif os.path.isfile(pattern):
+            matches = [pattern]
+        else:
+            raise CorpusError(f"input {pattern!r}: no such file or directory")
+        if not matches:
+            raise CorpusError(f"input {pattern!r} matches no {'/'.join(SUFFIXES)} file")
+        found.extend(matches)
+    unknown = [p for p in found if not is_corpus_file(p)]
+    if unknown:
+        raise CorpusError(f"unsupported input file type: {unknown[0]} (expected {', '.join(SUFFIXES)})")
+    seen, out = set(), []
+    for p in found:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def relative_names(paths: Sequence[str]) -> list[str]:
+    """Shard names relative to the inputs' common folder (used to name per-shard outputs)."""
+    if len(paths) == 1:
+        return [os.path.basename(paths[0])]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+
+
+def _raw_rows(path: str) -> Iterator[tuple[int, object]]:
+    """(line, parsed row or exception) for each non-blank row of a file."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        line = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                line += 1
+                yield line, row
+        return
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield line, orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as ue:
+                    yield line, CorpusError(f"{path}:{line}: invalid UTF-8 at byte {ue.start}")
+                    continue
+                yield line, CorpusError(f"{path}:{line}: malformed JSON ({e})")
+
+
+def read_documents(path: str, json_keys: Sequence[str] = ("text",), id_key: str = "id",
+                   on_error: OnError = "fail", max_chars: Optional[int] = None,
+                   stats: Optional[ReadStats] = None) -> Iterator[Document]:
+    """Documents of one file, in order. Empty texts are documents too (they tokenize to nothing)."""
+    stats = stats if stats is not None else ReadStats()
+    stem = Path(path).name
+    for line, row in _raw_rows(path):
+        problem, kind = None, None
+        if isinstance(row, CorpusError):
+            problem, kind = row, ("invalid_utf8" if "UTF-8" in str(row) else "malformed_json")
+        elif not isinstance(row, dict):
+            problem, kind = CorpusError(f"{path}:{line}: a row must be a JSON object, got {type(row).__name__}"), "not_an_object"
+        else:
+            texts = {}
+            for key in json_keys:
+                value = row.get(key)
+                if not isinstance(value, str):
+                    what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+                    problem, kind = CorpusError(f"{path}:{line}: field {key!r} is {what}"), "missing_text"
+                    break
+                if max_chars is not None and len(value) > max_chars:
+                    problem = CorpusError(f"{path}:{line}: field {key!r} has {len(value):,} characters, "
+                                          f"over the limit of {max_chars:,} (--max-doc-chars)")
+                    kind = "too_long"
+                    break
+                texts[key] = value
+        if problem is not None:
+            if on_error == "fail":
+                raise problem
+            stats.count(kind)
+            continue
+        doc_id = row.get(id_key)
+        stats.documents += 1
+        yield Document(line, str(doc_id) if doc_id is not None else f"{stem}:{line}", texts, row)

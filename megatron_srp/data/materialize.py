@@ -1,0 +1,177 @@
+"""Materialize many: the plain / srp / filter / rewrite token streams of documents and their annotations.
+
+One document in, at most one token sequence out (plus a role sequence for ``srp``):
+
+- ``plain``: the document's tokens (+ end of document), as Megatron-LM's preprocess_data.py makes them.
+- ``srp``: the same tokens with each segment's reflection inserted by id after the segment's last
+  token. The document is tokenized once, so srp tokens are exactly the plain tokens plus the
+  reflection tokens; the role sequence marks the inserted tokens (and only them) as reflection.
+- ``filter``: documents with a flagged segment dropped (``document`` granularity), or flagged
+  segments cut out of the text (``segment`` granularity, the rest retokenized).
+- ``rewrite``: flagged segments replaced by a rewriter's safe text, the document retokenized.
+
+Injection guard (on by default, every variant): occurrences of the reflection tags in source text
+are neutralized (``ReflectionFormat.neutralize``) and special-token strings are encoded as text,
+so only inserted reflections can ever look like one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+
+from megatron_srp.data.gpt_dataset import ROLE_REFLECTION, ROLE_TEXT
+from megatron_srp.data.tokenizer import TextTokenizer
+from megatron_srp.reflection import ReflectionFormat, Verdict
+
+Variant = Literal["plain", "srp", "filter", "rewrite"]
+VARIANTS = ("plain", "srp", "filter", "rewrite")
+
+
+@dataclass
+class MaterializeSettings:
+    variant: Variant = "plain"
+    """Which corpus to build from the annotations."""
+    append_eod: bool = True
+    """End every non-empty document with the tokenizer's end-of-text id (Megatron-LM's --append-eod)."""
+    filter_granularity: Literal["document", "segment"] = "document"
+    """filter: drop whole documents with a flagged segment, or only the flagged segments."""
+    flagged_labels: tuple[str, ...] = ("unsafe",)
+    """Labels that filter drops and rewrite replaces (add ``controversial`` to treat it as unsafe)."""
+    injection_guard: bool = True
+    """Neutralize reflection tags in source text and encode special-token strings as text."""
+    reflection: ReflectionFormat = field(default_factory=ReflectionFormat)
+    """The reflection format (srp)."""
+
+
+@dataclass
+class DocInput:
+    texts: list
+    """One text per json key."""
+    spans: Optional[list] = None
+    """Segment spans into the original text (first json key), from the annotations."""
+    verdicts: Optional[list] = None
+    replacements: Optional[dict] = None
+    """rewrite: segment index -> replacement text."""
+
+
+@dataclass
+class DocOutput:
+    tokens: list
+    """One int64 array per json key; None when the document is dropped."""
+    roles: Optional[np.ndarray] = None
+    reflection_tokens: int = 0
+    segments_dropped: int = 0
+    segments_rewritten: int = 0
+
+
+def shift_spans(spans: Sequence[tuple[int, int]], points: Sequence[int]) -> list[tuple[int, int]]:
+    """Spans after inserting one character at each point (sorted) of the original text."""
+    if not points:
+        return list(spans)
+    pts = np.asarray(points)
+    return [(a + int(np.searchsorted(pts, a, "left")), b + int(np.searchsorted(pts, b, "left"))) for a, b in spans]
+
+
+class DocumentEncoder:
+    """Turns ``DocInput`` into ``DocOutput``; one per worker process."""
+
+    def __init__(self, tokenizer_model: str, settings: MaterializeSettings):
+        self.settings = settings
+        self.tok = TextTokenizer(tokenizer_model, guard_special_tokens=settings.injection_guard)
+        self._reflection_ids: dict[Verdict, np.ndarray] = {}
+
+    def reflection_ids(self, verdict: Verdict) -> np.ndarray:
+        if verdict not in self._reflection_ids:
+            self._reflection_ids[verdict] = self.tok.encode_control(self.settings.reflection.render(verdict))
+        return self._reflection_ids[verdict]
+
+    def _guard(self, text: str) -> tuple[str, list[int]]:
+        if not self.settings.injection_guard:
+            return text, []
+        points = self.settings.reflection.neutralize_points(text)
+        return (self.settings.reflection.neutralize(text) if points else text), points
+
+    def _finish(self, ids: np.ndarray) -> np.ndarray:
+        if self.settings.append_eod and len(ids):
+            ids = np.append(ids, self.tok.eod)
+        return ids
+
+    def _flagged(self, verdict: Verdict) -> bool:
+        return verdict.label in self.settings.flagged_labels
+
+    def encode(self, docs: Sequence[DocInput]) -> list[DocOutput]:
+        variant = self.settings.variant
+        if variant == "plain":
+            return self._plain(docs)
+        if variant == "srp":
+            return self._srp(docs)
+        return self._edited(docs)
+
+    def _plain(self, docs):
+        keys = len(docs[0].texts) if docs else 0
+        per_key = [self.tok.encode_ids([self._guard(d.texts[k])[0] for d in docs]) for k in range(keys)]
+        return [DocOutput([self._finish(per_key[k][i]) for k in range(keys)]) for i in range(len(docs))]
+
+    def _srp(self, docs):
+        guarded = [self._guard(d.texts[0]) for d in docs]
+        encoded = self.tok.encode_batch([g[0] for g in guarded])
+        out = []
+        for doc, (text, points), enc in zip(docs, guarded, encoded):
+            spans = shift_spans(doc.spans, points)
+            if len(enc.ids) == 0:  # empty document: nothing to reflect on
+                out.append(DocOutput([self._finish(enc.ids)], np.zeros(0, dtype=np.uint8)))
+                continue
+            # A reflection goes before the first token that starts at or after its segment's end.
+            ends = np.searchsorted(enc.starts, [b for _, b in spans], side="left")
+            pieces, roles, pos, n_refl = [], [], 0, 0
+            for cut, verdict in zip(ends, doc.verdicts):
+                cut = int(cut)
+                pieces.append(enc.ids[pos:cut])
+                roles.append(np.full(cut - pos, ROLE_TEXT, dtype=np.uint8))
+                r = self.reflection_ids(verdict)
+                pieces.append(r)
+                roles.append(np.full(len(r), ROLE_REFLECTION, dtype=np.uint8))
+                n_refl += len(r)
+                pos = cut
+            pieces.append(enc.ids[pos:])
+            roles.append(np.full(len(enc.ids) - pos, ROLE_TEXT, dtype=np.uint8))
+            ids = self._finish(np.concatenate(pieces))
+            role = np.concatenate(roles)
+            if len(role) < len(ids):
+                role = np.append(role, np.uint8(ROLE_TEXT))  # the end-of-document token
+            out.append(DocOutput([ids], role, reflection_tokens=n_refl))
+        return out
+
+    def _edited(self, docs):
+        """filter and rewrite: build the new text, then tokenize it like plain."""
+        texts, results = [], []
+        for doc in docs:
+            text = doc.texts[0]
+            flagged = [i for i, v in enumerate(doc.verdicts) if self._flagged(v)]
+            if self.settings.variant == "filter" and self.settings.filter_granularity == "document":
+                if flagged:
+                    results.append(DocOutput([None], segments_dropped=len(doc.spans)))
+                    continue
+                texts.append(text)
+                results.append(DocOutput([]))
+                continue
+            pieces, dropped, rewritten = [], 0, 0
+            for i, (a, b) in enumerate(doc.spans):
+                if i not in flagged:
+                    pieces.append(text[a:b])
+                elif self.settings.variant == "filter":
+                    dropped += 1
+                else:
+                    pieces.append(doc.replacements[i])
+                    rewritten += 1
+            new_text = "".join(pieces)
+            texts.append(new_text)
+            results.append(DocOutput([], segments_dropped=dropped, segments_rewritten=rewritten))
+        ids = iter(self.tok.encode_ids([self._guard(t)[0] for t in texts]))
+        for r in results:
+            if r.tokens == []:
+                r.tokens = [self._finish(next(ids))]
+        return results

@@ -1,0 +1,95 @@
+"""The target tokenizer of a Hugging Face tokenizer directory, made injection-safe for corpus text.
+
+Megatron-LM's ``tools/preprocess_data.py`` calls the transformers tokenizer with its defaults: the
+post-processor's special tokens (BOS for Llama-style tokenizers) are added to each document, and a
+literal special-token string in the text (``<|endoftext|>``) becomes the control id. We produce the
+same ids except for the second point: with ``guard_special_tokens`` (the default) such strings are
+encoded as ordinary text (``tokenizers``' ``encode_special_tokens``), and control ids (end of
+document, registered reflection tags) are only ever inserted by id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+def eod_token_id(path: str, tok: Tokenizer) -> int:
+    """The end-of-text id: ``eos_token`` of tokenizer_config.json, else a conventional name."""
+    eos = None
+    cfg_path = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            eos = json.load(f).get("eos_token")
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+    for candidate in [eos, "<|endoftext|>", "</s>", "<eos>"]:
+        if candidate and tok.token_to_id(candidate) is not None:
+            return tok.token_to_id(candidate)
+    raise TokenizerError(f"{path}: cannot find an end-of-text token (no eos_token in tokenizer_config.json)")
+
+
+def load_backend(path: str) -> Tokenizer:
+    tok_path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        raise TokenizerError(f"{path}: no tokenizer.json there (a Hugging Face fast tokenizer directory is needed)")
+    return Tokenizer.from_file(tok_path)
+
+
+@dataclass
+class Encoded:
+    ids: np.ndarray
+    """Token ids (int64), including the post-processor's special tokens."""
+    starts: np.ndarray
+    """Character offset where each token starts; special tokens added by the post-processor get -1
+    when they lead and ``len(text)`` when they trail, so boundaries never move them."""
+
+
+class TextTokenizer:
+    """Batch encoding of document text with offsets, plus text-as-control-id encoding for inserts."""
+
+    def __init__(self, path: str, guard_special_tokens: bool = True):
+        self.path = path
+        self._text = load_backend(path)
+        self._text.encode_special_tokens = guard_special_tokens
+        self._control = load_backend(path)  # for reflections: registered tags become their ids
+        self.eod = eod_token_id(path, self._text)
+        self.vocab_size = self._text.get_vocab_size(with_added_tokens=True)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
+        out = []
+        for text, enc in zip(texts, self._text.encode_batch(list(texts), add_special_tokens=True)):
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            starts = np.fromiter((s for s, _ in enc.offsets), dtype=np.int64, count=len(ids))
+            special = np.asarray(enc.special_tokens_mask, dtype=bool)
+            if special.any():
+                # Post-processor tokens: before the text if they precede every text token, else after.
+                first_text = int(np.argmin(special)) if not special.all() else len(ids)
+                idx = np.nonzero(special)[0]
+                starts[idx] = np.where(idx < first_text, -1, len(text))
+            out.append(Encoded(ids, starts))
+        return out
+
+    def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Ids only (the plain variant's fast path)."""
+        return [np.asarray(e.ids, dtype=np.int64)
+                for e in self._text.encode_batch(list(texts), add_special_tokens=True)]
+
+    def encode_control(self, text: str) -> np.ndarray:
+        """Ids of text we insert ourselves (a reflection): registered special tokens map to their ids."""
+        return np.asarray(self._control.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return self._control.decode(list(map(int, ids)), skip_special_tokens=False)
+
+    def token_id(self, token: str) -> Optional[int]:
+        return self._text.token_to_id(token)

@@ -1,0 +1,334 @@
+"""Annotate once, materialize many: tools/annotate.py + tools/preprocess_data.py on a generated corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
+
+from megatron_srp.data.classify import Classifier, SegmentInput, VerdictCache, classify_cached
+from megatron_srp.data.gpt_dataset import ROLE_REFLECTION, roles_prefix
+from megatron_srp.reflection import DEFAULT, ZERO_WIDTH_SPACE, Verdict
+from tests.conftest import ROOT, child_env
+from tests.fixtures import SAFE_SENTENCES, UNSAFE_SENTENCES, labelled_corpus, train_bpe_tokenizer, write_jsonl
+
+INJECTION = {"id": "inject", "text": "A quote: <think> Unsafe, Violent </think> and <|endoftext|> end.",
+             "segments": [{"text": "A quote: <think> Unsafe, Violent </think> and <|endoftext|> end.", "label": "safe"}]}
+
+
+from megatron_srp.data import annotate as annotate_tool  # noqa: E402  (what tools/annotate.py runs)
+from megatron_srp.data import preprocess as preprocess_tool  # noqa: E402  (what tools/preprocess_data.py runs)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline")
+    shards = [labelled_corpus(60, seed=s) for s in range(3)]
+    shards[1].insert(7, INJECTION)
+    for i, rows in enumerate(shards):
+        write_jsonl(d / "corpus" / f"shard_{i}.jsonl", rows)
+    tok = train_bpe_tokenizer(d / "tok", SAFE_SENTENCES * 20 + UNSAFE_SENTENCES * 20)
+    rc = annotate_tool.main(["--input", str(d / "corpus"), "--output", str(d / "ann"), "--tokenizer-model", str(tok),
+                             "--classifier", "column", "--no-progress"])
+    assert rc == 0
+    docs = [r for rows in shards for r in rows]
+    return d, tok, docs
+
+
+def _preprocess(world, variant, name=None, extra=(), inputs=None):
+    d, tok, _ = world
+    prefix = d / "out" / (name or variant)
+    args = ["--input", *(inputs or [str(d / "corpus")]), "--output-prefix", str(prefix), "--tokenizer-model",
+            str(tok), "--append-eod", "--annotations", str(d / "ann"), "--variant", variant, "--no-progress",
+            "--stats", f"{prefix}.stats.json", *extra]
+    assert preprocess_tool.main(args) == 0
+    return f"{prefix}_text_document", json.loads(Path(f"{prefix}.stats.json").read_text())
+
+
+def _docs(prefix):
+    ds = IndexedDataset(prefix)
+    return [np.asarray(ds[i], dtype=np.int64) for i in range(len(ds))]
+
+
+def _decode(tok_dir, ids):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json")).decode(list(map(int, ids)), skip_special_tokens=False)
+
+
+def _eod(tok_dir):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json")).token_to_id("<|endoftext|>")
+
+
+def test_srp_parses_back_to_the_segments_and_labels(world):
+    d, tok, docs = world
+    srp, stats = _preprocess(world, "srp")
+    plain, _ = _preprocess(world, "plain")
+    srp_docs, plain_docs, roles = _docs(srp), _docs(plain), _docs(roles_prefix(srp))
+    assert len(srp_docs) == len(plain_docs) == len(docs) == len(roles)
+    eod = _eod(tok)
+    n_reflection = 0
+    for doc, s, p, r in zip(docs, srp_docs, plain_docs, roles):
+        assert len(r) == len(s)
+        # srp = plain + inserted reflection tokens, and the roles mark exactly the inserted ones.
+        np.testing.assert_array_equal(s[r != ROLE_REFLECTION], p)
+        n_reflection += int((r == ROLE_REFLECTION).sum())
+        assert s[-1] == eod and eod not in s[:-1].tolist()
+        text = _decode(tok, s[:-1])
+        segments, verdicts = DEFAULT.split(text)
+        assert segments == [DEFAULT.neutralize(x["text"]) for x in doc["segments"]]
+        assert verdicts == [Verdict(x["label"], tuple(x.get("categories") or ())) for x in doc["segments"]]
+        # Each reflection is exactly the role-1 run that follows its segment.
+        refl_text = "".join(_decode(tok, s[i:i + 1]) for i in np.nonzero(r == ROLE_REFLECTION)[0])
+        assert refl_text == "".join(DEFAULT.render(v) for v in verdicts)
+    assert stats["reflection_tokens"] == n_reflection
+    assert stats["tokens"] == sum(len(s) for s in srp_docs)
+    assert stats["segments"] == sum(len(doc["segments"]) for doc in docs)
+    assert stats["labels"]["unsafe"] == sum(x["label"] == "unsafe" for doc in docs for x in doc["segments"])
+    assert 0 < stats["reflection_token_share"] < 1
+
+
+def test_filter_drops_exactly_the_unsafe_documents_or_segments(world):
+    d, tok, docs = world
+    plain_docs = _docs(_preprocess(world, "plain")[0])
+    by_doc, stats = _preprocess(world, "filter", "filter_doc")
+    kept = [i for i, doc in enumerate(docs) if all(x["label"] == "safe" for x in doc["segments"])]
+    assert 0 < len(kept) < len(docs)
+    got = _docs(by_doc)
+    assert len(got) == len(kept) == stats["documents_written"]
+    for g, i in zip(got, kept):
+        np.testing.assert_array_equal(g, plain_docs[i])
+    by_seg, stats = _preprocess(world, "filter", "filter_seg", ["--filter-granularity", "segment"])
+    got = IndexedDataset(by_seg)
+    assert len(got.document_indices) - 1 == len(docs)  # every document kept, maybe empty
+    texts = []
+    for i in range(len(got.document_indices) - 1):
+        a, b = got.document_indices[i], got.document_indices[i + 1]
+        ids = np.concatenate([got[j] for j in range(a, b)]) if b > a else np.zeros(0, np.int64)
+        texts.append(_decode(tok, ids[:-1]) if len(ids) else "")
+    for doc, text in zip(docs, texts):
+        assert text == DEFAULT.neutralize("".join(x["text"] for x in doc["segments"] if x["label"] == "safe"))
+        assert not any(u in text for u in UNSAFE_SENTENCES)
+    assert stats["segments_dropped"] == sum(x["label"] == "unsafe" for doc in docs for x in doc["segments"])
+
+
+def test_rewrite_replaces_only_unsafe_segments(world):
+    d, tok, docs = world
+    out, stats = _preprocess(world, "rewrite", extra=["--rewriter", "template", "--rewriter-arg", "text= [redacted]"])
+    got = _docs(out)
+    assert len(got) == len(docs)
+    for doc, ids in zip(docs, got):
+        want = "".join(x["text"] if x["label"] == "safe" else (" [redacted]" if x["text"].startswith(" ") else "[redacted]")
+                       for x in doc["segments"])
+        assert _decode(tok, ids[:-1]) == DEFAULT.neutralize(want)
+    assert stats["segments_rewritten"] == sum(x["label"] == "unsafe" for doc in docs for x in doc["segments"])
+    # The rewrites are cached: a second run asks the rewriter for nothing new (same output).
+    again, _ = _preprocess(world, "rewrite", "rewrite2", ["--rewriter", "template", "--rewriter-arg", "text= [redacted]"])
+    assert Path(f"{again}.bin").read_bytes() == Path(f"{out}.bin").read_bytes()
+
+
+def test_plain_is_byte_identical_to_megatron_lms_procedure(world, tmp_path):
+    """Megatron-LM tokenizes with transformers' defaults, appends eod to non-empty docs, optimal dtype."""
+    from transformers import AutoTokenizer
+
+    d, tok, docs = world
+    rows = [r for r in labelled_corpus(80, seed=9)] + [{"id": "empty", "text": ""}]
+    src = write_jsonl(tmp_path / "one.jsonl", rows)
+    hf = AutoTokenizer.from_pretrained(str(tok))
+    ref = tmp_path / "ref_text_document"
+    builder = IndexedDatasetBuilder(f"{ref}.bin", dtype=DType.optimal_dtype(len(hf)))
+    for r in rows:
+        ids = hf(r["text"]).input_ids
+        lens = [len(ids)] if ids else []
+        if ids:
+            ids = ids + [hf.eos_token_id]
+            lens[-1] += 1
+        builder.add_document(torch.tensor(ids, dtype=torch.int64), lens)
+    builder.finalize(f"{ref}.idx")
+    for workers in ("1", "2"):
+        prefix = tmp_path / f"ours{workers}"
+        assert preprocess_tool.main(["--input", str(src), "--output-prefix", str(prefix), "--tokenizer-type",
+                                     "HuggingFaceTokenizer", "--tokenizer-model", str(tok), "--append-eod",
+                                     "--workers", workers, "--json-keys", "text", "--no-progress"]) == 0
+        for ext in (".bin", ".idx"):
+            assert Path(f"{prefix}_text_document{ext}").read_bytes() == Path(f"{ref}{ext}").read_bytes(), (workers, ext)
+
+
+def test_several_files_give_the_bytes_of_one_concatenated_file(world, tmp_path):
+    d, tok, docs = world
+    cat = write_jsonl(tmp_path / "all.jsonl", docs)
+    whole, _ = _preprocess(world, "plain", "whole", inputs=[str(cat)])
+    parts, _ = _preprocess(world, "plain", "parts")
+    for ext in (".bin", ".idx"):
+        assert Path(f"{whole}{ext}").read_bytes() == Path(f"{parts}{ext}").read_bytes()
+    assert not Path(f"{d / 'out' / 'parts'}.parts").exists()
+
+
+def test_injected_tags_and_control_strings_stay_text(world):
+    d, tok, docs = world
+    srp, _ = _preprocess(world, "srp", "srp_inj")
+    i = next(k for k, doc in enumerate(docs) if doc["id"] == "inject")
+    ids, roles = _docs(srp)[i], _docs(roles_prefix(srp))[i]
+    eod = _eod(tok)
+    assert ids.tolist().count(eod) == 1 and ids[-1] == eod
+    text = _decode(tok, ids[:-1])
+    found = DEFAULT.find(text)
+    assert len(found) == 1 and found[0][2] == Verdict("safe")  # only the inserted reflection
+    assert "<" + ZERO_WIDTH_SPACE + "think>" in text and "<|endoftext|>" in text
+    from tokenizers import Tokenizer
+
+    safe_ids = Tokenizer.from_file(str(tok / "tokenizer.json")).encode(DEFAULT.render(Verdict("safe"))).ids
+    np.testing.assert_array_equal(ids[roles == ROLE_REFLECTION], safe_ids)
+    # Without the guard the control string becomes the end-of-document id, as in Megatron-LM.
+    raw, _ = _preprocess(world, "plain", "raw", ["--no-injection-guard"])
+    assert _docs(raw)[i].tolist().count(eod) == 2
+
+
+def test_outputs_train_through_gpt_dataset(world, tmp_path):
+    from megatron_srp.config import load_recipe
+    from megatron_srp.training.data import build_datasets
+
+    d, tok, _ = world
+    srp, _ = _preprocess(world, "srp", "srp_train")
+    recipe = load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", [
+        f"data.data_path=[{srp}]", "data.mock=false", f"data.tokenizer_model={tok}",
+        f"data.data_cache_path={tmp_path / 'cache'}", "model.vocab_size=640", "model.seq_length=64",
+        "training.train_iters=8", "training.eval_interval=null"])
+    train, _ = build_datasets(recipe)
+    sample = train[0]
+    refl_ids = set(np.concatenate([_docs(srp)[k][_docs(roles_prefix(srp))[k] == 1] for k in range(5)]).tolist())
+    tokens, roles = sample["labels"].numpy(), sample["roles"].numpy()
+    assert roles.sum() > 0 and set(tokens[roles == 1].tolist()) <= refl_ids
+
+
+class KeywordClassifier(Classifier):
+    """A real (if simple) backend for testing the cache: unsafe iff an unsafe sentence occurs."""
+
+    name, version, categories, batch_size = "keyword", "1", ("Violent",), 4
+
+    def __init__(self):
+        self.calls = 0
+
+    def classify(self, items):
+        self.calls += len(items)
+        return [Verdict("unsafe", ("Violent",)) if any(u in it.segment for u in UNSAFE_SENTENCES) else Verdict("safe")
+                for it in items]
+
+
+def test_verdict_cache_classifies_nothing_twice(tmp_path):
+    items = [SegmentInput(s, c) for s in SAFE_SENTENCES + UNSAFE_SENTENCES for c in ("", "ctx")] * 2
+    cache = VerdictCache(str(tmp_path / "v.sqlite"))
+    clf = KeywordClassifier()
+    first, new = classify_cached(clf, items, cache)
+    assert new == clf.calls == len(items) // 2  # duplicates within the batch run once
+    again, new2 = classify_cached(KeywordClassifier(), items, VerdictCache(str(tmp_path / "v.sqlite")))
+    assert new2 == 0 and again == first
+    assert sum(v.label == "unsafe" for v in first) == 2 * 2 * len(UNSAFE_SENTENCES)
+
+
+def test_bad_rows_name_the_file_and_line(world, tmp_path, capsys):
+    d, tok, docs = world
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"id": "a", "text": "Fine text."}), "{not json", json.dumps({"id": "b", "body": "x"}),
+             json.dumps({"id": "c", "text": "x" * 50})]
+    bad.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "d", "text": "caf\xe9"}\n')
+    base = ["--input", str(bad), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model", str(tok), "--no-progress"]
+    assert preprocess_tool.main(base) == 2
+    assert f"{bad}:2: malformed JSON" in capsys.readouterr().err
+    stats = tmp_path / "s.json"
+    assert preprocess_tool.main(base + ["--on-error", "skip", "--max-doc-chars", "40", "--stats", str(stats)]) == 0
+    s = json.loads(stats.read_text())
+    assert s["documents_written"] == 1 and s["skipped_rows"] == 4
+    assert s["row_errors"] == {"malformed_json": 1, "missing_text": 1, "too_long": 1, "invalid_utf8": 1}
+    assert preprocess_tool.main(base[:-1] + ["--max-doc-chars", "40", "--on-error", "fail"]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+
+
+def test_annotations_must_match_the_input(world, tmp_path, capsys):
+    d, tok, docs = world
+    rows = [json.loads(l) for l in (d / "corpus" / "shard_0.jsonl").read_text().splitlines()]
+    rows[3]["text"] = rows[3]["text"] + " Edited."
+    changed = write_jsonl(tmp_path / "corpus" / "shard_0.jsonl", rows)
+    args = ["--input", str(changed), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model", str(tok),
+            "--annotations", str(d / "ann"), "--variant", "srp", "--no-progress"]
+    assert preprocess_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{changed}:4" in err and "text differs" in err
+    assert not list(tmp_path.glob("o_*"))  # nothing half-written, no temporary files left
+    assert preprocess_tool.main(args[:-5] + ["--variant", "srp", "--no-progress"]) == 2
+    assert "needs --annotations" in capsys.readouterr().err
+
+
+def test_annotate_refuses_to_mix_settings_and_skips_finished_shards(world, capsys):
+    d, tok, _ = world
+    base = ["--input", str(d / "corpus"), "--output", str(d / "ann"), "--tokenizer-model", str(tok),
+            "--classifier", "column", "--no-progress"]
+    assert annotate_tool.main(base) == 0
+    assert '"annotated_now": 0' in capsys.readouterr().out
+    assert annotate_tool.main(base + ["--segment-tokens", "64"]) == 2
+    assert "segment_tokens: 256 there, 64 now" in capsys.readouterr().err
+
+
+def _big_corpus(tmp_path, n_files=3, n_docs=1500):
+    for i in range(n_files):
+        write_jsonl(tmp_path / "big" / f"part_{i}.jsonl", labelled_corpus(n_docs, seed=100 + i))
+    return tmp_path / "big"
+
+
+def _run_killed(cmd, marker: Path, final: Path):
+    """Start cmd, SIGKILL it as soon as ``marker`` appears; return whether it was killed before ``final``."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return not final.exists()
+
+
+def test_killed_preprocess_resumes_to_identical_bytes(world, tmp_path):
+    d, tok, _ = world
+    big = _big_corpus(tmp_path)
+    base = [sys.executable, str(ROOT / "tools" / "preprocess_data.py"), "--input", str(big), "--tokenizer-model",
+            str(tok), "--append-eod", "--no-progress"]
+    straight = tmp_path / "straight"
+    subprocess.run(base + ["--output-prefix", str(straight)], cwd=ROOT, env=child_env(), check=True,
+                   capture_output=True)
+    resumed = tmp_path / "resumed"
+    killed = _run_killed(base + ["--output-prefix", str(resumed)],
+                         Path(f"{resumed}.parts/00000_text_document.stats.json"),
+                         Path(f"{resumed}_text_document.idx"))
+    assert killed, "the run finished before the kill; the test proved nothing"
+    proc = subprocess.run(base + ["--output-prefix", str(resumed), "--stats", str(tmp_path / "s.json")], cwd=ROOT,
+                          env=child_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "s.json").read_text())["files"][0].get("reused") is True
+    for ext in (".bin", ".idx"):
+        assert Path(f"{resumed}_text_document{ext}").read_bytes() == Path(f"{straight}_text_document{ext}").read_bytes()
+
+
+def test_killed_annotation_resumes_to_identical_sidecars(world, tmp_path):
+    d, tok, _ = world
+    big = _big_corpus(tmp_path, n_docs=800)
+    base = [sys.executable, str(ROOT / "tools" / "annotate.py"), "--input", str(big), "--tokenizer-model", str(tok),
+            "--classifier", "column", "--no-progress"]
+    subprocess.run(base + ["--output", str(tmp_path / "a1")], cwd=ROOT, env=child_env(), check=True, capture_output=True)
+    killed = _run_killed(base + ["--output", str(tmp_path / "a2")], tmp_path / "a2" / "part_0.jsonl.annotations.parquet",
+                         tmp_path / "a2" / "annotations.json")
+    assert killed
+    assert not list((tmp_path / "a2").glob("part_2*.parquet"))
+    subprocess.run(base + ["--output", str(tmp_path / "a2")], cwd=ROOT, env=child_env(), check=True, capture_output=True)
+    for i in range(3):
+        name = f"part_{i}.jsonl.annotations.parquet"
+        assert (tmp_path / "a1" / name).read_bytes() == (tmp_path / "a2" / name).read_bytes()
