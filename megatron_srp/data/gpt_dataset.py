@@ -8,7 +8,6 @@ trainer can report text and reflection losses apart and optionally mask reflecti
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional
 
 import numpy
@@ -17,18 +16,7 @@ import torch
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-ROLE_TEXT = 0
-ROLE_REFLECTION = 1
-ROLES_SUFFIX = ".roles"
-
-
-def roles_prefix(prefix: str) -> str:
-    return prefix + ROLES_SUFFIX
-
-
-def has_roles(prefix: str) -> bool:
-    p = roles_prefix(prefix)
-    return os.path.exists(p + ".bin") and os.path.exists(p + ".idx")
+from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT, ROLES_SUFFIX, has_roles, roles_prefix  # noqa: F401
 
 
 class RoleAwareGPTDataset(GPTDataset):

@@ -22,7 +22,7 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
-from megatron_srp.data.gpt_dataset import ROLE_REFLECTION, ROLE_TEXT
+from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT
 from megatron_srp.data.tokenizer import TextTokenizer
 from megatron_srp.reflection import ReflectionFormat, Verdict
 
