@@ -15,12 +15,13 @@ import os
 import queue
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
 from megatron_srp.data import annotations as ann
 from megatron_srp.data.classify import BACKENDS, ClassifierError, VerdictCache, build_classifier, parse_options
+from megatron_srp.data.datatrove_steps import add_executor_args
 from megatron_srp.data.corpus import CorpusError, expand_inputs, read_documents, relative_names
 from megatron_srp.data.segment import punkt_to_json, train_punkt
 from megatron_srp.data.tokenizer import TextTokenizer, TokenizerError
@@ -45,6 +46,7 @@ def get_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="shards annotated in parallel (one classifier each)")
     p.add_argument("--batch-docs", type=int, default=64, help="documents segmented and classified together")
     p.add_argument("--no-progress", action="store_true")
+    add_executor_args(p)
     return p.parse_args(argv)
 
 
@@ -83,77 +85,120 @@ def _worker(job):
             cache.close()
 
 
-def main(argv=None) -> int:
-    args = get_args(argv)
-    try:
-        inputs = expand_inputs(args.input)
-        os.makedirs(args.output, exist_ok=True)
-        options = parse_options(args.classifier_arg, "--classifier-arg")
-        settings = ann.AnnotateSettings(
-            tokenizer_model=os.path.abspath(args.tokenizer_model), segment_tokens=args.segment_tokens,
-            context_chars=args.context_chars, json_key=args.json_key, id_key=args.id_key,
-            punkt=_punkt(args, inputs), max_doc_chars=args.max_doc_chars, on_error=args.on_error)
-        TextTokenizer(settings.tokenizer_model)  # fail early on a bad tokenizer directory
-        classifier = build_classifier(args.classifier, **options)
-        names = relative_names(inputs)
-        outputs = [ann.sidecar_path(args.output, n) for n in names]
-        todo = [(i, o) for i, o in zip(inputs, outputs) if not ann.check_reusable(o, settings, classifier)]
-    except (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(inputs)} shard(s), {len(inputs) - len(todo)} already annotated; classifier {classifier.name} "
-          f"({classifier.version})", file=sys.stderr)
+@dataclass
+class Plan:
+    args: argparse.Namespace
+    settings: ann.AnnotateSettings
+    options: dict
+    classifier: object
+    inputs: list
+    outputs: list
+
+
+def plan(args) -> Plan:
+    inputs = expand_inputs(args.input)
+    os.makedirs(args.output, exist_ok=True)
+    options = parse_options(args.classifier_arg, "--classifier-arg")
+    settings = ann.AnnotateSettings(
+        tokenizer_model=os.path.abspath(args.tokenizer_model), segment_tokens=args.segment_tokens,
+        context_chars=args.context_chars, json_key=args.json_key, id_key=args.id_key,
+        punkt=_punkt(args, inputs), max_doc_chars=args.max_doc_chars, on_error=args.on_error)
+    TextTokenizer(settings.tokenizer_model)  # fail early on a bad tokenizer directory
+    classifier = build_classifier(args.classifier, **options)
+    outputs = [ann.sidecar_path(args.output, n) for n in relative_names(inputs)]
+    return Plan(args, settings, options, classifier, inputs, outputs)
+
+
+def annotate_files(p: Plan, indices) -> list:
+    """Annotate the given input files (finished sidecars are skipped); returns their summaries."""
+    args = p.args
+    todo = [(p.inputs[i], p.outputs[i]) for i in indices
+            if not ann.check_reusable(p.outputs[i], p.settings, p.classifier)]
+    print(f"{len(list(indices))} shard(s), {len(list(indices)) - len(todo)} already annotated; classifier "
+          f"{p.classifier.name} ({p.classifier.version})", file=sys.stderr)
     summaries = []
     bar = tqdm(total=None, unit="seg", disable=args.no_progress, dynamic_ncols=True, desc="annotate")
     docs_done = 0
+
+    def progress(d, s):
+        nonlocal docs_done
+        docs_done += d
+        bar.update(s)
+        bar.set_postfix(docs=docs_done, refresh=False)
+
     try:
         if args.workers <= 1 or len(todo) <= 1:
             cache = None if args.classifier == "column" else VerdictCache(os.path.join(args.output, ann.CACHE))
-            segmenter = ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model)._text)
-
-            def progress(d, s):
-                nonlocal docs_done
-                docs_done += d
-                bar.update(s)
-                bar.set_postfix(docs=docs_done, refresh=False)
-
-            for inp, out in todo:
-                summaries.append(ann.annotate_shard(inp, out, classifier, segmenter, settings, cache, progress,
-                                                    args.batch_docs))
-            if cache is not None:
-                cache.close()
+            segmenter = ann.build_segmenter(p.settings, TextTokenizer(p.settings.tokenizer_model)._text)
+            try:
+                for inp, out in todo:
+                    summaries.append(ann.annotate_shard(inp, out, p.classifier, segmenter, p.settings, cache,
+                                                        progress, args.batch_docs))
+            finally:
+                if cache is not None:
+                    cache.close()
         else:
             ctx = mp.get_context("spawn")
             with ctx.Manager() as manager:
                 q = manager.Queue()
                 with ctx.Pool(min(args.workers, len(todo))) as pool:
-                    result = pool.map_async(_worker, [(i, o, settings, args.classifier, options, q) for i, o in todo])
+                    jobs = [(i, o, p.settings, args.classifier, p.options, q) for i, o in todo]
+                    result = pool.map_async(_worker, jobs)
                     while not result.ready() or not q.empty():
                         try:
-                            d, s = q.get(timeout=0.2)
+                            progress(*q.get(timeout=0.2))
                         except queue.Empty:
                             continue
-                        docs_done += d
-                        bar.update(s)
-                        bar.set_postfix(docs=docs_done, refresh=False)
                     summaries = result.get()
-    except (CorpusError, ClassifierError, ann.AnnotationError) as e:
+    finally:
         bar.close()
+    return summaries
+
+
+def write_manifest(p: Plan) -> None:
+    missing = [i for i, o in zip(p.inputs, p.outputs) if not os.path.exists(o)]
+    if missing:
+        raise ann.AnnotationError(f"{len(missing)} shard(s) not annotated yet (first: {missing[0]})")
+    ann.write_manifest(p.args.output, {
+        "format_version": ann.FORMAT_VERSION,
+        "classifier": p.classifier.name,
+        "classifier_version": p.classifier.version,
+        "categories": list(p.classifier.categories),
+        "settings": asdict(p.settings),
+        "shards": [{"input": os.path.abspath(i), "output": os.path.relpath(o, p.args.output)}
+                   for i, o in zip(p.inputs, p.outputs)],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+
+
+def run_task(argv, rank: int, world_size: int) -> None:
+    """datatrove task ``rank``: annotate files[rank::world_size]."""
+    p = plan(get_args(argv))
+    annotate_files(p, range(rank, len(p.inputs), world_size))
+
+
+def finish_task(argv) -> None:
+    """datatrove's last step: check every sidecar exists, write the manifest."""
+    write_manifest(plan(get_args(argv)))
+
+
+ERRORS = (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, TypeError, ValueError)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    try:
+        p = plan(args)
+        if args.executor != "none":
+            from megatron_srp.data.datatrove_steps import run_with_datatrove
+
+            return run_with_datatrove("annotate", argv if argv is not None else sys.argv[1:], args, len(p.inputs))
+        summaries = annotate_files(p, range(len(p.inputs)))
+        write_manifest(p)
+    except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bar.close()
-    manifest = {
-        "format_version": ann.FORMAT_VERSION,
-        "classifier": classifier.name,
-        "classifier_version": classifier.version,
-        "categories": list(classifier.categories),
-        "settings": asdict(settings),
-        "shards": [{"input": os.path.abspath(i), "output": os.path.relpath(o, args.output)}
-                   for i, o in zip(inputs, outputs)],
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    ann.write_manifest(args.output, manifest)
-    totals = {"shards": len(inputs), "annotated_now": len(summaries),
+    totals = {"shards": len(p.inputs), "annotated_now": len(summaries),
               "documents": sum(s.documents for s in summaries), "segments": sum(s.segments for s in summaries),
               "classified": sum(s.classified for s in summaries), "skipped_rows": sum(s.skipped for s in summaries)}
     labels: dict = {}

@@ -35,8 +35,9 @@ from tqdm import tqdm
 from megatron_srp.data import annotations as ann
 from megatron_srp.data.classify import (REWRITERS, ClassifierError, RewriteCache, SegmentInput, build_rewriter,
                                         parse_options)
+from megatron_srp.data.datatrove_steps import add_executor_args
 from megatron_srp.data.corpus import CorpusError, ReadStats, expand_inputs, read_documents, relative_names
-from megatron_srp.data.gpt_dataset import roles_prefix
+from megatron_srp.data.roles import roles_prefix
 from megatron_srp.data.materialize import VARIANTS, DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.tokenizer import TextTokenizer, TokenizerError
 from megatron_srp.reflection import QWEN3GUARD_CATEGORIES, ReflectionFormat
@@ -76,6 +77,7 @@ def get_args(argv=None):
     b.add_argument("--chunk-docs", type=int, default=256, help="documents per worker task")
     b.add_argument("--keep-parts", action="store_true", help="keep PREFIX.parts/ after the merge")
     b.add_argument("--no-progress", action="store_true")
+    add_executor_args(p)
     return p.parse_args(argv)
 
 
@@ -257,105 +259,174 @@ def _merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, wit
     writer.commit()
 
 
-def main(argv=None) -> int:
-    args = get_args(argv)
-    start = time.time()
-    try:
-        if args.variant != "plain" and len(args.json_keys) != 1:
-            raise CorpusError(f"--variant {args.variant} works on one text field; got --json-keys {args.json_keys}")
-        if args.variant != "plain" and not args.annotations:
-            raise CorpusError(f"--variant {args.variant} needs --annotations DIR (from tools/annotate.py)")
-        if args.variant == "rewrite" and not args.rewriter:
-            raise CorpusError("--variant rewrite needs --rewriter (e.g. medsafetyworld, hf)")
-        inputs = expand_inputs(args.input)
-        names = relative_names(inputs)
-        manifest = ann.read_manifest(args.annotations) if args.variant != "plain" else {}
-        if manifest and manifest["settings"]["json_key"] != args.json_keys[0]:
-            raise CorpusError(f"annotations were made on field {manifest['settings']['json_key']!r}, "
-                              f"but --json-keys is {args.json_keys[0]!r}")
-        fmt_options = parse_options(args.reflection, "--reflection")
-        categories = tuple(manifest.get("categories") or QWEN3GUARD_CATEGORIES)
-        reflection = ReflectionFormat(**{"categories": categories, **fmt_options})
-        settings = MaterializeSettings(
-            variant=args.variant, append_eod=args.append_eod, filter_granularity=args.filter_granularity,
-            flagged_labels=tuple(x.strip() for x in args.flagged_labels.split(",") if x.strip()),
-            injection_guard=not args.no_injection_guard, reflection=reflection)
-        encoder = DocumentEncoder(args.tokenizer_model, settings)
-        for tag in reflection.special_tokens():
-            if encoder.tok.token_id(tag) is None:
-                raise TokenizerError(f"--reflection register_special_tokens=true but {tag!r} is not a token of "
-                                     f"{args.tokenizer_model}; add it to the tokenizer first")
-        rewriter = build_rewriter(args.rewriter, **parse_options(args.rewriter_arg, "--rewriter-arg")) \
-            if args.variant == "rewrite" else None
-        rewrite_cache = RewriteCache(args.rewrite_cache or os.path.join(args.annotations, "rewrites.sqlite")) \
-            if rewriter is not None else None
-    except (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, TypeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+class UsageError(ValueError):
+    """A flag combination or input that cannot work; reported before any output is touched."""
 
-    dtype = DType.optimal_dtype(encoder.tok.vocab_size)
-    finals = output_prefixes(args.output_prefix, args.json_keys)
-    with_roles = args.variant == "srp"
-    parts_dir = f"{args.output_prefix}.parts"
-    single = len(inputs) == 1
-    pool = None
+
+@dataclass
+class Job:
+    """Everything a run (or one datatrove task of it) needs, resolved from the command line once."""
+
+    args: argparse.Namespace
+    inputs: list
+    names: list
+    settings: MaterializeSettings
+    encoder: DocumentEncoder
+    rewriter: object = None
+    rewrite_cache: object = None
+
+    @property
+    def finals(self) -> list[str]:
+        return output_prefixes(self.args.output_prefix, self.args.json_keys)
+
+    @property
+    def dtype(self):
+        return DType.optimal_dtype(self.encoder.tok.vocab_size)
+
+    def part(self, i: int) -> list[str]:
+        return output_prefixes(os.path.join(f"{self.args.output_prefix}.parts", f"{i:05d}"), self.args.json_keys)
+
+
+def setup(args) -> Job:
+    if args.variant != "plain" and len(args.json_keys) != 1:
+        raise UsageError(f"--variant {args.variant} works on one text field; got --json-keys {args.json_keys}")
+    if args.variant != "plain" and not args.annotations:
+        raise UsageError(f"--variant {args.variant} needs --annotations DIR (from tools/annotate.py)")
+    if args.variant == "rewrite" and not args.rewriter:
+        raise UsageError("--variant rewrite needs --rewriter (e.g. template, medsafetyworld, hf)")
+    inputs = expand_inputs(args.input)
+    manifest = ann.read_manifest(args.annotations) if args.variant != "plain" else {}
+    if manifest and manifest["settings"]["json_key"] != args.json_keys[0]:
+        raise UsageError(f"annotations were made on field {manifest['settings']['json_key']!r}, "
+                         f"but --json-keys is {args.json_keys[0]!r}")
+    categories = tuple(manifest.get("categories") or QWEN3GUARD_CATEGORIES)
+    reflection = ReflectionFormat(**{"categories": categories, **parse_options(args.reflection, "--reflection")})
+    settings = MaterializeSettings(
+        variant=args.variant, append_eod=args.append_eod, filter_granularity=args.filter_granularity,
+        flagged_labels=tuple(x.strip() for x in args.flagged_labels.split(",") if x.strip()),
+        injection_guard=not args.no_injection_guard, reflection=reflection)
+    encoder = DocumentEncoder(args.tokenizer_model, settings)
+    for tag in reflection.special_tokens():
+        if encoder.tok.token_id(tag) is None:
+            raise TokenizerError(f"--reflection register_special_tokens=true but {tag!r} is not a token of "
+                                 f"{args.tokenizer_model}; add it to the tokenizer first")
+    job = Job(args, inputs, relative_names(inputs), settings, encoder)
+    if args.variant == "rewrite":
+        job.rewriter = build_rewriter(args.rewriter, **parse_options(args.rewriter_arg, "--rewriter-arg"))
+        job.rewrite_cache = RewriteCache(args.rewrite_cache or os.path.join(args.annotations, "rewrites.sqlite"))
+    return job
+
+
+def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
+    """Tokenize the given input files; with ``use_parts`` each goes to its own part (finished parts are kept)."""
+    args, pool = job.args, None
     if args.workers > 1 and args.variant != "rewrite":
-        pool = mp.get_context("spawn").Pool(args.workers, initializer=_init_worker,
-                                            initargs=(args.tokenizer_model, settings))
+        # fork, as Megatron-LM does: workers start at once (nothing to re-import).
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(args.tokenizer_model, job.settings))
     bar = tqdm(unit="tok", unit_scale=True, disable=args.no_progress, dynamic_ncols=True, desc=args.variant)
-    total, per_file, part_prefixes = Stats(), [], []
+    per_file = []
     try:
-        for i, (path, name) in enumerate(zip(inputs, names)):
-            if single:
-                prefixes = finals
-            else:
-                prefixes = output_prefixes(os.path.join(parts_dir, f"{i:05d}"), args.json_keys)
-                part_prefixes.append(prefixes)
-                done = f"{prefixes[0]}.stats.json"
-                if os.path.exists(done) and all(os.path.exists(f"{p}.idx") for p in prefixes):
-                    with open(done) as f:
-                        s = Stats(**json.load(f))
-                    total.add(s)
-                    per_file.append({"input": path, "reused": True, **asdict(s)})
-                    continue
-            s = _process(path, name, prefixes, args, settings, args.annotations, rewriter, rewrite_cache, pool,
-                         encoder, bar, dtype)
-            if not single:
-                tmp = f"{prefixes[0]}.stats.json.tmp"
-                with open(tmp, "w") as f:
-                    json.dump(asdict(s), f)
-                os.replace(tmp, f"{prefixes[0]}.stats.json")
-            total.add(s)
-            per_file.append({"input": path, **asdict(s)})
-        if not single:
-            _merge(part_prefixes, finals, dtype, with_roles)
-            if not args.keep_parts:
-                shutil.rmtree(parts_dir, ignore_errors=True)
-    except (CorpusError, ClassifierError, ann.AnnotationError) as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        for i in indices:
+            path = job.inputs[i]
+            prefixes = job.part(i) if use_parts else job.finals
+            done = f"{prefixes[0]}.stats.json"
+            if use_parts and os.path.exists(done) and all(os.path.exists(f"{p}.idx") for p in prefixes):
+                with open(done) as f:
+                    per_file.append({"input": path, "reused": True, **json.load(f)})
+                continue
+            s = asdict(_process(path, job.names[i], prefixes, args, job.settings, args.annotations, job.rewriter,
+                                job.rewrite_cache, pool, job.encoder, bar, job.dtype))
+            if use_parts:
+                with open(f"{done}.tmp", "w") as f:
+                    json.dump(s, f)
+                os.replace(f"{done}.tmp", done)
+            per_file.append({"input": path, **s})
     finally:
+        bar.close()
         if pool is not None:
             pool.close()
             pool.join()
-        if rewrite_cache is not None:
-            rewrite_cache.close()
-    bar.close()
-    seconds = time.time() - start
-    report = {
-        "variant": args.variant,
-        "outputs": finals,
+    return per_file
+
+
+def merge_parts(job: Job) -> list[dict]:
+    """Merge every finished part in input order into the final prefix; returns the parts' statistics."""
+    missing = [i for i in range(len(job.inputs)) if not os.path.exists(f"{job.part(i)[0]}.stats.json")]
+    if missing:
+        raise UsageError(f"{len(missing)} input file(s) have no finished part (first: {job.inputs[missing[0]]}); "
+                         f"rerun the tokenize step")
+    _merge([job.part(i) for i in range(len(job.inputs))], job.finals, job.dtype, job.settings.variant == "srp")
+    per_file = []
+    for i, path in enumerate(job.inputs):
+        with open(f"{job.part(i)[0]}.stats.json") as f:
+            per_file.append({"input": path, **json.load(f)})
+    if not job.args.keep_parts:
+        shutil.rmtree(f"{job.args.output_prefix}.parts", ignore_errors=True)
+    return per_file
+
+
+def report(job: Job, per_file: list[dict], seconds: float) -> dict:
+    total = Stats()
+    for f in per_file:
+        total.add(Stats(**{k: v for k, v in f.items() if k in Stats.__dataclass_fields__}))
+    out = {
+        "variant": job.args.variant,
+        "outputs": job.finals,
         **asdict(total),
         "reflection_token_share": round(total.reflection_tokens / total.tokens, 6) if total.tokens else 0.0,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(total.tokens / seconds, 1) if seconds > 0 else None,
         "files": per_file,
     }
-    if args.stats:
-        tmp = f"{args.stats}.tmp"
+    if job.args.stats:
+        tmp = f"{job.args.stats}.tmp"
         with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, args.stats)
-    print(json.dumps({k: v for k, v in report.items() if k != "files"}))
+            json.dump(out, f, indent=2)
+        os.replace(tmp, job.args.stats)
+    print(json.dumps({k: v for k, v in out.items() if k != "files"}))
+    return out
+
+
+def run_task(argv, rank: int, world_size: int) -> None:
+    """datatrove task ``rank``: tokenize files[rank::world_size] into parts."""
+    job = setup(get_args(argv))
+    try:
+        process_files(job, range(rank, len(job.inputs), world_size), use_parts=True)
+    finally:
+        if job.rewrite_cache is not None:
+            job.rewrite_cache.close()
+
+
+def finish_task(argv) -> None:
+    """datatrove's last step: merge the parts, write the statistics."""
+    start = time.time()
+    job = setup(get_args(argv))
+    report(job, merge_parts(job), time.time() - start)
+
+
+ERRORS = (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, UsageError, TypeError, ValueError)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    start = time.time()
+    try:
+        job = setup(args)
+        if args.executor != "none":
+            from megatron_srp.data.datatrove_steps import run_with_datatrove
+
+            return run_with_datatrove("preprocess", argv if argv is not None else sys.argv[1:], args,
+                                      len(job.inputs))
+        single = len(job.inputs) == 1
+        per_file = process_files(job, range(len(job.inputs)), use_parts=not single)
+        if not single:
+            merge_parts(job)
+    except ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if "job" in locals() and job.rewrite_cache is not None:
+            job.rewrite_cache.close()
+    report(job, per_file, time.time() - start)
     return 0

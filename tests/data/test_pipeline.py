@@ -332,3 +332,53 @@ def test_killed_annotation_resumes_to_identical_sidecars(world, tmp_path):
     for i in range(3):
         name = f"part_{i}.jsonl.annotations.parquet"
         assert (tmp_path / "a1" / name).read_bytes() == (tmp_path / "a2" / name).read_bytes()
+
+
+def test_datatrove_local_executor_gives_the_same_outputs(world, tmp_path):
+    d, tok, _ = world
+    ann_dir = tmp_path / "ann"
+    args = ["--input", str(d / "corpus"), "--output", str(ann_dir), "--tokenizer-model", str(tok),
+            "--classifier", "column", "--no-progress"]
+    assert annotate_tool.main(args + ["--executor", "local", "--tasks", "2"]) == 0
+    for shard in (d / "ann").glob("*.parquet"):
+        assert (ann_dir / shard.name).read_bytes() == shard.read_bytes()
+    assert (ann_dir / "annotations.json").exists()
+    ref, _ = _preprocess(world, "srp", "srp_ref")
+    prefix = tmp_path / "dt"
+    assert preprocess_tool.main(["--input", str(d / "corpus"), "--output-prefix", str(prefix), "--tokenizer-model",
+                                 str(tok), "--append-eod", "--annotations", str(ann_dir), "--variant", "srp",
+                                 "--no-progress", "--executor", "local", "--tasks", "3", "--local-workers", "2"]) == 0
+    for suffix in (".bin", ".idx", ".roles.bin", ".roles.idx"):
+        assert Path(f"{prefix}_text_document{suffix}").read_bytes() == Path(f"{ref}{suffix}").read_bytes(), suffix
+
+
+def test_datatrove_slurm_executor_submits_an_array_and_a_dependent_merge(world, tmp_path):
+    """A fake sbatch on PATH records what datatrove would submit to a real cluster."""
+    d, tok, _ = world
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "sbatch.log"
+    (bindir / "sbatch").write_text(
+        "#!/bin/bash\n"
+        f'n=$(ls {tmp_path}/job_*.sh 2>/dev/null | wc -l); cp "${{@: -1}}" {tmp_path}/job_$n.sh\n'
+        f'echo "$@" >> {log}\necho "Submitted batch job $((1000 + n))"\n')
+    (bindir / "sbatch").chmod(0o755)
+    env = {**child_env(), "PATH": f"{bindir}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "preprocess_data.py"), "--input", str(d / "corpus"),
+                           "--output-prefix", str(tmp_path / "out"), "--tokenizer-model", str(tok), "--append-eod",
+                           "--executor", "slurm", "--slurm-partition", "cpu", "--tasks", "3",
+                           "--slurm-sbatch-arg", "account=srp"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scripts = [p.read_text() for p in sorted(tmp_path.glob("job_*.sh"))]
+    submitted = log.read_text().splitlines()
+    # datatrove submits one job per step that runs the pickled pipeline (plus a statistics merge after each)
+    runs = [i for i, s in enumerate(scripts) if "launch_pickled_pipeline" in s]
+    assert len(runs) == 2, scripts
+    shards, finish = scripts[runs[0]], scripts[runs[1]]
+    assert "--job-name=srp-preprocess\n" in shards and "--job-name=srp-preprocess-finish\n" in finish
+    assert "--array=0-2" in shards and "--partition=cpu" in shards and "--account=srp" in shards
+    assert "--array=0-0" in finish
+    assert f"--dependency=afterok:{1000 + runs[0]}" in submitted[runs[1]], submitted
+    assert (tmp_path / "out.datatrove" / "shards" / "executor.pik").exists()
+    assert not (tmp_path / "out_text_document.bin").exists()  # nothing ran here: it was only submitted
