@@ -1,0 +1,136 @@
+"""Qwen3Guard-Gen as a classifier backend: the guard's own chat template, batched greedy generation,
+and a parser for its ``Safety: ...`` / ``Categories: ...`` answer.
+
+How a segment is asked about: with preceding context, the context is the user turn and the segment
+the assistant turn, so the guard moderates the segment *given* what came before (Qwen3Guard's
+response moderation); a segment at the start of a document is moderated alone as a user turn
+(prompt moderation). The guard's tokenizer carries its policy in its chat template; a model
+without a chat template is refused (pass ``chat_template=PATH`` to supply one).
+
+Engines: ``transformers`` (CPU or GPU, left-padded batches) and ``vllm`` (when installed);
+``auto`` takes vLLM when it imports and a GPU exists.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Sequence
+
+from megatron_srp.data.classify import Classifier, ClassifierError, SegmentInput
+from megatron_srp.data.classifiers import _hf
+from megatron_srp.reflection import CONTROVERSIAL, QWEN3GUARD_CATEGORIES, SAFE, UNSAFE, Verdict
+
+_LEVEL = re.compile(r"Safety:\s*(Safe|Unsafe|Controversial)\b", re.IGNORECASE)
+_CATEGORIES = re.compile(r"Categories:\s*([^\n]*)", re.IGNORECASE)
+_LEVELS = {"safe": SAFE, "unsafe": UNSAFE, "controversial": CONTROVERSIAL}
+
+
+class GuardOutputError(ClassifierError):
+    """The guard's answer does not contain a safety level."""
+
+
+def parse_guard_output(text: str, taxonomy: Sequence[str] = QWEN3GUARD_CATEGORIES) -> Verdict:
+    """``"Safety: Unsafe\\nCategories: Violent, PII"`` -> ``Verdict("unsafe", ("Violent", "PII"))``.
+
+    Categories are matched against ``taxonomy`` case-insensitively and kept in the guard's order;
+    ``None`` and unknown names are dropped; a Safe verdict never carries categories.
+    """
+    m = _LEVEL.search(text)
+    if m is None:
+        raise GuardOutputError(f"no 'Safety: Safe|Unsafe|Controversial' in the guard's output {text[:200]!r}")
+    label = _LEVELS[m.group(1).lower()]
+    if label == SAFE:
+        return Verdict(SAFE)
+    cats = []
+    c = _CATEGORIES.search(text, m.end())
+    if c:
+        by_lower = {t.lower(): t for t in taxonomy}
+        # split on commas, but not inside a name such as "Sexual Content or Sexual Acts"
+        for part in c.group(1).split(","):
+            name = by_lower.get(part.strip().rstrip(".").lower())
+            if name is not None and name not in cats:
+                cats.append(name)
+    return Verdict(label, tuple(cats))
+
+
+def guard_messages(item: SegmentInput) -> list[dict]:
+    if item.context.strip():
+        return [{"role": "user", "content": item.context}, {"role": "assistant", "content": item.segment}]
+    return [{"role": "user", "content": item.segment}]
+
+
+class Qwen3GuardClassifier(Classifier):
+    """Options (``--classifier-arg KEY=VALUE``): model (a local directory or hub id the machine has
+    cached), revision, device (auto|cpu|cuda[:N]), dtype (auto|fp32|bf16), batch_size, max_new_tokens,
+    engine (auto|transformers|vllm), on_unparsed (error|unsafe|safe: what an answer without a level
+    becomes), chat_template (a jinja file that replaces the tokenizer's)."""
+
+    name = "qwen3guard"
+
+    def __init__(self, model: str = "Qwen/Qwen3Guard-Gen-0.6B", revision: Optional[str] = None,
+                 device: str = "auto", dtype: str = "auto", batch_size: int = 16, max_new_tokens: int = 32,
+                 engine: str = "auto", on_unparsed: str = "error", chat_template: Optional[str] = None,
+                 taxonomy: Sequence[str] = QWEN3GUARD_CATEGORIES):
+        if on_unparsed not in ("error", "unsafe", "safe"):
+            raise ClassifierError(f"on_unparsed={on_unparsed!r}: choose error, unsafe or safe")
+        if engine not in ("auto", "transformers", "vllm"):
+            raise ClassifierError(f"engine={engine!r}: choose auto, transformers or vllm")
+        self.categories = tuple(taxonomy)
+        self.batch_size, self.max_new_tokens, self.on_unparsed = int(batch_size), int(max_new_tokens), on_unparsed
+        self.version = f"{_hf.model_version(model, revision)}|greedy{self.max_new_tokens}"
+        self.tokenizer = _hf.load_tokenizer(model, revision, padding_side="left")
+        if chat_template:
+            with open(chat_template) as f:
+                self.tokenizer.chat_template = f.read()
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ClassifierError(f"{model}: the tokenizer has no chat template (Qwen3Guard-Gen's carries its "
+                                  f"safety policy); pass --classifier-arg chat_template=FILE")
+        self.engine = self._pick_engine(engine, device)
+        if self.engine == "vllm":
+            from vllm import LLM, SamplingParams
+
+            self._llm = LLM(model=model, revision=revision, dtype="auto", trust_remote_code=False)
+            self._sampling = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            self.model, self.device = _hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
+
+    @staticmethod
+    def _pick_engine(engine: str, device: str) -> str:
+        if engine != "auto":
+            return engine
+        try:
+            import torch
+            import vllm  # noqa: F401
+        except ImportError:
+            return "transformers"
+        return "vllm" if torch.cuda.is_available() and device != "cpu" else "transformers"
+
+    def prompts(self, items: Sequence[SegmentInput]) -> list[str]:
+        return [self.tokenizer.apply_chat_template(guard_messages(it), tokenize=False, add_generation_prompt=True)
+                for it in items]
+
+    def generate(self, items: Sequence[SegmentInput]) -> list[str]:
+        """The guard's raw answers, one per item."""
+        prompts = self.prompts(items)
+        if self.engine == "vllm":
+            return [o.outputs[0].text for o in self._llm.generate(prompts, self._sampling, use_tqdm=False)]
+        import torch
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def classify(self, items: Sequence[SegmentInput]) -> list[Verdict]:
+        verdicts = []
+        for text in self.generate(items):
+            try:
+                verdicts.append(parse_guard_output(text, self.categories))
+            except GuardOutputError:
+                if self.on_unparsed == "error":
+                    raise
+                verdicts.append(Verdict(self.on_unparsed))
+        return verdicts

@@ -1,0 +1,194 @@
+"""Model-backed classifier backends on tiny real models built in the test (no downloads).
+
+The Qwen3Guard test trains a tiny Qwen3 for a few seconds to answer in Qwen3Guard-Gen's format
+(``Safety: Unsafe`` / ``Categories: Violent`` when the moderated turn mentions a weapon), so prompt
+building through the chat template, left-padded batching, generation and parsing run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from megatron_srp.data.classify import ClassifierError, SegmentInput, build_classifier, classify_cached
+from megatron_srp.data.classifiers.qwen3guard import GuardOutputError, guard_messages, parse_guard_output
+from megatron_srp.reflection import Verdict
+from tests.fixtures import train_bpe_tokenizer, write_jsonl
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>guard\n{% endif %}")
+NOUNS = "garden river teacher recipe lesson planet music bridge market school forest window letter".split()
+VERBS = "describes visits paints explains opens finds follows builds reads writes".split()
+HARM = "weapon bomb knife".split()
+UNSAFE_ANSWER = "Safety: Unsafe\nCategories: Violent"
+SAFE_ANSWER = "Safety: Safe\nCategories: None"
+
+
+def _sentence(rng, harmful: bool) -> str:
+    words = [rng.choice(NOUNS), rng.choice(VERBS), "the", rng.choice(NOUNS)]
+    if harmful:
+        words.insert(rng.randrange(len(words) + 1), rng.choice(HARM))
+    return " ".join(words) + "."
+
+
+def _item(rng, harmful: bool, with_context: bool) -> SegmentInput:
+    return SegmentInput(" " + _sentence(rng, harmful), _sentence(rng, False) if with_context else "")
+
+
+@pytest.fixture(scope="module")
+def tiny_guard(tmp_path_factory):
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    d = tmp_path_factory.mktemp("guard")
+    rng = random.Random(0)
+    texts = [_sentence(rng, h) for h in [True, False] * 100] + [UNSAFE_ANSWER, SAFE_ANSWER] * 20
+    tok_dir = train_bpe_tokenizer(d / "guard", texts, vocab_size=400, extra_special=["<|im_start|>", "<|im_end|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"), eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = Qwen3ForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(220):
+        batch = []
+        for _ in range(16):
+            harmful, ctx = rng.random() < 0.5, rng.random() < 0.5
+            prompt = tok.apply_chat_template(guard_messages(_item(rng, harmful, ctx)), tokenize=False,
+                                             add_generation_prompt=True)
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            a = tok((UNSAFE_ANSWER if harmful else SAFE_ANSWER) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            batch.append((p + a, [-100] * len(p) + a))
+        n = max(len(x) for x, _ in batch)
+        ids = torch.tensor([x + [tok.pad_token_id] * (n - len(x)) for x, _ in batch])
+        labels = torch.tensor([y + [-100] * (n - len(y)) for _, y in batch])
+        loss = model(input_ids=ids, attention_mask=(labels != -100) | (ids != tok.pad_token_id), labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, loss.item()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(d / "guard")
+    tok.save_pretrained(d / "guard")
+    return d / "guard"
+
+
+def test_parser_on_recorded_guard_answers():
+    assert parse_guard_output("Safety: Safe\nCategories: None\n") == Verdict("safe")
+    assert parse_guard_output("Safety: Unsafe\nCategories: Violent\n") == Verdict("unsafe", ("Violent",))
+    assert parse_guard_output("Safety: Controversial\nCategories: Politically Sensitive Topics") == \
+        Verdict("controversial", ("Politically Sensitive Topics",))
+    # response moderation adds a Refusal line; multi-word names contain no comma to split on
+    assert parse_guard_output("Safety: Unsafe\nCategories: Sexual Content or Sexual Acts, PII\nRefusal: No") == \
+        Verdict("unsafe", ("Sexual Content or Sexual Acts", "PII"))
+    assert parse_guard_output("Safety: unsafe\nCategories: suicide & self-harm, Nonsense") == \
+        Verdict("unsafe", ("Suicide & Self-Harm",))
+    with pytest.raises(GuardOutputError, match="no 'Safety"):
+        parse_guard_output("I cannot help with that.")
+
+
+def test_context_is_the_user_turn_and_the_segment_is_moderated():
+    assert guard_messages(SegmentInput(" b.", "a.")) == [{"role": "user", "content": "a."},
+                                                        {"role": "assistant", "content": " b."}]
+    assert guard_messages(SegmentInput(" b.", "  ")) == [{"role": "user", "content": " b."}]
+
+
+def test_qwen3guard_backend_classifies_and_batches(tiny_guard):
+    rng = random.Random(123)  # items the guard was not trained on
+    items = [_item(rng, h, c) for h in (True, False) for c in (True, False) for _ in range(4)]
+    expected = [Verdict("unsafe", ("Violent",)) if "weapon" in it.segment or "bomb" in it.segment
+                or "knife" in it.segment else Verdict("safe") for it in items]
+    batched = build_classifier("qwen3guard", model=str(tiny_guard), device="cpu", batch_size=16)
+    single = build_classifier("qwen3guard", model=str(tiny_guard), device="cpu", batch_size=1)
+    assert batched.engine == "transformers" and "greedy32" in batched.version
+    raw_batched = batched.generate(items)
+    raw_single = [single.generate([it])[0] for it in items]
+    assert raw_batched == raw_single  # left padding changes nothing
+    verdicts, new = classify_cached(batched, items, cache=None)
+    assert new == len(set(items)) and verdicts == expected
+
+
+def test_qwen3guard_needs_a_chat_template(tiny_guard, tmp_path):
+    cfg = json.loads((tiny_guard / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_guard, bare)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ClassifierError, match="no chat template"):
+        build_classifier("qwen3guard", model=str(bare), device="cpu")
+    (tmp_path / "t.jinja").write_text(CHAT_TEMPLATE)
+    c = build_classifier("qwen3guard", model=str(bare), device="cpu", chat_template=str(tmp_path / "t.jinja"))
+    assert c.classify([SegmentInput(" the knife opens the window.")]) == [Verdict("unsafe", ("Violent",))]
+
+
+def test_annotate_with_qwen3guard_end_to_end(tiny_guard, tmp_path):
+    from megatron_srp.data import annotate
+
+    rng = random.Random(7)
+    docs = []
+    for i in range(6):
+        sents = [_sentence(rng, i % 2 == 1 and j == 1) for j in range(3)]
+        docs.append({"id": f"d{i}", "text": " ".join(sents)})
+    write_jsonl(tmp_path / "in" / "shard.jsonl", docs)
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "ann"), "--tokenizer-model", str(tiny_guard),
+            "--segment-tokens", "8", "--context-chars", "0", "--classifier", "qwen3guard",
+            "--classifier-arg", f"model={tiny_guard}", "--classifier-arg", "device=cpu", "--no-progress"]
+    assert annotate.main(args) == 0
+    table = pq.read_table(next((tmp_path / "ann").glob("*.parquet"))).to_pylist()
+    assert [r["id"] for r in table] == [d["id"] for d in docs]
+    for row, doc in zip(table, docs):
+        labels = json.dumps(row, default=str)
+        harmful = any(w in doc["text"] for w in HARM)
+        assert ("unsafe" in labels) == harmful, (doc, row)
+    assert annotate.main(args) == 0  # a rerun finds the shard finished
+
+
+def test_hf_sequence_backend_maps_labels_and_batches(tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    tok_dir = train_bpe_tokenizer(tmp_path / "cls", [_sentence(random.Random(i), i % 2 == 0) for i in range(200)],
+                                  vocab_size=300)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"), pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=3, pad_token_id=tok.pad_token_id,
+                      id2label={0: "ok", 1: "toxic", 2: "meh"}, label2id={"ok": 0, "toxic": 1, "meh": 2})
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "cls")
+    tok.save_pretrained(tmp_path / "cls")
+    label_map = {"ok": "safe", "toxic": "unsafe:Violent,PII", "meh": "controversial"}
+    c = build_classifier("hf", model=str(tmp_path / "cls"), label_map=json.dumps(label_map), device="cpu")
+    assert c.categories == ("Violent", "PII")
+    rng = random.Random(5)
+    items = [_item(rng, i % 2 == 0, False) for i in range(12)]
+    one_by_one = torch.cat([c.logits([it]) for it in items])
+    assert torch.allclose(c.logits(items), one_by_one, atol=1e-5)  # right padding is ignored
+    table = {0: Verdict("safe"), 1: Verdict("unsafe", ("Violent", "PII")), 2: Verdict("controversial")}
+    assert c.classify(items) == [table[i] for i in one_by_one.argmax(-1).tolist()]
+    with pytest.raises(ClassifierError, match=r"no entry for the model's labels \['meh'\]"):
+        build_classifier("hf", model=str(tmp_path / "cls"), label_map={"ok": "safe", "toxic": "unsafe"}, device="cpu")
+    with pytest.raises(ClassifierError, match="level must be"):
+        build_classifier("hf", model=str(tmp_path / "cls"), label_map={"ok": "fine", "toxic": "x", "meh": "y"},
+                         device="cpu")
+
+
+def test_hf_rewriter_keeps_layout_and_is_deterministic(tiny_guard):
+    from megatron_srp.data.classify import build_rewriter
+
+    rw = build_rewriter("hf", model=str(tiny_guard), device="cpu", max_new_tokens=12, batch_size=3)
+    items = [SegmentInput("\n\n the bomb opens the market."), SegmentInput(" the knife reads the letter.")]
+    verdicts = [Verdict("unsafe", ("Violent",))] * 2
+    out = rw.rewrite(items, verdicts)
+    assert out[0].startswith("\n\n ") and out[1].startswith(" ")
+    assert out == [rw.rewrite([it], [v])[0] for it, v in zip(items, verdicts)]
+    assert "<|im_end|>" not in "".join(out)
+    with pytest.raises(ClassifierError, match="must contain"):
+        build_rewriter("hf", model=str(tiny_guard), instruction="no slot")
