@@ -295,6 +295,10 @@ def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, 
     path, it = resolve_load_dir(ckpt_dir, iteration)
     common = checkpoint_common(path)
     check_compatible(recipe, common.get("recipe", {}), path)
+    if common.get("weights_only") and not finetune:
+        # written by tools/convert_from_hf.py: weights, no optimizer, schedule or data position
+        log.info("%s holds weights only (a converted model): starting a fresh optimizer at step 0", path)
+        finetune = True
 
     state = _model_sharded_state_dict(model)
     load_optim = optimizer is not None and not finetune and recipe.checkpoint.load_optim

@@ -1,0 +1,1 @@
+"""Megatron-Core torch_dist checkpoints <-> Hugging Face Llama / Qwen3 directories, with a logit parity check."""

@@ -1,0 +1,283 @@
+"""Megatron-Core torch_dist checkpoint <-> Hugging Face directory, with a logit parity check.
+
+``to_hf`` streams the checkpoint one stacked tensor at a time through ``mapping.to_hf`` into
+sharded safetensors; ``from_hf`` fills a Megatron-Core GPTModel from safetensors through
+``mapping.from_hf`` and saves it with ``dist_checkpointing``. Both then run the Megatron model and
+the Hugging Face model on the same tokens and compare logits; the output directory appears (an
+atomic rename) only when the check passed.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from megatron_srp.config import Recipe, load_recipe, padded_vocab_size
+from megatron_srp.export import hf_files, mapping
+from megatron_srp.export.megatron_side import load_weights, logits, megatron_model, round_params_to
+from megatron_srp.export.torch_dist_reader import TorchDistCheckpoint
+from megatron_srp.training.checkpointing import CheckpointError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PARITY_FILE = "parity.json"
+
+
+class ParityError(RuntimeError):
+    """The converted model's logits differ from Megatron's beyond the tolerance."""
+
+
+@dataclass
+class ParitySettings:
+    batch: int = 2
+    seq: int = 64
+    seed: int = 0
+    atol: float = 1e-4
+    """Pass when max |megatron - hf| <= atol + rtol * max |megatron| (fp32 compute, identical weights)."""
+    rtol: float = 1e-4
+
+
+def parity_tokens(vocab_size: int, seq_length: int, p: ParitySettings) -> torch.Tensor:
+    g = torch.Generator().manual_seed(p.seed)
+    return torch.randint(0, vocab_size, (p.batch, min(p.seq, seq_length)), generator=g)
+
+
+def compare(meg: torch.Tensor, hf: torch.Tensor, p: ParitySettings, dtype: torch.dtype) -> dict:
+    diff = (meg - hf).abs()
+    bound = p.atol + p.rtol * float(meg.abs().max())
+    return {"tokens": list(meg.shape[:2]), "weights_dtype": str(dtype).removeprefix("torch."), "compute": "float32",
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "max_abs_logit": float(meg.abs().max()), "tolerance": bound,
+            "top1_agreement": float((meg.argmax(-1) == hf.argmax(-1)).float().mean()),
+            "passed": bool(float(diff.max()) <= bound)}
+
+
+def hf_logits(hf_dir: str, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager",
+                                                 trust_remote_code=False)
+    model.eval()
+    with torch.no_grad():
+        out = model(tokens).logits[..., :vocab_size].float()
+    del model
+    gc.collect()
+    return out
+
+
+def check_shapes(ckpt: TorchDistCheckpoint, shape: mapping.Shape) -> None:
+    """Every tensor the recipe implies is in the checkpoint with the implied shape; else name them all."""
+    problems = []
+    for key in mapping.megatron_keys(shape):
+        found = key if key in ckpt.tensors else None
+        if found is None and key.startswith(mapping.LAYER_PREFIX):
+            alias = {v: k for k, v in mapping.NORM_ALIASES.items()}.get(key[len(mapping.LAYER_PREFIX):])
+            found = mapping.LAYER_PREFIX + alias if alias and mapping.LAYER_PREFIX + alias in ckpt.tensors else None
+        if found is None:
+            problems.append(f"{key}: missing")
+        elif ckpt.shape(found) != mapping.expected_megatron_shape(key, shape):
+            problems.append(f"{key}: checkpoint {list(ckpt.shape(found))} != recipe "
+                            f"{list(mapping.expected_megatron_shape(key, shape))}")
+    if problems:
+        r = ckpt.recipe.model
+        raise CheckpointError(
+            f"{ckpt.path}: the tensors do not match its recipe (num_layers={r.num_layers}, hidden_size={r.hidden_size}, "
+            f"vocab_size={r.vocab_size}, heads={r.num_attention_heads}/{r.num_query_groups}):\n  " + "\n  ".join(problems))
+
+
+def _stored_key(ckpt: TorchDistCheckpoint, key: str) -> str:
+    if key in ckpt.tensors:
+        return key
+    alias = {v: k for k, v in mapping.NORM_ALIASES.items()}[key[len(mapping.LAYER_PREFIX):]]
+    return mapping.LAYER_PREFIX + alias
+
+
+def _prepare_output(output: str, overwrite: bool) -> str:
+    output = os.path.abspath(output)
+    if os.path.exists(output) and os.listdir(output) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty (pass --overwrite to replace it)")
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+
+
+def _publish(tmp: str, output: str) -> None:
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+
+
+def _fail(tmp: str, output: str, report: dict) -> None:
+    failed = f"{output}.parity-failed"
+    if os.path.exists(failed):
+        shutil.rmtree(failed)
+    os.replace(tmp, failed)
+    raise ParityError(f"logits differ: max abs diff {report['max_abs_diff']:.3g} > tolerance "
+                      f"{report['tolerance']:.3g} (top-1 agreement {report['top1_agreement']:.4f}); the converted "
+                      f"files and {PARITY_FILE} are in {failed}")
+
+
+def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokenizer: Optional[str] = None,
+          dtype: str = "auto", verify: bool = True, parity: ParitySettings = ParitySettings(),
+          max_shard_bytes: int = 2 << 30, overwrite: bool = False, progress: bool = True) -> dict:
+    ckpt = TorchDistCheckpoint(checkpoint, iteration)
+    recipe = ckpt.recipe
+    shape = mapping.shape_from_recipe(recipe)
+    check_shapes(ckpt, shape)
+    out_dtype = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if recipe.precision.bf16 else torch.float32)
+    tok_src = tokenizer or recipe.data.tokenizer_model
+    if tok_src and not os.path.isdir(tok_src):
+        raise FileNotFoundError(f"tokenizer directory {tok_src} not found (pass --tokenizer DIR)")
+    tmp = _prepare_output(output, overwrite)
+    output = os.path.abspath(output)
+    try:
+        token_ids = hf_files.copy_tokenizer(tok_src, tmp, shape.vocab_size) if tok_src else {}
+        writer = hf_files.ShardedSafetensorsWriter(tmp, max_shard_bytes)
+        keys = mapping.megatron_keys(shape)
+        for key in tqdm(keys, desc="convert", unit="tensor", disable=not progress):
+            stacked = ckpt.read(_stored_key(ckpt, key))
+            for name, t in mapping.to_hf(key, stacked, shape):
+                writer.add(name, t.to(out_dtype))
+            del stacked
+        files = writer.close()
+        hf_files.write_config(tmp, recipe, shape, out_dtype, token_ids)
+        hf_files.write_generation_config(tmp, token_ids)
+        with open(os.path.join(tmp, "recipe.yaml"), "w") as f:
+            f.write(recipe.to_yaml())
+        report = None
+        if verify:
+            tokens = parity_tokens(shape.vocab_size, recipe.model.seq_length, parity)
+            with megatron_model(recipe) as model:
+                load_weights(model, ckpt.path)
+                round_params_to(model, out_dtype)
+                meg = logits(model, tokens)[..., :shape.vocab_size]
+            report = compare(meg, hf_logits(tmp, tokens, shape.vocab_size), parity, out_dtype)
+            report.update(direction="megatron->hf", checkpoint=ckpt.path)
+            with open(os.path.join(tmp, PARITY_FILE), "w") as f:
+                json.dump(report, f, indent=2)
+        hf_files.write_model_card(tmp, recipe, ckpt.iteration, ckpt.path, report, hf_files.architecture(shape))
+        if report is not None and not report["passed"]:
+            _fail(tmp, output, report)
+        _publish(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"output": output, "iteration": ckpt.iteration, "architecture": hf_files.architecture(shape),
+            "dtype": str(out_dtype).removeprefix("torch."), "files": files, "parity": report}
+
+
+def recipe_for_hf(hf_dir: str, base_recipe: Optional[str], overrides: list[str]) -> Recipe:
+    """The base recipe (training settings) with its ``model`` section taken from the HF config."""
+    cfg = hf_files.read_hf_config(hf_dir)
+    heads = int(cfg["num_attention_heads"])
+    model = {
+        "num_layers": cfg["num_hidden_layers"], "hidden_size": cfg["hidden_size"], "num_attention_heads": heads,
+        "num_query_groups": cfg.get("num_key_value_heads") or heads,
+        "kv_channels": cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        "ffn_hidden_size": cfg["intermediate_size"], "vocab_size": cfg["vocab_size"],
+        "rotary_base": hf_files.hf_rope_theta(cfg), "norm_epsilon": cfg.get("rms_norm_eps", 1e-6),
+        "share_embeddings_and_output_weights": bool(cfg.get("tie_word_embeddings", False)),
+        "qk_layernorm": cfg["architectures"][0] == "Qwen3ForCausalLM", "normalization": "RMSNorm",
+        "activation": "swiglu", "position_embedding_type": "rope", "add_bias_linear": False,
+        "max_position_embeddings": cfg.get("max_position_embeddings"),
+    }
+    model_overrides = [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
+    # keep the source's precision (a bf16 model stays bf16; an fp32 one converts bit-exactly)
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    model_overrides.append(f"precision.bf16={json.dumps(dtype == 'bfloat16')}")
+    if any(os.path.isfile(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        model_overrides.append(f"data.tokenizer_model={json.dumps(os.path.abspath(hf_dir))}")
+    recipe = load_recipe(base_recipe or _DEFAULT_BASE, model_overrides + list(overrides))
+    if recipe.model.seq_length > (recipe.model.max_position_embeddings or recipe.model.seq_length):
+        recipe = load_recipe(base_recipe or _DEFAULT_BASE, model_overrides + list(overrides) +
+                             [f"model.seq_length={recipe.model.max_position_embeddings}"])
+    return recipe
+
+
+_DEFAULT_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                             "recipes", "smollm2_1p7b_base.yaml")
+
+
+def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrides: list[str] = (),
+            verify: bool = True, parity: ParitySettings = ParitySettings(), overwrite: bool = False,
+            progress: bool = True) -> dict:
+    from megatron.core import dist_checkpointing
+
+    from megatron_srp.training import checkpointing as ck
+
+    recipe = recipe_for_hf(hf_dir, base_recipe, list(overrides))
+    shape = mapping.shape_from_recipe(recipe)
+    source = hf_files.SafetensorsDir(hf_dir)
+    output = os.path.abspath(output)
+    if ck.read_tracker(output) is not None and not overwrite:
+        raise FileExistsError(f"{output} already holds a checkpoint (pass --overwrite to replace it)")
+    tmp = _prepare_output(output, True)
+    try:
+        d = recipe.to_dict()
+        d["checkpoint"]["dir"] = output
+        from megatron_srp.config import recipe_from_dict
+
+        recipe = recipe_from_dict(d)
+        target = ck.iter_dir(tmp, 0)
+        os.makedirs(target)
+        report = None
+        with megatron_model(recipe) as model:
+            state = dict(model.state_dict())
+            filled = set()
+            wanted = list(mapping.from_hf(source.get, shape))
+            for name, tensor in tqdm(wanted, desc="convert", unit="tensor", disable=not progress):
+                if name not in state:
+                    raise CheckpointError(f"internal: Megatron model has no parameter {name}")
+                if tuple(state[name].shape) != tuple(tensor.shape):
+                    raise mapping.UnsupportedModel(f"{name}: Hugging Face gives {list(tensor.shape)}, the Megatron "
+                                                   f"model expects {list(state[name].shape)}")
+                with torch.no_grad():
+                    state[name].copy_(tensor)
+                filled.add(name)
+            del wanted
+            missing = [k for k in state if k not in filled and not k.endswith("_extra_state")
+                       and not (shape.tied and k == mapping.OUTPUT)]
+            if missing:
+                raise CheckpointError(f"internal: parameters not filled from the Hugging Face model: {missing}")
+            dist_checkpointing.save({
+                "model": model.sharded_state_dict(), "iteration": 0, "consumed_train_samples": 0,
+                "consumed_valid_samples": 0, "opt_param_scheduler": None, "weights_only": True,
+                "layout": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
+                           "data_parallel_size": 1},
+                "recipe": recipe.to_dict(), "format_version": ck.FORMAT_VERSION}, target)
+            with open(os.path.join(target, "recipe.yaml"), "w") as f:
+                f.write(recipe.to_yaml())
+            if verify:
+                tokens = parity_tokens(shape.vocab_size, recipe.model.seq_length, parity)
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.zero_()
+                load_weights(model, target)  # prove the saved files, not the model in memory
+                round_params_to(model, torch.float32)
+                meg = logits(model, tokens)[..., :shape.vocab_size]
+        if verify:
+            report = compare(meg, hf_logits(hf_dir, tokens, shape.vocab_size), parity, torch.float32)
+            report.update(direction="hf->megatron", source=os.path.abspath(hf_dir))
+            with open(os.path.join(tmp, PARITY_FILE), "w") as f:
+                json.dump(report, f, indent=2)
+        with open(os.path.join(tmp, "recipe.yaml"), "w") as f:
+            f.write(recipe.to_yaml())
+        with open(os.path.join(tmp, ck.TRACKER), "w") as f:
+            f.write("0\n")
+        if report is not None and not report["passed"]:
+            _fail(tmp, output, report)
+        _publish(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"output": output, "recipe": recipe.name, "parity": report,
+            "padded_vocab_size": padded_vocab_size(recipe)}

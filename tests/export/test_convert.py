@@ -1,0 +1,202 @@
+"""tools/convert_to_hf.py and tools/convert_from_hf.py on tiny models trained here at TP=2 / PP=2."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, child_env, free_port
+from tests.fixtures import SAFE_SENTENCES, train_bpe_tokenizer
+from tests.training import runner
+
+TO_HF = str(ROOT / "tools" / "convert_to_hf.py")
+FROM_HF = str(ROOT / "tools" / "convert_from_hf.py")
+
+# name -> overrides of tiny_cpu (4 layers, hidden 64, GQA 4 heads / 2 groups, vocab 512)
+MODELS = {
+    "gqa_tied_tp2": ["parallel.tensor_model_parallel_size=2"],
+    # vocab 500 is padded to 512 inside Megatron: the export must trim it
+    "untied_padded_vocab_pp2": ["parallel.pipeline_model_parallel_size=2", "model.vocab_size=500",
+                                "model.share_embeddings_and_output_weights=false"],
+    "qk_layernorm_tp2": ["parallel.tensor_model_parallel_size=2", "model.qk_layernorm=true",
+                         "model.share_embeddings_and_output_weights=false"],
+}
+
+
+def tool(*args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, *map(str, args), "--no-progress"], cwd=ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_bpe_tokenizer(tmp_path_factory.mktemp("tok"), SAFE_SENTENCES * 10, vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Each model trained 5 steps with 2 gloo processes; returns name -> checkpoint dir."""
+    out = {}
+
+    def get(name):
+        if name not in out:
+            d = tmp_path_factory.mktemp(name)
+            runner.run(d, MODELS[name] + ["training.train_iters=6"], nproc=2)
+            out[name] = d / "ckpt"
+        return out[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_export_matches_megatron_logits_and_generates(trained, tokenizer, tmp_path, name):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "hf"
+    tool(TO_HF, "--checkpoint", trained(name), "--output", out, "--tokenizer", tokenizer, "--dtype", "fp32")
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4 and parity["top1_agreement"] == 1.0, parity
+    cfg = json.loads((out / "config.json").read_text())
+    qk = "qk_layernorm" in name
+    assert cfg["architectures"] == ["Qwen3ForCausalLM" if qk else "LlamaForCausalLM"]
+    tied = "model.share_embeddings_and_output_weights=false" not in MODELS[name]
+    assert cfg["rope_theta"] == 10000.0 and cfg["tie_word_embeddings"] == tied
+    vocab = 500 if "padded" in name else 512
+    assert cfg["vocab_size"] == vocab
+    weights = load_file(out / "model.safetensors")
+    assert weights["model.embed_tokens.weight"].shape == (vocab, 64)
+    assert ("lm_head.weight" in weights) == (not tied)
+    assert "step 6" in (out / "README.md").read_text()
+
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    prompt = tok("The river is", return_tensors="pt")
+    gen = model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert gen.shape[1] == prompt["input_ids"].shape[1] + 4
+    with torch.no_grad():
+        first = model(**prompt).logits[0, -1].argmax()
+    assert gen[0, prompt["input_ids"].shape[1]] == first
+
+
+def _random_hf_model(path: Path, arch: str, tokenizer: Path, tied: bool):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=450, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-5,
+              tie_word_embeddings=tied, rope_parameters={"rope_type": "default", "rope_theta": 130000.0})
+    model = Qwen3ForCausalLM(Qwen3Config(**kw)) if arch == "qwen3" else LlamaForCausalLM(LlamaConfig(**kw))
+    with torch.no_grad():  # norms away from 1 so that a mapping mistake on them shows
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen3", True)])
+def test_hf_to_megatron_to_hf_is_bit_identical(tokenizer, tmp_path, arch, tied):
+    src = _random_hf_model(tmp_path / "src", arch, tokenizer, tied)
+    ckpt = tmp_path / "ckpt"
+    tool(FROM_HF, "--hf", src, "--output", ckpt, "--recipe", runner.TINY, "parallel.tensor_model_parallel_size=2")
+    parity = json.loads((ckpt / "parity.json").read_text())
+    assert parity["passed"] and parity["top1_agreement"] == 1.0, parity
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
+    back = tmp_path / "back"
+    tool(TO_HF, "--checkpoint", ckpt, "--output", back, "--dtype", "fp32")
+    a, b = load_file(src / "model.safetensors"), load_file(back / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    cfg = json.loads((back / "config.json").read_text())
+    assert cfg["rope_theta"] == 130000.0 and cfg["num_key_value_heads"] == 2 and cfg["head_dim"] == 16
+
+
+def test_converted_checkpoint_continues_pretraining_at_tp2(tokenizer, tmp_path):
+    src = _random_hf_model(tmp_path / "src", "llama", tokenizer, tied=False)
+    ckpt = tmp_path / "ckpt"
+    tool(FROM_HF, "--hf", src, "--output", ckpt, "--recipe", runner.TINY, "--no-verify")
+    recipe = ckpt / "recipe.yaml"
+    common = ["training.train_iters=3", "scheduler.lr_warmup_iters=1", "scheduler.lr_wsd_decay_iters=1",
+              "logging.log_interval=1", "logging.tensorboard=false",
+              "checkpoint.save_interval=null", "training.eval_interval=null", f"checkpoint.load={ckpt}"]
+    losses = {}
+    for tp in (1, 2):
+        d = tmp_path / f"tp{tp}"
+        launcher = [sys.executable, runner.PRETRAIN] if tp == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+             "--master-port", str(free_port()), runner.PRETRAIN]
+        proc = subprocess.run(launcher + [str(recipe), *common, f"parallel.tensor_model_parallel_size={tp}",
+                                          f"checkpoint.dir={d / 'ckpt'}", f"logging.dir={d}"],
+                              cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "holds weights only" in proc.stderr + proc.stdout
+        losses[tp] = runner.losses(d)
+    assert sorted(losses[1]) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert math.isclose(losses[1][step], losses[2][step], rel_tol=1e-5)
+    # the converted weights were used: a random-init model of this vocab starts near ln(450)
+    assert losses[1][1] != pytest.approx(math.log(450), abs=1e-3)
+
+
+def test_bad_inputs_are_named(trained, tokenizer, tmp_path):
+    ckpt = trained("gqa_tied_tp2")
+    (tmp_path / "empty").mkdir()
+    p = tool(TO_HF, "--checkpoint", tmp_path / "empty", "--output", tmp_path / "o1", check=False)
+    assert p.returncode == 2 and "latest_checkpointed_iteration.txt" in p.stderr
+    p = tool(TO_HF, "--checkpoint", ckpt, "--iteration", 999, "--output", tmp_path / "o2", check=False)
+    assert p.returncode == 2 and "iteration 999 not found; completed iterations: [6]" in p.stderr
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    yaml_path = bad / "iter_0000006" / "recipe.yaml"
+    good_yaml = yaml_path.read_text()
+    yaml_path.write_text(good_yaml.replace("num_layers: 4", "num_layers: 3"))
+    p = tool(TO_HF, "--checkpoint", bad, "--output", tmp_path / "o3", check=False)
+    assert p.returncode == 2 and "decoder.layers.self_attention.linear_qkv.weight: checkpoint [4, 128, 64] " \
+                                 "!= recipe [3, 128, 64]" in p.stderr, p.stderr
+    yaml_path.write_text(good_yaml.replace("activation: swiglu", "activation: gelu"))
+    p = tool(TO_HF, "--checkpoint", bad, "--output", tmp_path / "o4", check=False)
+    assert p.returncode == 2 and "no exact Hugging Face" in p.stderr and "activation=gelu" in p.stderr
+
+    from transformers import AutoTokenizer
+
+    big_tok = AutoTokenizer.from_pretrained(tokenizer)
+    big_tok.add_tokens([f"<extra_{i}>" for i in range(600 - len(big_tok))])  # 600 tokens > vocab 512
+    big = tmp_path / "bigtok"
+    big_tok.save_pretrained(big)
+    p = tool(TO_HF, "--checkpoint", ckpt, "--output", tmp_path / "o5", "--tokenizer", big, check=False)
+    assert p.returncode == 2 and "but the model's vocab_size is 512" in p.stderr
+    assert not (tmp_path / "o5").exists()
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    p = tool(TO_HF, "--checkpoint", ckpt, "--output", tmp_path / "full", check=False)
+    assert p.returncode == 2 and "not empty" in p.stderr
+
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    p = tool(FROM_HF, "--hf", gpt2, "--output", tmp_path / "o6", check=False)
+    assert p.returncode == 2 and "architecture 'GPT2LMHeadModel'" in p.stderr
+
+
+def test_parity_failure_publishes_nothing(trained, tmp_path):
+    out = tmp_path / "hf"
+    p = tool(TO_HF, "--checkpoint", trained("gqa_tied_tp2"), "--output", out, "--atol", "-1", check=False)
+    assert p.returncode == 3 and "parity check failed" in p.stderr
+    assert not out.exists()
+    report = json.loads((tmp_path / "hf.parity-failed" / "parity.json").read_text())
+    assert report["passed"] is False and report["max_abs_diff"] < 1e-4

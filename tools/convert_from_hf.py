@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Convert a local Hugging Face Llama / SmolLM2 / Qwen3 directory to a torch_dist checkpoint.
+
+  python tools/convert_from_hf.py --hf /models/SmolLM2-1.7B --output ckpt/smollm2 \\
+      --recipe recipes/smollm2_1p7b_fineweb_edu_srp_h100_bf16.yaml parallel.tensor_model_parallel_size=2
+
+The recipe gives the training settings (default: recipes/smollm2_1p7b_base.yaml); its model section
+is taken from the Hugging Face config.json, and overrides follow as for tools/pretrain.py. The
+checkpoint holds global tensors, so it loads under any TP/PP layout; it is weights-only:
+`tools/pretrain.py RECIPE checkpoint.load=OUTPUT` continues pretraining from it with a fresh
+optimizer. The Megatron model is reloaded from the written files and its logits compared with the
+Hugging Face model's (OUTPUT/parity.json); exit 3 when they differ.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
+    p.add_argument("--output", required=True, help="checkpoint directory to write")
+    p.add_argument("--recipe", help="recipe for the training settings (default: recipes/smollm2_1p7b_base.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
+    p.add_argument("--no-verify", action="store_true", help="skip the logit parity check")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    from megatron_srp.config import RecipeError
+    from megatron_srp.export.convert import ParityError, ParitySettings, from_hf
+    from megatron_srp.training.checkpointing import CheckpointError
+
+    try:
+        result = from_hf(args.hf, args.output, base_recipe=args.recipe, overrides=args.overrides,
+                         verify=not args.no_verify, parity=ParitySettings(atol=args.atol, rtol=args.rtol),
+                         overwrite=args.overwrite, progress=not args.no_progress)
+    except ParityError as e:
+        print(f"parity check failed: {e}", file=sys.stderr)
+        return 3
+    except (CheckpointError, RecipeError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Convert a torch_dist checkpoint (any TP/PP/DP layout, TE or local spec) to a Hugging Face directory.
+
+  python tools/convert_to_hf.py --checkpoint runs/tiny_cpu/checkpoints --output hf/tiny_cpu
+
+Writes LlamaForCausalLM (Qwen3ForCausalLM with qk-layernorm) as safetensors, config.json,
+generation_config.json, the tokenizer (--tokenizer, or the recipe's data.tokenizer_model), the
+recipe and a model card. Then runs the Megatron model and the converted model on the same tokens:
+the output appears only when their logits agree (report: OUTPUT/parity.json); otherwise the files
+go to OUTPUT.parity-failed/ and the exit code is 3. Runs on a CPU; no GPU needed.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_size(text: str) -> int:
+    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+    t = text.strip().upper()
+    for u, m in units.items():
+        if t.endswith(u):
+            return int(float(t[:-2]) * m)
+    return int(t)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (with latest_checkpointed_iteration.txt)")
+    p.add_argument("--iteration", type=int, help="iteration to convert (default: the latest)")
+    p.add_argument("--output", required=True, help="Hugging Face model directory to write")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's data.tokenizer_model)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="weights dtype (auto: bf16 if the recipe trained in bf16, else fp32)")
+    p.add_argument("--no-verify", action="store_true", help="skip the logit parity check")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--max-shard-size", default="2GB", help="safetensors shard size (e.g. 2GB, 500MB)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    from megatron_srp.config import RecipeError
+    from megatron_srp.export.convert import ParityError, ParitySettings, to_hf
+    from megatron_srp.training.checkpointing import CheckpointError
+
+    try:
+        result = to_hf(args.checkpoint, args.output, iteration=args.iteration, tokenizer=args.tokenizer,
+                       dtype=args.dtype, verify=not args.no_verify,
+                       parity=ParitySettings(atol=args.atol, rtol=args.rtol),
+                       max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    except ParityError as e:
+        print(f"parity check failed: {e}", file=sys.stderr)
+        return 3
+    except (CheckpointError, RecipeError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
