@@ -523,8 +523,10 @@ def validate(r: Recipe) -> None:
     _need(r.logging.log_interval >= 1, "logging.log_interval must be >= 1")
     sched = r.scheduler
     decay = sched.lr_decay_iters or t.train_iters
-    _need(sched.lr_warmup_iters <= decay,
-          f"scheduler.lr_warmup_iters={sched.lr_warmup_iters} exceeds the decay length {decay}")
+    # OptimizerParamScheduler asserts warmup < decay (a bare AssertionError at start-up otherwise)
+    _need(sched.lr_warmup_iters < decay,
+          f"scheduler.lr_warmup_iters={sched.lr_warmup_iters} must be smaller than the decay length {decay} "
+          f"(scheduler.lr_decay_iters, or training.train_iters)")
     _need(r.optimizer.min_lr <= r.optimizer.lr, "optimizer.min_lr exceeds optimizer.lr")
 
 

@@ -50,6 +50,7 @@ def test_unknown_key_suggests_nearest(tmp_path):
     ("parallel.pipeline_model_parallel_size=3", r"model.num_layers=4 is not divisible by parallel.pipeline_model_parallel_size=3"),
     ("training.global_batch_size=7", r"training.global_batch_size=7 is not divisible by training.micro_batch_size=4"),
     ("model.recompute_granularity=full", r"needs model.recompute_method"),
+    ("training.train_iters=5", r"scheduler.lr_warmup_iters=5 must be smaller than the decay length 5"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(RecipeError, match=message):
