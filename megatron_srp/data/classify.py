@@ -81,7 +81,10 @@ def _resolve(table: dict, kind: str, name: str):
     if name not in table:
         raise ClassifierError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
     module, attr = table[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as e:  # a backend's optional dependency (vllm, ...) or a part not installed
+        raise ClassifierError(f"{kind} {name!r} cannot be loaded: {e}") from e
 
 
 def build_classifier(name: str, **options) -> Classifier:

@@ -118,7 +118,8 @@ def _check_splits_nonempty(prefixes: list[str], split_matrix) -> None:
 
     names = ["train", "validation", "test"]
     for prefix in prefixes:
-        n = len(IndexedDataset(prefix).sequence_lengths)
+        ds = IndexedDataset(prefix)  # held while reading: its __del__ closes the mmap
+        n = len(ds.sequence_lengths)
         for name, rng in zip(names, split_matrix):
             if rng is None:
                 continue
