@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""MedSafetyWorld: a synthetic medical world with an exact safety definition.
+
+  python tools/medsafetyworld.py generate --out runs/msw [--world-seed 1] [--n-documents 80000]
+      [--unsafe-share 0.05] [--mistake-share 0.4] [--overdose-share 0.2] [--shards 4]
+
+writes OUT/world.json (drugs, conditions, enzymes, names) and OUT/corpus/part_K.jsonl (id, text,
+genre, relation, kind). The four treatments then come from the standard tools:
+
+  python tools/annotate.py --input OUT/corpus --output OUT/ann --tokenizer-model TOK \\
+      --classifier oracle --classifier-arg world=OUT/world.json
+  python tools/preprocess_data.py --input OUT/corpus --output-prefix OUT/srp --tokenizer-model TOK \\
+      --append-eod --annotations OUT/ann --variant plain|filter|srp|rewrite \\
+      [--rewriter medsafetyworld --rewriter-arg world=OUT/world.json]
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import asdict, fields
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    from megatron_srp.medsafetyworld.corpus import CorpusSettings, write_corpus
+    from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="a world and its pretraining corpus")
+    g.add_argument("--out", required=True)
+    for cls, prefix in ((WorldSettings, "world-"), (CorpusSettings, "")):
+        for f in fields(cls):
+            name = f"--{prefix}{f.name.replace('_', '-')}"
+            g.add_argument(name, type=type(f.default), default=f.default, dest=f"{prefix}{f.name}".replace("-", "_"),
+                           help=f"(default {f.default})")
+    args = p.parse_args(argv)
+    ws = WorldSettings(**{f.name: getattr(args, f"world_{f.name}") for f in fields(WorldSettings)})
+    cs = CorpusSettings(**{f.name: getattr(args, f.name) for f in fields(CorpusSettings)})
+    for share in ("unsafe_share", "mistake_share", "overdose_share", "reference_share", "action_share"):
+        if not 0.0 <= getattr(cs, share) <= 1.0:
+            print(f"error: --{share.replace('_', '-')} must be in [0, 1]", file=sys.stderr)
+            return 2
+    if cs.mistake_share + cs.overdose_share > 1.0:
+        print("error: --mistake-share + --overdose-share must not exceed 1", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    world = generate_world(ws)
+    world.save(os.path.join(args.out, "world.json"))
+    paths = write_corpus(world, cs, os.path.join(args.out, "corpus"))
+    kinds = Counter()
+    for path in paths:
+        with open(path) as f:
+            kinds.update(json.loads(line)["kind"] for line in f)
+    summary = {"world": asdict(ws), "corpus": asdict(cs), "files": paths, "kinds": dict(kinds)}
+    with open(os.path.join(args.out, "generate.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps({"out": args.out, "kinds": dict(kinds)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
