@@ -27,8 +27,11 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", help="recipe for the training settings (default: recipes/smollm2_1p7b_base.yaml)")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
     p.add_argument("--no-verify", action="store_true", help="skip the logit parity check")
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--parity-dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="dtype both models compute in (auto: the weights' dtype; fp32 is exact but holds an fp32 "
+                        "copy of the model)")
+    p.add_argument("--atol", type=float, help="parity tolerance (default: 1e-4 in fp32, 0 in bf16)")
+    p.add_argument("--rtol", type=float, help="relative to max |logit| (default: 1e-4 in fp32, 0.1 in bf16)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
 
     try:
         result = from_hf(args.hf, args.output, base_recipe=args.recipe, overrides=args.overrides,
-                         verify=not args.no_verify, parity=ParitySettings(atol=args.atol, rtol=args.rtol),
+                         verify=not args.no_verify, parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
                          overwrite=args.overwrite, progress=not args.no_progress)
     except ParityError as e:
         print(f"parity check failed: {e}", file=sys.stderr)

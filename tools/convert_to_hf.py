@@ -36,12 +36,18 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                    help="weights dtype (auto: bf16 if the recipe trained in bf16, else fp32)")
     p.add_argument("--no-verify", action="store_true", help="skip the logit parity check")
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--parity-dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="dtype both models compute in (auto: the weights' dtype; fp32 is exact but holds an fp32 "
+                        "copy of the model)")
+    p.add_argument("--atol", type=float, help="parity tolerance (default: 1e-4 in fp32, 0 in bf16)")
+    p.add_argument("--rtol", type=float, help="relative to max |logit| (default: 1e-4 in fp32, 0.1 in bf16)")
     p.add_argument("--max-shard-size", default="2GB", help="safetensors shard size (e.g. 2GB, 500MB)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     from megatron_srp.config import RecipeError
     from megatron_srp.export.convert import ParityError, ParitySettings, to_hf
@@ -50,7 +56,7 @@ def main(argv=None) -> int:
     try:
         result = to_hf(args.checkpoint, args.output, iteration=args.iteration, tokenizer=args.tokenizer,
                        dtype=args.dtype, verify=not args.no_verify,
-                       parity=ParitySettings(atol=args.atol, rtol=args.rtol),
+                       parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
                        max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
                        progress=not args.no_progress)
     except ParityError as e:

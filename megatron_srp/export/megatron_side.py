@@ -25,6 +25,7 @@ def single_process_recipe(recipe: Recipe) -> Recipe:
     d["precision"]["fp8"] = None
     d["training"]["global_batch_size"] = d["training"]["micro_batch_size"]
     d["checkpoint"].update(dir=None, load=None)
+    d["device"] = "auto"  # a conversion runs where it is started: a GPU when there is one, else the CPU
     return recipe_from_dict(d)
 
 
@@ -66,8 +67,8 @@ def logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return out.float().cpu()
 
 
-def round_params_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Compute in fp32 with exactly the exported weights: round each parameter through ``dtype``."""
+def round_params_to(model: torch.nn.Module, weights: torch.dtype, compute: torch.dtype) -> None:
+    """Hold exactly the exported weight values (rounded through ``weights``), stored in ``compute``."""
     with torch.no_grad():
         for p in model.parameters():
-            p.data = p.data.to(dtype).float()
+            p.data = p.data.to(weights).to(compute)
