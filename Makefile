@@ -47,7 +47,7 @@ $(VENV312)/.installed:
 
 test-mcore019: $(VENV312)/.installed
 	$(VENV312)/bin/python -c "import megatron.core as m, sys; print('megatron-core', m.__version__, 'python', sys.version.split()[0])"
-	PYTHONPATH=$(CURDIR) $(VENV312)/bin/python -m pytest -q $(PYTEST_ARGS) tests/training tests/data
+	PYTHONPATH=$(CURDIR) $(VENV312)/bin/python -m pytest -q $(PYTEST_ARGS) tests/training tests/data tests/export
 
 bench: install
 	$(PY) bench/cpu_step.py --compare
