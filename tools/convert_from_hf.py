@@ -13,7 +13,6 @@ Hugging Face model's (OUTPUT/parity.json); exit 3 when they differ.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -36,22 +35,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from megatron_srp.config import RecipeError
-    from megatron_srp.export.convert import ParityError, ParitySettings, from_hf
-    from megatron_srp.training.checkpointing import CheckpointError
+    from megatron_srp.export.convert import ParitySettings, from_hf, run_cli
 
-    try:
-        result = from_hf(args.hf, args.output, base_recipe=args.recipe, overrides=args.overrides,
-                         verify=not args.no_verify, parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
-                         overwrite=args.overwrite, progress=not args.no_progress)
-    except ParityError as e:
-        print(f"parity check failed: {e}", file=sys.stderr)
-        return 3
-    except (CheckpointError, RecipeError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_cli(from_hf, hf_dir=args.hf, output=args.output, base_recipe=args.recipe, overrides=args.overrides,
+                   verify=not args.no_verify,
+                   parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
+                   overwrite=args.overwrite, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ go to OUTPUT.parity-failed/ and the exit code is 3. Runs on a CPU; no GPU needed
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -49,24 +48,13 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    from megatron_srp.config import RecipeError
-    from megatron_srp.export.convert import ParityError, ParitySettings, to_hf
-    from megatron_srp.training.checkpointing import CheckpointError
+    from megatron_srp.export.convert import ParitySettings, to_hf, run_cli
 
-    try:
-        result = to_hf(args.checkpoint, args.output, iteration=args.iteration, tokenizer=args.tokenizer,
-                       dtype=args.dtype, verify=not args.no_verify,
-                       parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
-                       max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
-                       progress=not args.no_progress)
-    except ParityError as e:
-        print(f"parity check failed: {e}", file=sys.stderr)
-        return 3
-    except (CheckpointError, RecipeError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_cli(to_hf, checkpoint=args.checkpoint, output=args.output, iteration=args.iteration,
+                   tokenizer=args.tokenizer, dtype=args.dtype, verify=not args.no_verify,
+                   parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
+                   max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
+                   progress=not args.no_progress)
 
 
 if __name__ == "__main__":

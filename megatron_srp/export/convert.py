@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -122,29 +124,32 @@ def _stored_key(ckpt: TorchDistCheckpoint, key: str) -> str:
     return mapping.LAYER_PREFIX + alias
 
 
-def _prepare_output(output: str, overwrite: bool) -> str:
-    output = os.path.abspath(output)
+@contextmanager
+def staged_output(output: str, overwrite: bool):
+    """A temporary directory beside ``output``; removed if the conversion fails before ``publish``."""
     if os.path.exists(output) and os.listdir(output) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty (pass --overwrite to replace it)")
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=os.path.dirname(output))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once published
 
 
-def _publish(tmp: str, output: str) -> None:
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    os.replace(tmp, output)
-
-
-def _fail(tmp: str, output: str, report: dict) -> None:
-    failed = f"{output}.parity-failed"
-    if os.path.exists(failed):
-        shutil.rmtree(failed)
-    os.replace(tmp, failed)
-    raise ParityError(f"logits differ: max abs diff {report['max_abs_diff']:.3g} > tolerance "
-                      f"{report['tolerance']:.3g} (top-1 agreement {report['top1_agreement']:.4f}); the converted "
-                      f"files and {PARITY_FILE} are in {failed}")
+def publish(tmp: str, output: str, report: Optional[dict]) -> None:
+    """Write the parity report; rename to ``output`` when it passed, else to OUTPUT.parity-failed and raise."""
+    if report is not None:
+        with open(os.path.join(tmp, PARITY_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+    target = output if report is None or report["passed"] else f"{output}.parity-failed"
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    if target != output:
+        raise ParityError(f"logits differ: max abs diff {report['max_abs_diff']:.3g} > tolerance "
+                          f"{report['tolerance']:.3g} (top-1 agreement {report['top1_agreement']:.4f}); the converted "
+                          f"files and {PARITY_FILE} are in {target}")
 
 
 def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokenizer: Optional[str] = None,
@@ -162,9 +167,8 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
         log.warning("the recipe's data.tokenizer_model %s is not here: writing the model without tokenizer files "
                     "(pass --tokenizer DIR)", tok_src)
         tok_src = None
-    tmp = _prepare_output(output, overwrite)
     output = os.path.abspath(output)
-    try:
+    with staged_output(output, overwrite) as tmp:
         token_ids = hf_files.copy_tokenizer(tok_src, tmp, shape.vocab_size) if tok_src else {}
         writer = hf_files.ShardedSafetensorsWriter(tmp, max_shard_bytes)
         keys = mapping.megatron_keys(shape)
@@ -190,16 +194,8 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
             report = compare(meg, hf_logits(tmp, tokens, shape.vocab_size, parity.compute_dtype(out_dtype)),
                              parity, out_dtype)
             report.update(direction="megatron->hf", checkpoint=ckpt.path)
-            with open(os.path.join(tmp, PARITY_FILE), "w") as f:
-                json.dump(report, f, indent=2)
         hf_files.write_model_card(tmp, recipe, ckpt.iteration, ckpt.path, report, hf_files.architecture(shape))
-        if report is not None and not report["passed"]:
-            _fail(tmp, output, report)
-        _publish(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, output, report)
     return {"output": output, "iteration": ckpt.iteration, "architecture": hf_files.architecture(shape),
             "dtype": str(out_dtype).removeprefix("torch."), "files": files, "parity": report}
 
@@ -249,8 +245,7 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
     output = os.path.abspath(output)
     if ck.read_tracker(output) is not None and not overwrite:
         raise FileExistsError(f"{output} already holds a checkpoint (pass --overwrite to replace it)")
-    tmp = _prepare_output(output, True)
-    try:
+    with staged_output(output, True) as tmp:
         d = recipe.to_dict()
         d["checkpoint"]["dir"] = output
         from megatron_srp.config import recipe_from_dict
@@ -305,18 +300,27 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
             report = compare(meg, hf_logits(hf_dir, tokens, shape.vocab_size, parity.compute_dtype(weights_dtype)),
                              parity, weights_dtype)
             report.update(direction="hf->megatron", source=os.path.abspath(hf_dir))
-            with open(os.path.join(tmp, PARITY_FILE), "w") as f:
-                json.dump(report, f, indent=2)
         with open(os.path.join(tmp, "recipe.yaml"), "w") as f:
             f.write(recipe.to_yaml())
         with open(os.path.join(tmp, ck.TRACKER), "w") as f:
             f.write("0\n")
-        if report is not None and not report["passed"]:
-            _fail(tmp, output, report)
-        _publish(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, output, report)
     return {"output": output, "recipe": recipe.name, "parity": report,
             "padded_vocab_size": padded_vocab_size(recipe)}
+
+
+def run_cli(convert, **kwargs) -> int:
+    """What both command-line tools do around a conversion: exit 0 and the result as JSON, 2 on bad input
+    (the message names it), 3 when the parity check failed."""
+    from megatron_srp.config import RecipeError
+
+    try:
+        result = convert(**kwargs)
+    except ParityError as e:
+        print(f"parity check failed: {e}", file=sys.stderr)
+        return 3
+    except (CheckpointError, RecipeError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0

@@ -137,9 +137,7 @@ def _document(world: World, rng: random.Random, genre: str, relation: str, kind:
         if d.max_dose >= max(DOSES) or not assess(world, d.name, 100, p).is_safe:
             return None
         dose = rng.choice([x for x in DOSES if x > d.max_dose] + [d.max_dose + 100])
-    elif kind == "harm":
-        dose = safe_dose(d, rng)
-    else:
+    else:  # safe and harmful documents alike give a legal dose: harm comes from the drug, not the amount
         dose = safe_dose(d, rng)
     text = render(genre, p, relation, arg, d, dose, mechanism(world, d, relation, arg, p))
     return {"text": text, "genre": genre, "relation": relation, "kind": kind}
