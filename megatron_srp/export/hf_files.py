@@ -179,6 +179,23 @@ def hf_rope_theta(cfg: dict) -> float:
     return float((cfg.get("rope_parameters") or {}).get("rope_theta") or cfg.get("rope_theta") or 10000.0)
 
 
+def data_variant(recipe) -> str:
+    """What the training data was, as far as the files tell: srp data carries the role sidecar."""
+    from megatron_srp.config import blend_from_data_path
+    from megatron_srp.data.roles import has_roles
+
+    if recipe.data.mock or not recipe.data.data_path:
+        return "mock data"
+    prefixes, _ = blend_from_data_path(recipe.data.data_path)
+    with_roles = [p for p in prefixes if has_roles(p)]
+    if with_roles:
+        return "srp (reflection-interleaved; role sidecar present)" if len(with_roles) == len(prefixes) else \
+            f"a blend with srp data ({len(with_roles)} of {len(prefixes)} prefixes carry reflections)"
+    if any(os.path.exists(f"{p}.idx") for p in prefixes):
+        return "no reflections (plain, filter or rewrite)"
+    return "unknown (the data files are not on this machine)"
+
+
 def write_model_card(out_dir: str, recipe, iteration: int, source: str, parity: Optional[dict], arch: str) -> None:
     data = ", ".join(recipe.data.data_path) if recipe.data.data_path else ("mock data" if recipe.data.mock else "-")
     lines = [
@@ -189,6 +206,7 @@ def write_model_card(out_dir: str, recipe, iteration: int, source: str, parity: 
         f"| recipe | `{recipe.name}` |",
         f"| step | {iteration} |",
         f"| data | {data} |",
+        f"| data variant | {data_variant(recipe)} |",
         f"| reflection loss | {recipe.data.reflection_loss} |",
         f"| layers x hidden | {recipe.model.num_layers} x {recipe.model.hidden_size} |",
         f"| vocab | {recipe.model.vocab_size} |",

@@ -200,3 +200,21 @@ def test_parity_failure_publishes_nothing(trained, tmp_path):
     assert not out.exists()
     report = json.loads((tmp_path / "hf.parity-failed" / "parity.json").read_text())
     assert report["passed"] is False and report["max_abs_diff"] < 1e-4
+
+
+def test_model_card_names_the_data_variant(tmp_path):
+    from megatron_srp.config import load_recipe
+    from megatron_srp.export.hf_files import data_variant
+    from tests.fixtures import write_indexed_dataset
+
+    srp = write_indexed_dataset(tmp_path / "srp", n_docs=5, with_roles=True)
+    plain = write_indexed_dataset(tmp_path / "plain", n_docs=5)
+
+    def variant(*paths):
+        return data_variant(load_recipe(runner.TINY, ["data.mock=false", f"data.data_path=[{','.join(paths)}]"]))
+
+    assert data_variant(load_recipe(runner.TINY)) == "mock data"
+    assert variant(str(srp)).startswith("srp")
+    assert variant(str(plain)) == "no reflections (plain, filter or rewrite)"
+    assert variant("0.5", str(srp), "0.5", str(plain)).startswith("a blend with srp data (1 of 2")
+    assert variant(str(tmp_path / "elsewhere")).startswith("unknown")
