@@ -41,8 +41,11 @@ class ParityError(RuntimeError):
 @dataclass
 class ParitySettings:
     batch: int = 2
+    """Sequences of random token ids both models read."""
     seq: int = 64
+    """Their length (at most the model's seq_length)."""
     seed: int = 0
+    """Seed of the token ids."""
     compute: str = "auto"
     """dtype both models compute in: auto (the exported weights' dtype), fp32 (exact; a full fp32 copy of
     the model in memory) or bf16. Either way both models hold exactly the exported weight values."""
@@ -97,14 +100,22 @@ def hf_logits(hf_dir: str, tokens: torch.Tensor, vocab_size: int, compute: torch
     return out
 
 
+def stored_key(ckpt: TorchDistCheckpoint, key: str) -> Optional[str]:
+    """The checkpoint's name for ``key`` (norms saved under the local spec's module names are accepted)."""
+    if key in ckpt.tensors:
+        return key
+    if key.startswith(mapping.LAYER_PREFIX):
+        alias = {v: k for k, v in mapping.NORM_ALIASES.items()}.get(key[len(mapping.LAYER_PREFIX):])
+        if alias and mapping.LAYER_PREFIX + alias in ckpt.tensors:
+            return mapping.LAYER_PREFIX + alias
+    return None
+
+
 def check_shapes(ckpt: TorchDistCheckpoint, shape: mapping.Shape) -> None:
     """Every tensor the recipe implies is in the checkpoint with the implied shape; else name them all."""
     problems = []
     for key in mapping.megatron_keys(shape):
-        found = key if key in ckpt.tensors else None
-        if found is None and key.startswith(mapping.LAYER_PREFIX):
-            alias = {v: k for k, v in mapping.NORM_ALIASES.items()}.get(key[len(mapping.LAYER_PREFIX):])
-            found = mapping.LAYER_PREFIX + alias if alias and mapping.LAYER_PREFIX + alias in ckpt.tensors else None
+        found = stored_key(ckpt, key)
         if found is None:
             problems.append(f"{key}: missing")
         elif ckpt.shape(found) != mapping.expected_megatron_shape(key, shape):
@@ -115,13 +126,6 @@ def check_shapes(ckpt: TorchDistCheckpoint, shape: mapping.Shape) -> None:
         raise CheckpointError(
             f"{ckpt.path}: the tensors do not match its recipe (num_layers={r.num_layers}, hidden_size={r.hidden_size}, "
             f"vocab_size={r.vocab_size}, heads={r.num_attention_heads}/{r.num_query_groups}):\n  " + "\n  ".join(problems))
-
-
-def _stored_key(ckpt: TorchDistCheckpoint, key: str) -> str:
-    if key in ckpt.tensors:
-        return key
-    alias = {v: k for k, v in mapping.NORM_ALIASES.items()}[key[len(mapping.LAYER_PREFIX):]]
-    return mapping.LAYER_PREFIX + alias
 
 
 @contextmanager
@@ -173,7 +177,7 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
         writer = hf_files.ShardedSafetensorsWriter(tmp, max_shard_bytes)
         keys = mapping.megatron_keys(shape)
         for key in tqdm(keys, desc="convert", unit="tensor", disable=not progress):
-            stacked = ckpt.read(_stored_key(ckpt, key))
+            stacked = ckpt.read(stored_key(ckpt, key))
             for name, t in mapping.to_hf(key, stacked, shape):
                 writer.add(name, t.to(out_dtype))
             del stacked
