@@ -20,26 +20,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
+    from megatron_srp.export.convert import add_parity_args, parity_from_args, run_cli, from_hf
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
     p.add_argument("--output", required=True, help="checkpoint directory to write")
     p.add_argument("--recipe", help="recipe for the training settings (default: recipes/smollm2_1p7b_base.yaml)")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
-    p.add_argument("--no-verify", action="store_true", help="skip the logit parity check")
-    p.add_argument("--parity-dtype", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="dtype both models compute in (auto: the weights' dtype; fp32 is exact but holds an fp32 "
-                        "copy of the model)")
-    p.add_argument("--atol", type=float, help="parity tolerance (default: 1e-4 in fp32, 0 in bf16)")
-    p.add_argument("--rtol", type=float, help="relative to max |logit| (default: 1e-4 in fp32, 0.1 in bf16)")
+    add_parity_args(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from megatron_srp.export.convert import ParitySettings, from_hf, run_cli
 
     return run_cli(from_hf, hf_dir=args.hf, output=args.output, base_recipe=args.recipe, overrides=args.overrides,
                    verify=not args.no_verify,
-                   parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
+                   parity=parity_from_args(args),
                    overwrite=args.overwrite, progress=not args.no_progress)
 
 

@@ -27,6 +27,8 @@ def parse_size(text: str) -> int:
 
 
 def main(argv=None) -> int:
+    from megatron_srp.export.convert import add_parity_args, parity_from_args, run_cli, to_hf
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (with latest_checkpointed_iteration.txt)")
     p.add_argument("--iteration", type=int, help="iteration to convert (default: the latest)")
@@ -34,12 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's data.tokenizer_model)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                    help="weights dtype (auto: bf16 if the recipe trained in bf16, else fp32)")
-    p.add_argument("--no-verify", action="store_true", help="skip the logit parity check")
-    p.add_argument("--parity-dtype", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="dtype both models compute in (auto: the weights' dtype; fp32 is exact but holds an fp32 "
-                        "copy of the model)")
-    p.add_argument("--atol", type=float, help="parity tolerance (default: 1e-4 in fp32, 0 in bf16)")
-    p.add_argument("--rtol", type=float, help="relative to max |logit| (default: 1e-4 in fp32, 0.1 in bf16)")
+    add_parity_args(p)
     p.add_argument("--max-shard-size", default="2GB", help="safetensors shard size (e.g. 2GB, 500MB)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true")
@@ -48,11 +45,10 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    from megatron_srp.export.convert import ParitySettings, to_hf, run_cli
 
     return run_cli(to_hf, checkpoint=args.checkpoint, output=args.output, iteration=args.iteration,
                    tokenizer=args.tokenizer, dtype=args.dtype, verify=not args.no_verify,
-                   parity=ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol),
+                   parity=parity_from_args(args),
                    max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
                    progress=not args.no_progress)
 

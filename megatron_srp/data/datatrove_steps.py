@@ -40,33 +40,34 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
                    help="extra #SBATCH option, repeatable (account=..., constraint=...)")
 
 
-class ToolShards(PipelineStep):
+class _ToolStep(PipelineStep):
+    type = "SRP"
+
+    def __init__(self, tool: str, argv: Sequence[str]):
+        super().__init__()
+        self.tool, self.argv = tool, list(argv)
+
+    def module(self):
+        return importlib.import_module(_TOOLS[self.tool])
+
+
+class ToolShards(_ToolStep):
     """Task ``rank`` of ``world_size`` runs the command on its share of the input files."""
 
     name = "megatron-srp shards"
-    type = "SRP"
-
-    def __init__(self, tool: str, argv: Sequence[str]):
-        super().__init__()
-        self.tool, self.argv = tool, list(argv)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        importlib.import_module(_TOOLS[self.tool]).run_task(self.argv, rank, world_size)
+        self.module().run_task(self.argv, rank, world_size)
         return iter(())
 
 
-class ToolFinish(PipelineStep):
+class ToolFinish(_ToolStep):
     """One task after every shard: the manifest (annotate) or the merge into one prefix (preprocess)."""
 
     name = "megatron-srp finish"
-    type = "SRP"
-
-    def __init__(self, tool: str, argv: Sequence[str]):
-        super().__init__()
-        self.tool, self.argv = tool, list(argv)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        importlib.import_module(_TOOLS[self.tool]).finish_task(self.argv)
+        self.module().finish_task(self.argv)
         return iter(())
 
 

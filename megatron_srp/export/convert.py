@@ -313,6 +313,20 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
             "padded_vocab_size": padded_vocab_size(recipe)}
 
 
+def add_parity_args(parser) -> None:
+    """The parity flags both command-line tools take."""
+    parser.add_argument("--no-verify", action="store_true", help="skip the logit parity check")
+    parser.add_argument("--parity-dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="dtype both models compute in (auto: the weights' dtype; fp32 is exact but holds an "
+                             "fp32 copy of the model)")
+    parser.add_argument("--atol", type=float, help="parity tolerance (default: 1e-4 in fp32, 0 in bf16)")
+    parser.add_argument("--rtol", type=float, help="relative to max |logit| (default: 1e-4 in fp32, 0.1 in bf16)")
+
+
+def parity_from_args(args) -> ParitySettings:
+    return ParitySettings(compute=args.parity_dtype, atol=args.atol, rtol=args.rtol)
+
+
 def run_cli(convert, **kwargs) -> int:
     """What both command-line tools do around a conversion: exit 0 and the result as JSON, 2 on bad input
     (the message names it), 3 when the parity check failed."""
