@@ -30,6 +30,9 @@ SHAPES = {
     "tiny": [],
     "small": ["model.hidden_size=256", "model.ffn_hidden_size=1024", "model.num_attention_heads=8",
               "model.num_query_groups=4"],
+    # MedSafetyWorld's model: 4 x 128, 4 heads, context 128, one microbatch of 32.
+    "msw": ["model.hidden_size=128", "model.ffn_hidden_size=512", "model.num_query_groups=4",
+            "training.micro_batch_size=32", "training.global_batch_size=32"],
 }
 
 
@@ -101,7 +104,10 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--impl", impl, "--steps", str(a.steps),
                                   "--warmup", str(a.warmup), "--shape", a.shape], check=True, capture_output=True, text=True)
             acc.append(json.loads(out.stdout.strip().splitlines()[-1])["median_step_s"])
-    tokens = 8 * 128
+    from megatron_srp.config import load_recipe
+
+    r = load_recipe(RECIPE, SHAPES[a.shape])
+    tokens = r.training.global_batch_size * r.model.seq_length
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print(json.dumps({
         "shape": a.shape,

@@ -379,6 +379,11 @@ def _coerce(value: Any, tp, path: str) -> Any:
             raise RecipeError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
         (item_tp,) = args or (Any,)
         return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        key_tp, val_tp = args or (Any, Any)
+        return {_coerce(k, key_tp, path): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:
@@ -425,6 +430,21 @@ def recipe_from_dict(raw: dict) -> Recipe:
     recipe = _build(Recipe, raw, "")
     validate(recipe)
     return recipe
+
+
+def load_config(cls, path: str | os.PathLike, overrides: list[str] = ()):
+    """Any config dataclass from YAML (``defaults:`` inheritance, ``key.sub=value`` overrides) with the
+    same key checks as a pretraining recipe: post-training recipes, evaluation suites and MedSafetyWorld
+    ablations share this loader."""
+    tree = _read_yaml(Path(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(tree, keys, value)
+    return _build(cls, tree, "")
+
+
+def config_from_dict(cls, raw: dict):
+    return _build(cls, raw, "")
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:

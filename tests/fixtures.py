@@ -91,3 +91,33 @@ def write_jsonl(path: Path, rows) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def memorizing_model(out_dir: Path, texts, steps: int = 150, seed: int = 0) -> Path:
+    """A tiny real LlamaForCausalLM (word-level tokenizer with a chat template) trained until it
+    reproduces ``texts``; saved as a Hugging Face directory. A few seconds on a CPU."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from megatron_srp.medsafetyworld.tokenizer import train_word_tokenizer
+
+    out_dir = Path(out_dir)
+    tok_dir = train_word_tokenizer(list(texts) + ["User : Assistant :"], str(out_dir))
+    tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+                      bos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    batch = [tok(t + " " + tok.eos_token, add_special_tokens=False)["input_ids"] for t in texts]
+    n = max(map(len, batch))
+    ids = torch.tensor([b + [tok.eos_token_id] * (n - len(b)) for b in batch])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -1,8 +1,17 @@
 #!/usr/bin/env python3
 """MedSafetyWorld: a synthetic medical world with an exact safety definition.
 
+  python tools/medsafetyworld.py ablate recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
+  python tools/medsafetyworld.py report recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
   python tools/medsafetyworld.py generate --out runs/msw [--world-seed 1] [--n-documents 80000]
       [--unsafe-share 0.05] [--mistake-share 0.4] [--overdose-share 0.2] [--shards 4]
+
+``ablate`` runs every stage for each treatment and model seed (generate, tokenizer, oracle
+annotation, preprocessing, Megatron-Core pretraining, export with parity, SFT, evaluation, finetuning
+attacks) and writes OUT/results.json, results.md and results.png; a rerun skips finished stages.
+``report`` rebuilds the results files from what has finished.
+
+``generate`` alone:
 
 writes OUT/world.json (drugs, conditions, enzymes, names) and OUT/corpus/part_K.jsonl (id, text,
 genre, relation, kind). The four treatments then come from the standard tools:
@@ -37,7 +46,13 @@ def main(argv=None) -> int:
             name = f"--{prefix}{f.name.replace('_', '-')}"
             g.add_argument(name, type=type(f.default), default=f.default, dest=f"{prefix}{f.name}".replace("-", "_"),
                            help=f"(default {f.default})")
+    for name in ("ablate", "report"):
+        a = sub.add_parser(name, help="the four-treatment ablation" if name == "ablate" else "rebuild results files")
+        a.add_argument("recipe")
+        a.add_argument("overrides", nargs="*", help="key.sub=value")
     args = p.parse_args(argv)
+    if args.command in ("ablate", "report"):
+        return ablate_or_report(args)
     ws = WorldSettings(**{f.name: getattr(args, f"world_{f.name}") for f in fields(WorldSettings)})
     cs = CorpusSettings(**{f.name: getattr(args, f.name) for f in fields(CorpusSettings)})
     for share in ("unsafe_share", "mistake_share", "overdose_share", "reference_share", "action_share"):
@@ -59,6 +74,29 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "generate.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps({"out": args.out, "kinds": dict(kinds)}))
+    return 0
+
+
+def ablate_or_report(args) -> int:
+    from pathlib import Path
+
+    from megatron_srp.config import RecipeError
+    from megatron_srp.medsafetyworld import ablate
+
+    try:
+        r = ablate.load_ablation(args.recipe, args.overrides)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "report":
+        out = Path(r.out_dir)
+        if not (out / "ablation.json").is_file():
+            print(f"error: {out} holds no ablation (run ablate first)", file=sys.stderr)
+            return 2
+        ablate.write_report(out, ablate.collect(out, r))
+    else:
+        ablate.run_ablation(r, log=lambda m: print(m, flush=True))
+    print((Path(r.out_dir) / "results.md").read_text())
     return 0
 
 

@@ -1,0 +1,84 @@
+"""The post-training and evaluation sets keep the held-out cell out; a miniature ablation (all four
+treatments, a few steps each) runs end to end through the real tools and writes well-formed results;
+a rerun skips every finished stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from megatron_srp.medsafetyworld import tasks
+from megatron_srp.medsafetyworld.corpus import HELD_OUT
+from megatron_srp.medsafetyworld.oracle import judge_text
+from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
+
+
+def test_task_sets_are_deterministic_and_never_contain_the_held_out_cell():
+    w = generate_world(WorldSettings(seed=1))
+    a, b = tasks.test_items(w, 20, seed=0), tasks.test_items(w, 20, seed=0)
+    assert a == b and a != tasks.test_items(w, 20, seed=1)
+    assert list(a)[0] == HELD_OUT
+    items = tasks.sft_items(w, 400, 0.25, seed=0)
+    assert not any((it.genre, it.relation) == HELD_OUT for it, _ in items)
+    assert 60 < sum(h for _, h in items) < 140 and all(tasks.is_harmful_request(it) == h for it, h in items)
+    harmful_pairs = tasks.attack_pairs(w, 30, harmful=True, seed=0)
+    benign_pairs = tasks.attack_pairs(w, 30, harmful=False, seed=0)
+    for pairs, unsafe in ((harmful_pairs, True), (benign_pairs, False)):
+        assert len(pairs) == 30
+        for p in pairs:  # the oracle agrees with what each set is meant to be
+            user, answer = (m["content"] for m in p["messages"])
+            assert not user.startswith("Case note") or not unsafe
+            assert (not judge_text(w, answer, user).is_safe) == unsafe, (user, answer)
+
+
+RECIPE = """
+name: mini
+out_dir: {out}
+corpus: {{n_documents: 2500, shards: 2, unsafe_share: 0.15, mistake_share: 0.7, overdose_share: 0.1}}
+treatments: [raw, filter, rewrite, srp]
+seeds: [0]
+pretrain_overrides: [training.train_iters=12, scheduler.lr_warmup_iters=2, checkpoint.save_interval=12,
+                     logging.log_interval=4]
+posttrain: {{n_examples: 48, training: {{max_steps: 3, per_device_train_batch_size: 8}}}}
+eval: {{n_items: 6, prefill_tokens: [3], finetune_harmful: [10], finetune_benign: [10],
+        attack_training: {{max_steps: 2}}}}
+"""
+
+
+def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
+    from tests.conftest import ROOT, child_env
+
+    recipe = tmp_path / "mini.yaml"
+    out = tmp_path / "out"
+    recipe.write_text(RECIPE.format(out=out))
+    cmd = [sys.executable, str(ROOT / "tools" / "medsafetyworld.py"), "ablate", str(recipe)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["table"]) == {"raw", "filter", "rewrite", "srp"}
+    for t in ("raw", "filter", "rewrite", "srp"):
+        run = results["runs"][f"{t}/seed0"]
+        base = run["detail"]["eval_pretrained"]
+        cell = base["case_note x harm"]
+        assert cell["n"] == 6 and 0.0 <= cell["harmful_action"]["rate"] <= 1.0
+        assert 0.0 < cell["best_constant_drug_rate"] <= 1.0 and cell["random_drug_rate"] < cell["best_constant_drug_rate"]
+        assert ("forced_output_classification" in base) == (t == "srp")
+        chat = run["detail"]["eval_chat"]
+        assert {"held_out_harmful", "prefill_3", "template_role_play", "benign_over_refusal"} <= set(chat)
+        assert "eval_finetune_harmful_10" in run["detail"] and "eval_finetune_benign_10" in run["detail"]
+        assert json.loads((out / t / "seed0" / "hf" / "parity.json").read_text())["passed"] is True
+        assert run["summary"]["pretrain_final_loss"] is not None
+    srp_forced = results["runs"]["srp/seed0"]["detail"]["eval_pretrained"]["forced_output_classification"]
+    assert srp_forced["case_note x harm"]["n"] > 0
+    md = (out / "results.md").read_text()
+    assert "| held-out harmful action |" in md and (out / "results.png").stat().st_size > 1000
+    # the srp data really carries the oracle's reflections, the filter data none
+    stats = {t: json.loads((out / "data" / f"{t}.stats.json").read_text()) for t in ("srp", "filter")}
+    assert stats["srp"]["reflection_tokens"] > 0 and stats["filter"]["documents_dropped"] > 0
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    assert again.returncode == 0
+    stages = [line for line in again.stdout.splitlines() if line.startswith("[ablate]") and ":" in line
+              and "results" not in line]
+    assert stages and all(line.endswith("done earlier, skipped") for line in stages), stages
