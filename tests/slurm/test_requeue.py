@@ -115,6 +115,16 @@ def test_default_guard_stops_after_one_attempt_without_progress(tmp_path):
     assert calls(env, "scontrol") == []
 
 
+def test_a_stop_file_ends_the_job_without_a_requeue(tmp_path):
+    run = tmp_path / "run"
+    (run / "slurm").mkdir(parents=True)
+    (run / "slurm" / "job-4242.stop").touch()
+    env = crash_env(tmp_path, 0, code=0, SRP_MAX_STALLS=5)
+    p = run_script("pretrain.sbatch", [TINY, *overrides(run)], env)
+    assert p.returncode == 0 and "job-4242.stop: stopping here, not requeueing" in p.stderr, p.stderr
+    assert calls(env, "scontrol") == []
+
+
 def test_a_recipe_or_checkpoint_error_is_never_requeued(tmp_path):
     env = crash_env(tmp_path, 0, code=2, SRP_MAX_STALLS=5)
     p = run_script("pretrain.sbatch", [TINY, *overrides(tmp_path / "run")], env)
