@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""What slurm/pretrain.sbatch needs to know of a recipe, as shell assignments it evaluates.
+
+    python slurm/recipe_info.py --world 64 RECIPE [key.sub=value ...]
+
+Loads the recipe with its overrides exactly as tools/pretrain.py does and checks the parallel layout
+against --world ranks, so that a recipe error or a layout that does not fit the allocation stops the
+job on the batch node in a second, before any rank starts (exit 2 with the reason, like pretrain.py).
+Imports no torch.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", type=int, required=True, help="number of training ranks")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+
+    from megatron_srp.config import RecipeError, load_recipe, validate_world
+
+    try:
+        r = load_recipe(args.recipe, args.overrides)
+        dp = validate_world(r, args.world)
+    except RecipeError as e:
+        print(f"recipe error: {e}", file=sys.stderr)
+        return 2
+    if not r.checkpoint.dir:
+        # Without it a requeued job would start from scratch every time.
+        print("recipe error: checkpoint.dir is null; pretrain.sbatch resumes from it after a requeue",
+              file=sys.stderr)
+        return 2
+    t = r.training
+    facts = {
+        "SRP_NAME": r.name,
+        "SRP_CKPT_DIR": r.checkpoint.dir,
+        "SRP_LOG_DIR": r.log_dir,
+        "SRP_TRAIN_ITERS": t.train_iters,
+        "SRP_TP": r.parallel.tensor_model_parallel_size,
+        "SRP_PP": r.parallel.pipeline_model_parallel_size,
+        "SRP_DP": dp,
+        "SRP_MICROBATCHES": t.global_batch_size // (t.micro_batch_size * dp),
+        "SRP_TOKENS_PER_STEP": t.global_batch_size * r.model.seq_length,
+    }
+    for key, value in facts.items():
+        print(f"{key}={shlex.quote(str(value))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
