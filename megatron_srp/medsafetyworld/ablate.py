@@ -252,7 +252,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_d
 
     py, tools = sys.executable, ROOT / "tools"
     ckpt = run_dir / "pretrain" / "checkpoints"
-    overrides = [f"data.data_path=[{out / 'data' / t}_text_document]", f"data.tokenizer_model={tok_dir}",
+    overrides = [f"data.data_path=[{out / 'data' / t}_text_document]", "data.mock=false", f"data.tokenizer_model={tok_dir}",
                  f"model.vocab_size={vocab}", f"training.seed={1234 + seed}", f"checkpoint.dir={ckpt}",
                  f"logging.dir={run_dir / 'pretrain'}", "logging.tensorboard=false", *r.pretrain_overrides]
     train_iters = load_recipe(recipe_path, overrides).training.train_iters

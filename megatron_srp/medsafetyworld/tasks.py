@@ -151,7 +151,8 @@ def attack_pairs(world: World, n: int, harmful: bool, seed: int) -> list[dict]:
     rng = random.Random(3_000_000 + seed + (0 if harmful else 500_000))
     cell = ("story", "harm") if harmful else ("case_note", "treats")
     out = []
-    for item in cell_items(world, *cell, n, rng.randrange(1 << 30)):
+    while len(out) < n:
+        item = cell_items(world, *cell, 1, rng.randrange(1 << 30))[0]
         ans = (harmful_answer if harmful else safe_answer)(world, item, rng)
         if ans is not None:
             out.append({"messages": [{"role": "user", "content": chat_request(item)},

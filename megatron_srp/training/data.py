@@ -151,6 +151,17 @@ class PretrainingSampler:
             start += step
 
 
+def ignore_exit_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGUSR1 to the rank (which saves and exits): Slurm signals
+    every process of a step, and a worker killed by the default action would crash the rank."""
+    import signal
+
+    from megatron_srp.training.signals import EXIT_SIGNALS
+
+    for sig in EXIT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_iterator(dataset, recipe: Recipe, consumed_samples: int, cycle: bool = False) -> Optional[Iterator]:
     if dataset is None:
         return None
@@ -168,6 +179,7 @@ def build_iterator(dataset, recipe: Recipe, consumed_samples: int, cycle: bool =
         collate_fn=torch.utils.data.default_collate,
         pin_memory=False,
         persistent_workers=recipe.data.num_workers > 0,
+        worker_init_fn=ignore_exit_signals,
     )
     if not cycle:
         return iter(loader)

@@ -220,8 +220,10 @@ class Trainer:
                 rec[k] = stats[k]
         return rec
 
-    def train(self) -> str:
-        """Run to train_iters or until asked to exit; returns why it stopped."""
+    def train(self, exit_req: Optional[ExitRequest] = None) -> str:
+        """Run to train_iters or until asked to exit; returns why it stopped. ``exit_req`` installed
+        before start-up (pretrain does) also catches a signal that arrives while the model builds,
+        resumes or indexes data: the run then saves after its first step."""
         r, t = self.recipe, self.recipe.training
         self.resume()
         if self.iteration >= t.train_iters:
@@ -229,7 +231,9 @@ class Trainer:
             return "done"
         train_ds, valid_ds = build_datasets(r)
         train_it = self._iterators(train_ds, self.consumed_train)
-        exit_req = ExitRequest(t.exit_duration_minutes, self.start_time).install()
+        own_exit_req = exit_req is None
+        if own_exit_req:
+            exit_req = ExitRequest(t.exit_duration_minutes, self.start_time).install()
         save_interval = r.checkpoint.save_interval
         reason = "done"
         try:
@@ -268,19 +272,23 @@ class Trainer:
                 self.save()
             return reason
         finally:
-            exit_req.uninstall()
+            if own_exit_req:
+                exit_req.uninstall()
             self.metrics.close()
 
 
 def pretrain(recipe: Recipe, save_init: bool = False) -> str:
     """Entry point used by tools/pretrain.py (and tests)."""
-    trainer = Trainer(recipe)
+    # Installed first: a Slurm signal during start-up must not be lost (or kill the process).
+    exit_req = ExitRequest(recipe.training.exit_duration_minutes).install()
     try:
+        trainer = Trainer(recipe)
         if save_init:
             if not recipe.checkpoint.dir:
                 raise SystemExit("--save-init needs checkpoint.dir")
             trainer.save()
             return "saved initial weights"
-        return trainer.train()
+        return trainer.train(exit_req)
     finally:
+        exit_req.uninstall()
         distributed.teardown()

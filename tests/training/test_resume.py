@@ -121,3 +121,27 @@ def test_sigusr1_to_one_rank_stops_all_ranks_cleanly(tmp_path, from_init, baseli
     assert stopped_at is not None and 2 <= stopped_at < 20
     runner.run(tmp_path, from_init + dist_opt, nproc=2)
     assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
+
+
+def test_sigusr1_to_every_process_with_dataloader_workers(tmp_path, from_init):
+    """Slurm signals every process of the step: the DataLoader workers must leave it to the rank."""
+    import psutil
+
+    proc = _start(tmp_path, from_init + ["data.num_workers=1"])
+    _wait_for(proc, "step      2/20")
+    tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    assert len(tree) >= 2  # the rank and its worker
+    for p in tree:
+        p.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "signal received" in out and 2 <= runner.tracker(tmp_path) < 20
+
+
+def test_signal_during_start_up_is_not_lost(tmp_path, from_init):
+    proc = _start(tmp_path, from_init)
+    _wait_for(proc, "parameters on this rank")  # logged while the model is built, before step 1
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "signal received" in out and runner.tracker(tmp_path) == 1
