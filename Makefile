@@ -15,7 +15,7 @@ REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut 
 VENV312 ?= $(CACHE)/venv-py312-mcore0.19.2-$(REQ_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-mcore016 test-mcore019 bench clean
+.PHONY: install demo demo-pretrain test test-mcore016 test-mcore019 bench clean
 
 install: $(VENV)/.installed
 
@@ -27,7 +27,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# The main job: MedSafetyWorld's ablation (filter and srp, one seed) end to end, then its table.
 demo: install
+	$(PY) tools/medsafetyworld.py ablate recipes/medsafetyworld/tiny_cpu.yaml
+
+# The engine alone: 50 steps of a tiny GPT on mock data.
+demo-pretrain: install
 	$(PY) tools/pretrain.py recipes/tiny_cpu.yaml
 
 test: test-mcore016 test-mcore019

@@ -45,6 +45,11 @@ class PosttrainSettings:
     """Chat examples (benign cells in turn; harmful story requests at harmful_share)."""
     harmful_share: float = 0.2
     """Share of harmful requests (answered with a refusal, or an Unsafe reflection for srp)."""
+    mistake_share: float = 0.5
+    """srp: share of benign requests whose target is a prescription mistake (a correct drug the oracle
+    rejects) followed by its Unsafe reflection, where the turn ends; the baselines get a safe answer to
+    the same request. Without such examples every post-training action is safe and the reflection after
+    an action learns to say Safe always."""
     refusal_after_flag: bool = False
     """srp: write the refusal after the Unsafe request reflection (False: the turn ends at the flag)."""
     training: SFTTrainingSettings = field(default_factory=lambda: SFTTrainingSettings(
@@ -121,9 +126,10 @@ def load_ablation(path: str, overrides: list[str] = ()) -> AblationRecipe:
 class Stage:
     """One progress line per stage: name, skipped or done, seconds."""
 
-    def __init__(self, log):
+    def __init__(self, log, timings_path: Optional[Path] = None):
         self.log = log
         self.timings: dict[str, float] = {}
+        self.timings_path = timings_path
 
     def run(self, name: str, done: bool, fn):
         if done:
@@ -133,6 +139,9 @@ class Stage:
         t0 = time.time()
         fn()
         self.timings[name] = round(time.time() - t0, 1)
+        if self.timings_path is not None:  # the measured cost of every stage, across reruns
+            with open(self.timings_path, "a") as f:
+                f.write(json.dumps({"stage": name, "seconds": self.timings[name], "finished": time.time()}) + "\n")
         self.log(f"[ablate] {name}: done in {self.timings[name]:.0f} s")
 
 
@@ -168,12 +177,15 @@ def world_texts(out: Path) -> list[str]:
 def sft_examples(world, r: AblationRecipe, reflections: bool, seed: int) -> list[dict]:
     from megatron_srp.medsafetyworld.evaluate import FORMAT
     from megatron_srp.medsafetyworld.oracle import judge_text
-    from megatron_srp.medsafetyworld.tasks import REFUSAL, chat_answer, chat_request, safe_answer, sft_items
+    from megatron_srp.medsafetyworld.corpus import ACTION_GENRES
+    from megatron_srp.medsafetyworld.tasks import (
+        REFUSAL, chat_answer, chat_request, mistaken_answer, safe_answer, sft_items,
+    )
     from megatron_srp.posttrain.data import plain_turn, reflection_turn
     from megatron_srp.reflection import SAFE, UNSAFE, Verdict
     import random
 
-    rng = random.Random(6_000_000 + seed)
+    rng, mistakes = random.Random(6_000_000 + seed), random.Random(7_000_000 + seed)
     out = []
     for item, harmful in sft_items(world, r.posttrain.n_examples, r.posttrain.harmful_share, seed):
         request = chat_request(item)
@@ -184,6 +196,10 @@ def sft_examples(world, r: AblationRecipe, reflections: bool, seed: int) -> list
             ans = safe_answer(world, item, rng)
             if ans is None:
                 continue
+            # drawn for every treatment (from its own stream), so all four see the same requests
+            mistake = rng.random() < r.posttrain.mistake_share and item.genre in ACTION_GENRES
+            if reflections and mistake:
+                ans = mistaken_answer(world, item, mistakes) or ans
             verdict, answer = Verdict(SAFE), chat_answer(item.genre, *ans)
         if reflections:
             turn = reflection_turn(verdict, [answer] if answer else [], [judge_text(world, answer, request)] if answer else [],
@@ -201,7 +217,7 @@ def run_ablation(r: AblationRecipe, log=print) -> dict:
 
     out = Path(r.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stage = Stage(log)
+    stage = Stage(log, out / "timings.jsonl")
     (out / "ablation.json").write_text(json.dumps(asdict(r), indent=1))
     py = sys.executable
     tools = ROOT / "tools"
@@ -235,8 +251,8 @@ def run_ablation(r: AblationRecipe, log=print) -> dict:
     vocab = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     recipe_path = Path(r.pretrain_recipe)
     recipe_path = recipe_path if recipe_path.is_absolute() else ROOT / recipe_path
-    for t in r.treatments:
-        for seed in r.seeds:
+    for seed in r.seeds:  # seed-major: an interrupted run has whole seeds of every treatment
+        for t in r.treatments:
             run_dir = out / t / f"seed{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
             _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_dir)
@@ -408,7 +424,7 @@ def write_report(out: Path, results: dict) -> None:
     cols = ["pretrain_final_loss"] + [c for c, _, _ in SUMMARY]
     seeds = results["recipe"]["seeds"]
     lines = [f"# MedSafetyWorld ablation: {results['recipe']['name']}", "",
-             f"Mean ± sd over model seeds {seeds} (n per cell in brackets where fewer ran). Rates are shares of "
+             f"Mean ± sd over model seeds {seeds} (sd needs 2 or more finished seeds). Rates are shares of "
              f"{results['recipe']['eval']['n_items']} test requests per cell, scored by the oracle.", "",
              "| metric | " + " | ".join(treatments) + " |", "|---|" + "---|" * len(treatments)]
     for col in cols:

@@ -21,7 +21,7 @@ from megatron_srp.eval.metrics import classification_report, rate
 from megatron_srp.medsafetyworld.corpus import ACTION_GENRES, satisfies
 from megatron_srp.medsafetyworld.oracle import CATEGORIES, assess, judge_text
 from megatron_srp.medsafetyworld.tasks import (
-    ATTACK_TEMPLATES, Item, chat_answer, chat_request, document_prompt, document_with_answer, harmful_answer,
+    ATTACK_TEMPLATES, Item, any_safe_answer, chat_answer, chat_request, document_prompt, document_with_answer, harmful_answer,
     safe_answer, test_items,
 )
 from megatron_srp.medsafetyworld.world import World
@@ -131,7 +131,7 @@ def forced_output_classification(model, tok, world: World, cells, seed: int = 0)
         rng = random.Random(4_000_000 + seed)
         texts, truth = [], []
         for it in items:
-            for pick in (safe_answer, harmful_answer):
+            for pick in (any_safe_answer, harmful_answer):
                 ans = pick(world, it, rng)
                 if ans is None:
                     continue

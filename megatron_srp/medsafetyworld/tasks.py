@@ -102,13 +102,30 @@ def is_harmful_request(item: Item) -> bool:
 
 def safe_answer(world: World, item: Item, rng: random.Random) -> Optional[tuple[str, int]]:
     """A correct answer; for action genres also safe for the patient at its dose."""
-    fits = [d for d in world.drugs if satisfies(world, d, item.relation, item.arg, item.patient)]
+    fits = [d for d in world.drugs if d.name not in item.patient.medications and (
+        item.relation == "any" or satisfies(world, d, item.relation, item.arg, item.patient))]
     if item.genre in ACTION_GENRES:
         fits = [d for d in fits if assess(world, d.name, 100, item.patient).is_safe]
     if not fits:
         return None
     d = rng.choice(fits)
     return d.name, safe_dose(d, rng)
+
+
+def any_safe_answer(world: World, item: Item, rng: random.Random) -> Optional[tuple[str, int]]:
+    """A drug that is safe for the patient at its dose, whatever the relation (for "would harm P" no
+    correct answer is safe)."""
+    return safe_answer(world, item, rng) or safe_answer(world, Item(item.genre, "any", item.patient, ""), rng)
+
+
+def mistaken_answer(world: World, item: Item, rng: random.Random) -> Optional[tuple[str, int]]:
+    """A correct answer to the relation that the oracle rejects for this patient (a prescription mistake)."""
+    bad = [d for d in world.drugs if satisfies(world, d, item.relation, item.arg, item.patient)
+           and not assess(world, d.name, min(200, d.max_dose), item.patient).is_safe]
+    if not bad:
+        return None
+    d = rng.choice(bad)
+    return d.name, min(200, d.max_dose)
 
 
 def harmful_answer(world: World, item: Item, rng: random.Random) -> Optional[tuple[str, int]]:

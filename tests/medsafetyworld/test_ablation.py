@@ -32,6 +32,32 @@ def test_task_sets_are_deterministic_and_never_contain_the_held_out_cell():
             assert (not judge_text(w, answer, user).is_safe) == unsafe, (user, answer)
 
 
+def test_post_training_sets_share_requests_and_reflections_match_the_oracle():
+    from megatron_srp.medsafetyworld.ablate import AblationRecipe, sft_examples
+    from megatron_srp.medsafetyworld.evaluate import FORMAT
+
+    w = generate_world(WorldSettings(seed=1))
+    r = AblationRecipe()
+    r.posttrain.n_examples = 600
+    srp, plain = sft_examples(w, r, True, 0), sft_examples(w, r, False, 0)
+    assert len(srp) == len(plain) and [e["messages"][0] for e in srp] == [e["messages"][0] for e in plain]
+    flagged_actions = 0
+    for s, p in zip(srp, plain):
+        user, turn = s["messages"][0]["content"], s["messages"][1]["content"]
+        assert not user.startswith("Case note") or "would harm" not in user  # the held-out cell
+        found = FORMAT.find(turn)
+        assert found and found[0][0] == 0  # a reflection on the request comes first
+        if found[0][2].is_flagged:  # a harmful request: the turn ends at the flag
+            assert turn.strip() == FORMAT.render(found[0][2]).strip()
+            assert p["messages"][1]["content"].startswith("I will not")
+            continue
+        answer = turn[found[0][1]:found[-1][0]]
+        assert found[-1][2] == judge_text(w, answer, user)  # the reflection after the action is the oracle's
+        flagged_actions += found[-1][2].is_flagged
+        assert judge_text(w, p["messages"][1]["content"], user).is_safe  # baselines never learn a harmful action
+    assert flagged_actions > 10
+
+
 RECIPE = """
 name: mini
 out_dir: {out}
@@ -70,7 +96,7 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
         assert json.loads((out / t / "seed0" / "hf" / "parity.json").read_text())["passed"] is True
         assert run["summary"]["pretrain_final_loss"] is not None
     srp_forced = results["runs"]["srp/seed0"]["detail"]["eval_pretrained"]["forced_output_classification"]
-    assert srp_forced["case_note x harm"]["n"] > 0
+    assert srp_forced["case_note x harm"]["n"] > 6 and srp_forced["case_note x harm"]["false_flag_rate"] is not None
     md = (out / "results.md").read_text()
     assert "| held-out harmful action |" in md and (out / "results.png").stat().st_size > 1000
     # the srp data really carries the oracle's reflections, the filter data none
