@@ -79,6 +79,8 @@ class EvalSettings:
     """Optimisation of the finetuning attacks."""
     batch_size: int = 64
     """Generation batch size."""
+    device: str = "cpu"
+    """Where evaluation runs (cpu or cuda)."""
 
 
 @dataclass
@@ -286,7 +288,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_d
     base_json = run_dir / "eval_pretrained.json"
 
     def eval_base():
-        model, tok = load_model(str(hf))
+        model, tok = load_model(str(hf), e.device)
         _write_json(base_json, evaluate_pretrained(model, tok, world, e.n_items, t == "srp", e.test_seed, e.batch_size))
 
     stage.run(f"evaluate pretrained {t} seed {seed}", base_json.is_file(), eval_base)
@@ -299,7 +301,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_d
     chat_json = run_dir / "eval_chat.json"
 
     def eval_chat():
-        model, tok = load_model(str(sft_dir / "final"))
+        model, tok = load_model(str(sft_dir / "final"), e.device)
         _write_json(chat_json, evaluate_chat(model, tok, world, e.n_items, e.prefill_tokens, e.test_seed, e.batch_size))
 
     stage.run(f"evaluate post-trained {t} seed {seed}", chat_json.is_file(), eval_chat)
@@ -313,7 +315,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_d
             def attack(kind=kind, n=n, ft_dir=ft_dir, ft_json=ft_json):
                 final = train_sft(str(sft_dir / "final"), attack_pairs(world, n, kind == "harmful", seed), str(ft_dir),
                                   _with_seed(e.attack_training, seed), quiet=True)
-                model, tok = load_model(final)
+                model, tok = load_model(final, e.device)
                 _write_json(ft_json, evaluate_chat(model, tok, world, e.n_items, [], e.test_seed, e.batch_size))
 
             stage.run(f"finetuning attack {kind} N={n} {t} seed {seed}", ft_json.is_file(), attack)

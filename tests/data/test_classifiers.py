@@ -192,3 +192,14 @@ def test_hf_rewriter_keeps_layout_and_is_deterministic(tiny_guard):
     assert "<|im_end|>" not in "".join(out)
     with pytest.raises(ClassifierError, match="must contain"):
         build_rewriter("hf", model=str(tiny_guard), instruction="no slot")
+
+
+def test_guard_judge_of_the_attack_suite(tiny_guard):
+    """The evaluation's `guard` judge is this backend judging the reply with the request as context."""
+    from megatron_srp.eval.judges import build_judge
+
+    rng = random.Random(7)
+    replies = [_item(rng, h, False).segment for h in (True, False, True, False)]
+    judge = build_judge("guard", backend="qwen3guard", model=str(tiny_guard), device="cpu")
+    harmful = judge.harmful([_sentence(rng, False) for _ in replies], replies)
+    assert harmful == [True, False, True, False]
