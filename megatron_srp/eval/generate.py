@@ -68,7 +68,12 @@ def guarded_generate(model, tokenizer, prompts: Sequence[str], fmt: ReflectionFo
                      max_new_tokens: int = 64, batch_size: int = 32, stop_on_flag: bool = True,
                      do_sample: bool = False, temperature: float = 1.0, seed: int = 0,
                      progress: bool = False) -> list[Generation]:
-    """Generate for each prompt (prompt text as given: apply a chat template first for chat models)."""
+    """Generate for each prompt (prompt text as given: apply a chat template first for chat models).
+
+    ``model`` is a transformers causal LM, or a ``vllm.LLM`` (GPU): vLLM decodes each prompt to the
+    end and the text is cut after its first flagged reflection, which gives the same result."""
+    if type(model).__module__.startswith("vllm"):
+        return _vllm_generate(model, prompts, fmt, max_new_tokens, stop_on_flag, do_sample, temperature, seed)
     import torch
     from transformers import StoppingCriteriaList
 
@@ -101,6 +106,21 @@ def guarded_generate(model, tokenizer, prompts: Sequence[str], fmt: ReflectionFo
                 text = text[:end]
             found, bad = read_reflections(text, fmt)
             out.append(Generation(prompt, text, [v for _, _, v in found], end is not None, bad))
+    return out
+
+
+def _vllm_generate(llm, prompts, fmt, max_new_tokens, stop_on_flag, do_sample, temperature, seed) -> list[Generation]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, seed=seed)
+    out = []
+    for prompt, res in zip(prompts, llm.generate(list(prompts), params)):
+        text = res.outputs[0].text
+        end = first_flag_end(text, fmt) if stop_on_flag else None
+        if end is not None:
+            text = text[:end]
+        found, bad = read_reflections(text, fmt)
+        out.append(Generation(prompt, text, [v for _, _, v in found], end is not None, bad))
     return out
 
 
