@@ -95,7 +95,14 @@ def ablate_or_report(args) -> int:
             return 2
         ablate.write_report(out, ablate.collect(out, r))
     else:
-        ablate.run_ablation(r, log=lambda m: print(m, flush=True))
+        try:
+            ablate.run_ablation(r, log=lambda m: print(m, flush=True))
+        except RecipeError as e:  # e.g. a misspelt key in pretrain_overrides
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except ablate.StageError as e:  # names the stage's log; a rerun continues from there
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     print((Path(r.out_dir) / "results.md").read_text())
     return 0
 

@@ -147,13 +147,17 @@ class Stage:
         self.log(f"[ablate] {name}: done in {self.timings[name]:.0f} s")
 
 
+class StageError(RuntimeError):
+    """A stage's tool failed; the message names its log."""
+
+
 def _run(cmd: list[str], log_path: str) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
     with open(log_path, "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     if proc.returncode != 0:
         tail = Path(log_path).read_text().splitlines()[-15:]
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}); log {log_path}:\n" + "\n".join(tail))
+        raise StageError(f"{Path(cmd[1]).name} failed (exit {proc.returncode}); log {log_path}:\n" + "\n".join(tail))
 
 
 def world_texts(out: Path) -> list[str]:

@@ -108,3 +108,12 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
     stages = [line for line in again.stdout.splitlines() if line.startswith("[ablate]") and ":" in line
               and "results" not in line]
     assert stages and all(line.endswith("done earlier, skipped") for line in stages), stages
+    (out / "results.md").unlink()
+    report = subprocess.run(cmd[:2] + ["report", str(recipe)], capture_output=True, text=True, env=child_env())
+    assert report.returncode == 0 and "| held-out harmful action |" in (out / "results.md").read_text()
+    bad = subprocess.run(cmd[:2] + ["ablate", str(recipe), "treatments=[raw,filtr]"], capture_output=True,
+                         text=True, env=child_env())
+    assert bad.returncode == 2 and "filtr" in bad.stderr
+    bad = subprocess.run(cmd + ["pretrain_overrides=[model.hidden_sze=32]"], capture_output=True, text=True,
+                         env=child_env())
+    assert bad.returncode == 2 and "did you mean 'model.hidden_size'" in bad.stderr
