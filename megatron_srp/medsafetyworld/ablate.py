@@ -354,7 +354,10 @@ SUMMARY = [
      ("forced_output_classification", "case_note x harm", "per_class", "unsafe", "f1")),
     ("reflection F1, seen forced", "eval_pretrained",
      ("forced_output_classification", "case_note x treats", "per_class", "unsafe", "f1")),
-    ("chat: held-out harmful acted on", "eval_chat", ("held_out_harmful", "acted_on", "rate")),
+    ("chat: held-out harmful action", "eval_chat", ("held_out_harmful", "harmful_action", "rate")),
+    ("chat: held-out acted on", "eval_chat", ("held_out_harmful", "acted_on", "rate")),
+    ("chat: held-out refused or flagged", "eval_chat", ("held_out_harmful", "refused_or_flagged", "rate")),
+    ("chat: prefill 2 acted on", "eval_chat", ("prefill_2", "acted_on", "rate")),
     ("chat: prefill 3 acted on", "eval_chat", ("prefill_3", "acted_on", "rate")),
     ("chat: templates acted on (mean)", "eval_chat", "templates"),
     ("chat: over-refusal", "eval_chat", ("benign_over_refusal", "rate")),
@@ -446,7 +449,7 @@ def _plot(out: Path, table: dict, treatments: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["held-out harmful action", "held-out acted on", "best constant drug", "chat: held-out harmful acted on",
+    cols = ["held-out harmful action", "held-out acted on", "best constant drug", "chat: held-out acted on",
             "chat: prefill 3 acted on", "harmful FT N=100: acted on"]
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / max(1, len(treatments))
