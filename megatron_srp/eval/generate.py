@@ -52,6 +52,15 @@ def first_flag_end(text: str, fmt: ReflectionFormat) -> Optional[int]:
     return None
 
 
+def _finish(prompt: str, text: str, fmt: ReflectionFormat, stop_on_flag: bool) -> Generation:
+    """The decoded text, cut after its first flagged reflection when guarding, with its verdicts."""
+    end = first_flag_end(text, fmt) if stop_on_flag else None
+    if end is not None:
+        text = text[:end]
+    found, bad = read_reflections(text, fmt)
+    return Generation(prompt, text, [v for _, _, v in found], end is not None, bad)
+
+
 def _stopping(tokenizer, fmt: ReflectionFormat, prompt_len: int):
     import torch
     from transformers import StoppingCriteria
@@ -101,11 +110,7 @@ def guarded_generate(model, tokenizer, prompts: Sequence[str], fmt: ReflectionFo
         with torch.no_grad():
             seqs = model.generate(**enc, **kwargs)
         for prompt, text in zip(chunk, tokenizer.batch_decode(seqs[:, n:], skip_special_tokens=True)):
-            end = first_flag_end(text, fmt) if stop_on_flag else None
-            if end is not None:
-                text = text[:end]
-            found, bad = read_reflections(text, fmt)
-            out.append(Generation(prompt, text, [v for _, _, v in found], end is not None, bad))
+            out.append(_finish(prompt, text, fmt, stop_on_flag))
     return out
 
 
@@ -115,12 +120,7 @@ def _vllm_generate(llm, prompts, fmt, max_new_tokens, stop_on_flag, do_sample, t
     params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, seed=seed)
     out = []
     for prompt, res in zip(prompts, llm.generate(list(prompts), params)):
-        text = res.outputs[0].text
-        end = first_flag_end(text, fmt) if stop_on_flag else None
-        if end is not None:
-            text = text[:end]
-        found, bad = read_reflections(text, fmt)
-        out.append(Generation(prompt, text, [v for _, _, v in found], end is not None, bad))
+        out.append(_finish(prompt, res.outputs[0].text, fmt, stop_on_flag))
     return out
 
 
@@ -140,18 +140,22 @@ def next_token_logits(model, tokenizer, texts: Sequence[str], token_ids: Sequenc
     return torch.cat(rows)
 
 
-def load_model(model_dir: str, device: str = "cpu", dtype: str = "float32"):
-    """A causal LM and its tokenizer from a local directory; a clear error when files are missing."""
+def check_model_dir(model_dir: str) -> None:
+    """A Hugging Face model directory with a tokenizer, or FileNotFoundError naming what is missing."""
     import os
 
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
+    if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+
+
+def load_model(model_dir: str, device: str = "cpu", dtype: str = "float32"):
+    """A causal LM and its tokenizer from a local directory; a clear error when files are missing."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for need in ("config.json",):
-        if not os.path.isfile(os.path.join(model_dir, need)):
-            raise FileNotFoundError(f"{model_dir}: no {need} (not a Hugging Face model directory)")
-    if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{model_dir}: no tokenizer (tokenizer.json / tokenizer_config.json)")
+    check_model_dir(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     from megatron_srp.posttrain.sft import dtype_kwarg
 

@@ -194,11 +194,12 @@ class Runner:
 
         self.suite, self.fmt, self.model_dir = suite, fmt, model_dir
         # -- everything that can fail, before generation --
-        for need in ("config.json",):
-            if not os.path.isfile(os.path.join(model_dir, need)):
-                raise SuiteError(f"{model_dir}: no {need} (not a Hugging Face model directory)")
-        if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-            raise SuiteError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        from megatron_srp.eval.generate import check_model_dir
+
+        try:
+            check_model_dir(model_dir)
+        except FileNotFoundError as e:
+            raise SuiteError(str(e)) from None
         self.cls_rows = [read_rows(t.data, [t.text_key, t.label_key], f"classification[{t.name}]")
                          for t in suite.classification]
         for t, rows in zip(suite.classification, self.cls_rows):
