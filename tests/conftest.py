@@ -1,7 +1,10 @@
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,119 @@ def child_env() -> dict:
     env["OMP_NUM_THREADS"] = "1"
     env.setdefault("PYTHONPATH", str(ROOT))
     return env
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (children first listed last, so none is re-parented
+    and missed)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def describe_tree(pid: int) -> str:
+    """One line per process of the tree (pid, state, command): what a hung test was waiting on."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return f"{pid}: gone"
+    rows = []
+    for p in procs:
+        try:
+            rows.append(f"{p.pid} ppid {p.ppid()} {p.status()}: {' '.join(p.cmdline())[:200]}")
+        except psutil.Error:
+            pass
+    return "\n".join(rows)
+
+
+class Watched:
+    """A child process whose merged stdout/stderr a thread reads, so that every wait on it has a
+    deadline: a launcher that never starts, or a grandchild that keeps the pipe open, fails the test
+    with the output so far instead of hanging the suite. A timeout kills the whole process tree."""
+
+    def __init__(self, cmd, **popen_kwargs):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, **popen_kwargs)
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._eof = False
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def until(self, done, timeout: float) -> str:
+        """Read until ``done(output)`` is true (a string: until it appears); the output so far."""
+        if isinstance(done, str):
+            needle = done
+            done = lambda out: needle in out  # noqa: E731
+        deadline = time.monotonic() + timeout
+        while not done(self.output):
+            if self._eof:
+                raise AssertionError(f"exited ({self.proc.wait()}) before the expected output:\n{self.output[-4000:]}")
+            self._next(deadline, timeout)
+        return self.output
+
+    def finish(self, timeout: float) -> str:
+        """Read to the end and reap the process; the whole output."""
+        deadline = time.monotonic() + timeout
+        while not self._eof:
+            self._next(deadline, timeout)
+        self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return self.output
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def _next(self, deadline: float, timeout: float) -> None:
+        try:
+            line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            tree = describe_tree(self.pid)
+            self.kill()
+            raise AssertionError(f"timed out after {timeout:.0f} s; processes:\n{tree}\noutput so far:\n"
+                                 f"{self.output[-4000:]}") from None
+        if line is None:
+            self._eof = True
+        else:
+            self.lines.append(line)
+
+    def kill(self) -> None:
+        kill_tree(self.pid)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def watch():
+    """``watch(cmd, **popen_kwargs)`` starts a :class:`Watched` process; any still running when the test
+    ends (it failed half-way) is killed with its descendants."""
+    started: list[Watched] = []
+
+    def start(cmd, **popen_kwargs) -> Watched:
+        started.append(Watched(cmd, **popen_kwargs))
+        return started[-1]
+
+    yield start
+    for w in started:
+        if w.proc.poll() is None:
+            w.kill()

@@ -162,37 +162,30 @@ worker.terminate()
 '''
 
 
-def _tree(pid: int) -> list[int]:
+def _launch(tmp_path, watch, to_every_process: bool) -> str:
     import psutil
 
-    return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
-
-
-def _launch(tmp_path, to_every_process: bool) -> str:
     script = tmp_path / "rank.py"
     script.write_text(RANK)
     env = job_env(tmp_path)
     cmd = ["bash", str(ROOT / "slurm" / "launch.sh"), env["SRP_PYTHON"], "-m", "torch.distributed.run",
            "--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(script)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if sum("ready" in s for s in seen) == 2:
-            break
+    proc = watch(cmd, cwd=ROOT, env=env)
+    proc.until(lambda out: out.count(" ready worker ") == 2, timeout=120)
     # Slurm's --signal may reach only the task (srun forwarding) or every process of the step.
-    for pid in (_tree(proc.pid) if to_every_process else [proc.pid]):
+    tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in (tree if to_every_process else [proc.pid]):
         os.kill(pid, signal.SIGUSR1)
-    out = "".join(seen) + proc.communicate(timeout=60)[0]
+    out = proc.finish(timeout=60)
     assert proc.returncode == 0, out
     return out
 
 
-def test_launch_forwards_sigusr1_to_every_rank_of_torchrun(tmp_path):
-    out = _launch(tmp_path, to_every_process=False)
+def test_launch_forwards_sigusr1_to_every_rank_of_torchrun(tmp_path, watch):
+    out = _launch(tmp_path, watch, to_every_process=False)
     assert "rank 0 saved; worker alive: True" in out and "rank 1 saved; worker alive: True" in out
 
 
-def test_launch_keeps_torchrun_and_forked_workers_alive_when_every_process_is_signalled(tmp_path):
-    out = _launch(tmp_path, to_every_process=True)
+def test_launch_keeps_torchrun_and_forked_workers_alive_when_every_process_is_signalled(tmp_path, watch):
+    out = _launch(tmp_path, watch, to_every_process=True)
     assert "rank 0 saved; worker alive: True" in out and "rank 1 saved; worker alive: True" in out

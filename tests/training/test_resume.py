@@ -4,8 +4,6 @@ saves and Slurm signals lose nothing."""
 import math
 import os
 import signal
-import subprocess
-import time
 
 from tests.conftest import ROOT, child_env
 from tests.training import runner
@@ -49,31 +47,17 @@ def test_keep_last_prunes_old_checkpoints(tmp_path, from_init):
     assert (tmp_path / "ckpt" / "iter_0000020" / "recipe.yaml").is_file()
 
 
-def _start(tmp_path, overrides, env=None):
+def _start(watch, tmp_path, overrides, env=None):
     cmd = runner.command(1, [f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path}", *overrides])
-    return subprocess.Popen(cmd, cwd=ROOT, env={**child_env(), **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return watch(cmd, cwd=ROOT, env={**child_env(), **(env or {})})
 
 
-def _wait_for(proc, needle: str, timeout: float = 120) -> str:
-    seen = []
-    deadline = time.time() + timeout
-    for line in proc.stdout:
-        seen.append(line)
-        if needle in line:
-            return "".join(seen)
-        if time.time() > deadline:
-            break
-    proc.kill()
-    raise AssertionError(f"never saw {needle!r}:\n{''.join(seen)[-3000:]}")
-
-
-def test_sigkill_during_save_resumes_from_previous_checkpoint(tmp_path, from_init, baseline):
+def test_sigkill_during_save_resumes_from_previous_checkpoint(watch, tmp_path, from_init, baseline):
     overrides = from_init + ["checkpoint.save_interval=5"]
-    proc = _start(tmp_path, overrides, env={"MEGATRON_SRP_FAULT_SLEEP_BEFORE_COMMIT": "10:60"})
-    _wait_for(proc, "shards of iteration 10 written")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc = _start(watch, tmp_path, overrides, env={"MEGATRON_SRP_FAULT_SLEEP_BEFORE_COMMIT": "10:60"})
+    proc.until("shards of iteration 10 written", timeout=120)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     # The half-finished save exists on disk but was never committed.
     assert (tmp_path / "ckpt" / "iter_0000010").is_dir()
@@ -84,11 +68,11 @@ def test_sigkill_during_save_resumes_from_previous_checkpoint(tmp_path, from_ini
     assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
 
 
-def test_sigterm_saves_exits_zero_and_resumes(tmp_path, from_init, baseline):
-    proc = _start(tmp_path, from_init)
-    _wait_for(proc, "step      2/20")
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+def test_sigterm_saves_exits_zero_and_resumes(watch, tmp_path, from_init, baseline):
+    proc = _start(watch, tmp_path, from_init)
+    proc.until("step      2/20", timeout=120)
+    os.kill(proc.pid, signal.SIGTERM)
+    out = proc.finish(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert "signal received" in out
     stopped_at = runner.tracker(tmp_path)
@@ -104,18 +88,18 @@ def test_exit_duration_minutes_saves_and_exits(tmp_path, from_init):
     assert runner.tracker(tmp_path) == 1
 
 
-def test_sigusr1_to_one_rank_stops_all_ranks_cleanly(tmp_path, from_init, baseline):
+def test_sigusr1_to_one_rank_stops_all_ranks_cleanly(watch, tmp_path, from_init, baseline):
     import psutil
 
     dist_opt = ["optimizer.use_distributed_optimizer=true"]
     cmd = runner.command(2, [f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path}", *from_init, *dist_opt])
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(proc, "step      2/20")
+    proc = watch(cmd, cwd=ROOT, env=child_env())
+    proc.until("step      2/20", timeout=120)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain.py" in " ".join(p.cmdline())]
     rank1 = [p for p in workers if p.environ().get("RANK") == "1"]
     assert len(rank1) == 1, [p.cmdline() for p in workers]
     rank1[0].send_signal(signal.SIGUSR1)  # only one rank hears it, as when Slurm signals one task
-    out, _ = proc.communicate(timeout=120)
+    out = proc.finish(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     stopped_at = runner.tracker(tmp_path)
     assert stopped_at is not None and 2 <= stopped_at < 20
@@ -123,25 +107,25 @@ def test_sigusr1_to_one_rank_stops_all_ranks_cleanly(tmp_path, from_init, baseli
     assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
 
 
-def test_sigusr1_to_every_process_with_dataloader_workers(tmp_path, from_init):
+def test_sigusr1_to_every_process_with_dataloader_workers(watch, tmp_path, from_init):
     """Slurm signals every process of the step: the DataLoader workers must leave it to the rank."""
     import psutil
 
-    proc = _start(tmp_path, from_init + ["data.num_workers=1"])
-    _wait_for(proc, "step      2/20")
+    proc = _start(watch, tmp_path, from_init + ["data.num_workers=1"])
+    proc.until("step      2/20", timeout=120)
     tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
     assert len(tree) >= 2  # the rank and its worker
     for p in tree:
         p.send_signal(signal.SIGUSR1)
-    out, _ = proc.communicate(timeout=120)
+    out = proc.finish(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert "signal received" in out and 2 <= runner.tracker(tmp_path) < 20
 
 
-def test_signal_during_start_up_is_not_lost(tmp_path, from_init):
-    proc = _start(tmp_path, from_init)
-    _wait_for(proc, "parameters on this rank")  # logged while the model is built, before step 1
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+def test_signal_during_start_up_is_not_lost(watch, tmp_path, from_init):
+    proc = _start(watch, tmp_path, from_init)
+    proc.until("parameters on this rank", timeout=120)  # logged while the model is built, before step 1
+    os.kill(proc.pid, signal.SIGTERM)
+    out = proc.finish(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert "signal received" in out and runner.tracker(tmp_path) == 1
