@@ -326,7 +326,7 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=c`` -> (["a", "b"], parsed c)."""
+    """``a.b=c`` -> (["a", "b"], parsed c); a number indexes a list (``attacks.0.n=10``)."""
     if "=" not in text:
         raise RecipeError(f"override {text!r} is not of the form key.sub=value")
     key, value = text.split("=", 1)
@@ -338,14 +338,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
-    node = tree
-    for k in keys[:-1]:
-        nxt = node.get(k)
-        if not isinstance(nxt, dict):
+    node: Any = tree
+    for i, k in enumerate(keys):
+        if isinstance(node, list):
+            if not (k.isdigit() and int(k) < len(node)):
+                raise RecipeError(f"{'.'.join(keys)}: {'.'.join(keys[:i])} is a list of {len(node)}; "
+                                  f"{k!r} is not an index of it")
+            k = int(k)
+        if i == len(keys) - 1:
+            node[k] = value
+            return
+        nxt = node[k] if isinstance(node, list) else node.get(k)
+        if not isinstance(nxt, (dict, list)):
             nxt = {}
             node[k] = nxt
         node = nxt
-    node[keys[-1]] = value
 
 
 def _type_name(tp) -> str:

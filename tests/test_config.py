@@ -121,3 +121,14 @@ def test_cli_resolved_recipe_round_trips(tmp_path):
     again = load_recipe(tmp_path / "resolved.yaml")
     assert again.model.hidden_size == 96
     assert again == load_recipe(ROOT / "recipes/tiny_cpu.yaml", ["model.hidden_size=96"])
+
+
+def test_overrides_index_lists_of_sections(tmp_path):
+    from megatron_srp.eval.suite import Suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("finetune_attacks:\n  - {name: a, n: 10}\n  - {name: b, n: 100}\n")
+    s = C.load_config(Suite, suite, ["finetune_attacks.1.n=5", "finetune_attacks.0.data.format=sst2"])
+    assert [(a.name, a.n, a.data.format) for a in s.finetune_attacks] == [("a", 10, "sst2"), ("b", 5, "chat")]
+    with pytest.raises(RecipeError, match=r"finetune_attacks.2.n: finetune_attacks is a list of 2"):
+        C.load_config(Suite, suite, ["finetune_attacks.2.n=5"])

@@ -68,6 +68,8 @@ BACKENDS = {
     "column": "megatron_srp.data.classify:ColumnClassifier",
     "hf": "megatron_srp.data.classifiers.hf_sequence:HFSequenceClassifier",
     "qwen3guard": "megatron_srp.data.classifiers.qwen3guard:Qwen3GuardClassifier",
+    "llamaguard": "megatron_srp.data.classifiers.qwen3guard:LlamaGuardClassifier",
+    "wildguard": "megatron_srp.data.classifiers.qwen3guard:WildGuardClassifier",
     "oracle": "megatron_srp.medsafetyworld.oracle:OracleClassifier",
 }
 REWRITERS = {

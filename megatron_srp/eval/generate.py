@@ -140,14 +140,24 @@ def next_token_logits(model, tokenizer, texts: Sequence[str], token_ids: Sequenc
     return torch.cat(rows)
 
 
-def check_model_dir(model_dir: str) -> None:
-    """A Hugging Face model directory with a tokenizer, or FileNotFoundError naming what is missing."""
+def check_model_dir(model_dir: str, chat_template: bool = False) -> None:
+    """A Hugging Face model directory with a tokenizer (and a chat template when asked), or
+    FileNotFoundError naming what is missing."""
+    import json
     import os
 
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
     if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    if chat_template and not any(os.path.isfile(os.path.join(model_dir, f))
+                                 for f in ("chat_template.jinja", "chat_template.json")):
+        cfg = os.path.join(model_dir, "tokenizer_config.json")
+        with open(cfg) if os.path.isfile(cfg) else open(os.devnull) as f:
+            text = f.read()
+        if not text or not json.loads(text).get("chat_template"):
+            raise FileNotFoundError(f"{model_dir}: the tokenizer has no chat template (chat_template.jinja or "
+                                    "tokenizer_config.json's chat_template)")
 
 
 def load_model(model_dir: str, device: str = "cpu", dtype: str = "float32"):

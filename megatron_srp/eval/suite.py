@@ -35,6 +35,9 @@ class DatasetRef:
     """Its split."""
     limit: Optional[int] = None
     """Use the first N rows."""
+    format: str = "chat"
+    """Finetuning attacks only: how a row becomes a conversation (megatron_srp.posttrain.formats: chat,
+    gsm8k, sst2, ag_news, wildguardmix, wildjailbreak)."""
 
 
 @dataclass
@@ -98,7 +101,8 @@ class FinetuneAttack:
     name: str = "harmful_10"
     """Name in the report."""
     data: DatasetRef = field(default_factory=DatasetRef)
-    """Chat rows (messages, or prompt + response): harmful pairs (HEx-PHI style) or benign tasks."""
+    """Pairs: harmful ones (HEx-PHI style ``prompt`` + ``response``, or ``messages``), or a benign task
+    (``data.format: gsm8k | sst2 | ag_news``)."""
     n: Optional[int] = None
     """Use the first N pairs."""
     training: SFTTrainingSettings = field(default_factory=lambda: SFTTrainingSettings(num_train_epochs=5, learning_rate=2e-5))
@@ -146,34 +150,25 @@ class Suite:
     gcg: GCGSettings = field(default_factory=GCGSettings)
     """GCG attack."""
     finetune_attacks: list[FinetuneAttack] = field(default_factory=list)
-    """Finetuning attacks."""
+    """Finetuning attacks; after each, the whole suite runs again on the finetuned model."""
     lm_eval: LMEvalSettings = field(default_factory=LMEvalSettings)
     """General capability."""
 
 
 def read_rows(ref: DatasetRef, need: list[str], where: str) -> list[dict]:
-    if ref.hf_dataset:
-        try:
-            import datasets
+    from megatron_srp.posttrain.data import PosttrainDataError, iter_rows
 
-            ds = datasets.load_dataset(ref.hf_dataset, ref.hf_config, split=ref.hf_split)
-        except Exception as e:
-            raise SuiteError(f"{where}: Hugging Face dataset {ref.hf_dataset!r} not available offline: {e}") from None
-        rows = [dict(r) for r in ds]
-        src = ref.hf_dataset
-    elif ref.path:
-        from megatron_srp.posttrain.data import PosttrainDataError, _rows_from_file
-
-        if not os.path.isfile(ref.path):
-            raise SuiteError(f"{where}: file not found: {ref.path}")
-        try:
-            rows = [r for _, r in _rows_from_file(ref.path)]
-        except PosttrainDataError as e:
-            raise SuiteError(f"{where}: {e}") from None
-        src = ref.path
-    else:
+    if not ref.hf_dataset and not ref.path:
         raise SuiteError(f"{where}: set data.path or data.hf_dataset")
-    rows = rows[:ref.limit] if ref.limit else rows
+    src = ref.hf_dataset or ref.path
+    try:
+        rows = []
+        for _, r in iter_rows([ref.path] if ref.path else [], ref.hf_dataset, ref.hf_config, ref.hf_split):
+            if ref.limit and len(rows) >= ref.limit:
+                break
+            rows.append(r)
+    except PosttrainDataError as e:
+        raise SuiteError(f"{where}: {e}") from None
     for i, r in enumerate(rows):
         missing = [k for k in need if k not in r]
         if missing:
@@ -181,6 +176,30 @@ def read_rows(ref: DatasetRef, need: list[str], where: str) -> list[dict]:
     if not rows:
         raise SuiteError(f"{where}: {src} has no rows")
     return rows
+
+
+def read_pairs(attack: "FinetuneAttack") -> list[dict]:
+    """The attack's training conversations, checked before any generation."""
+    from megatron_srp.posttrain.formats import FormatError, get_format
+
+    where = f"finetune_attacks[{attack.name}]"
+    try:
+        to_chat = get_format(attack.data.format)
+    except FormatError as e:
+        raise SuiteError(f"{where}: data.format: {e}") from None
+    out = []
+    for i, r in enumerate(read_rows(attack.data, [], where)):
+        try:
+            ex = to_chat(r)
+        except FormatError as e:
+            raise SuiteError(f"{where}: {attack.data.hf_dataset or attack.data.path} row {i} {e}") from None
+        if ex is not None:
+            out.append({"messages": ex["messages"]})
+        if attack.n and len(out) >= attack.n:
+            break
+    if not out:
+        raise SuiteError(f"{where}: no usable pairs")
+    return out
 
 
 def _chat(tok, text: str) -> str:
@@ -197,7 +216,7 @@ class Runner:
         from megatron_srp.eval.generate import check_model_dir
 
         try:
-            check_model_dir(model_dir)
+            check_model_dir(model_dir, chat_template=True)
         except FileNotFoundError as e:
             raise SuiteError(str(e)) from None
         self.cls_rows = [read_rows(t.data, [t.text_key, t.label_key], f"classification[{t.name}]")
@@ -211,7 +230,7 @@ class Runner:
         self.harm_rows = read_rows(h.data, [h.prompt_key] + ([h.target_key] if h.prefill_tokens or suite.gcg.enabled
                                                                else []), "harmful") if h else []
         self.benign_rows = read_rows(suite.over_refusal, ["prompt"], "over_refusal") if suite.over_refusal else []
-        self.ft_rows = [read_rows(a.data, [], f"finetune_attacks[{a.name}]") for a in suite.finetune_attacks]
+        self.ft_pairs = [read_pairs(a) for a in suite.finetune_attacks]
         if suite.finetune_attacks and not h:
             raise SuiteError("finetune_attacks need a harmful task to measure after finetuning")
         if suite.gcg.enabled:
@@ -298,7 +317,7 @@ class Runner:
         refusal = RefusalJudge()
         return {"refused_or_flagged": rate(sum(g.flagged or refusal.refused(g.text) for g in gens), len(gens))}
 
-    def lm_eval(self) -> dict:
+    def lm_eval(self, model_dir: str) -> dict:
         import lm_eval
 
         s = self.suite.lm_eval
@@ -307,36 +326,37 @@ class Runner:
             from lm_eval.tasks import TaskManager
 
             kwargs["task_manager"] = TaskManager(include_path=s.include_path)
-        res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={self.model_dir},device={self.suite.device}",
+        res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},device={self.suite.device}",
                                       tasks=s.tasks, limit=s.limit, num_fewshot=s.num_fewshot, batch_size=s.batch_size,
                                       **kwargs)
         return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
                 for task, metrics in res["results"].items()}
 
-    def run(self, out_dir: str) -> dict:
+    def evaluate(self, model_dir: str) -> dict:
+        """Every configured part of the suite on one model directory."""
         from megatron_srp.eval.generate import load_model
 
-        model, tok = load_model(self.model_dir, self.suite.device)
-        report: dict = {"suite": asdict(self.suite), "model": self.model_dir}
+        model, tok = load_model(model_dir, self.suite.device)
+        report: dict = {}
         if self.cls_rows:
             report["classification"] = self.classification(model, tok)
         if self.harm_rows:
             report["harmful"] = self.harmful(model, tok)
         if self.benign_rows:
             report["over_refusal"] = self.over_refusal(model, tok)
+        del model
         if self.suite.lm_eval.tasks:
-            report["lm_eval"] = self.lm_eval()
-        for attack, rows in zip(self.suite.finetune_attacks, self.ft_rows):
-            from megatron_srp.posttrain.data import _messages
-            from megatron_srp.posttrain.sft import train_sft
+            report["lm_eval"] = self.lm_eval(model_dir)
+        return report
 
-            examples = [{"messages": _messages(f"finetune_attacks[{attack.name}] row {i}", r)}
-                        for i, r in enumerate(rows[:attack.n] if attack.n else rows)]
-            final = train_sft(self.model_dir, examples, os.path.join(out_dir, f"finetune_{attack.name}"),
+    def run(self, out_dir: str) -> dict:
+        from megatron_srp.posttrain.sft import train_sft
+
+        report: dict = {"suite": asdict(self.suite), "model": self.model_dir, **self.evaluate(self.model_dir)}
+        for attack, pairs in zip(self.suite.finetune_attacks, self.ft_pairs):
+            final = train_sft(self.model_dir, pairs, os.path.join(out_dir, f"finetune_{attack.name}"),
                               attack.training, quiet=True)
-            ft_model, ft_tok = load_model(final, self.suite.device)
-            report.setdefault("finetune_attacks", {})[attack.name] = {"n_pairs": len(examples),
-                                                                       "harmful": self.harmful(ft_model, ft_tok)}
+            report.setdefault("finetune_attacks", {})[attack.name] = {"n_pairs": len(pairs), **self.evaluate(final)}
         return report
 
 
@@ -351,18 +371,22 @@ def markdown(report: dict) -> str:
                          f"{r['judge_harmful']['rate']:.3f} | {r['flagged']['rate']:.3f} |")
         lines.append("")
 
-    for name, r in report.get("classification", {}).items():
-        u = r["per_class"].get("unsafe", {})
-        lines.extend([f"## Safety classification: {name}", "",
-                      f"accuracy {r['accuracy']:.3f} on {r['n']}; unsafe precision {u.get('precision', 0):.3f} "
-                      f"recall {u.get('recall', 0):.3f} F1 {u.get('f1', 0):.3f}", ""])
-    if "harmful" in report:
-        attack_table("Harmful requests and inference-stage attacks", report["harmful"])
-    if "over_refusal" in report:
-        o = report["over_refusal"]["refused_or_flagged"]
-        lines.extend(["## Over-refusal", "", f"benign requests refused or flagged: {o['rate']:.3f} ({o['k']}/{o['n']})", ""])
+    def sections(block: dict, after: str = ""):
+        for name, r in block.get("classification", {}).items():
+            u = r["per_class"].get("unsafe", {})
+            lines.extend([f"## Safety classification: {name}{after}", "",
+                          f"accuracy {r['accuracy']:.3f} on {r['n']}; unsafe precision {u.get('precision', 0):.3f} "
+                          f"recall {u.get('recall', 0):.3f} F1 {u.get('f1', 0):.3f}", ""])
+        if "harmful" in block:
+            attack_table(f"Harmful requests and inference-stage attacks{after}", block["harmful"])
+        if "over_refusal" in block:
+            o = block["over_refusal"]["refused_or_flagged"]
+            lines.extend([f"## Over-refusal{after}", "",
+                          f"benign requests refused or flagged: {o['rate']:.3f} ({o['k']}/{o['n']})", ""])
+        if "lm_eval" in block:
+            lines.extend([f"## Utility (lm-eval){after}", "", "```", json.dumps(block["lm_eval"], indent=1), "```", ""])
+
+    sections(report)
     for name, r in report.get("finetune_attacks", {}).items():
-        attack_table(f"After finetuning attack {name} ({r['n_pairs']} pairs)", r["harmful"])
-    if "lm_eval" in report:
-        lines.extend(["## Utility (lm-eval)", "", "```", json.dumps(report["lm_eval"], indent=1), "```"])
+        sections(r, f", after finetuning attack {name} ({r['n_pairs']} pairs)")
     return "\n".join(lines) + "\n"

@@ -6,10 +6,10 @@ reflection the turn ends, so the model learns to stop right after flagging; with
 refusal follows the flag on the request. The baseline variant keeps the plain response (a harmful
 request's target is the refusal). Reflections are written by ``megatron_srp.reflection`` only.
 
-Inputs are chat examples ``{"messages": [{"role": ..., "content": ...}, ...]}`` (or ``prompt`` /
-``response`` fields) from jsonl, jsonl.gz or parquet files, or a Hugging Face dataset name when the
-dataset is available locally. Verdicts come from the data pipeline's classifier backends, or from
-``request_label`` / ``segments`` fields already in the rows.
+Inputs are rows of jsonl, jsonl.gz or parquet files, or of a Hugging Face dataset available offline,
+turned into chat examples by a format of megatron_srp.posttrain.formats (``messages``, ``prompt`` +
+``response``, WildGuardMix, WildJailbreak, GSM8K, SST-2, AG News). Verdicts come from the data
+pipeline's classifier backends, or from ``request_label`` / ``segments`` / ``response_label`` fields.
 """
 
 from __future__ import annotations
@@ -57,11 +57,17 @@ class SourceSettings:
     """Where post-training conversations come from."""
 
     paths: list[str] = field(default_factory=list)
-    """jsonl / jsonl.gz / parquet files or globs with ``messages`` (or ``prompt`` + ``response``)."""
+    """jsonl / jsonl.gz / parquet files or globs (fields: see ``format``)."""
     hf_dataset: Optional[str] = None
-    """A Hugging Face dataset name (e.g. ``allenai/tulu-3-sft-mixture``), read from the local cache."""
+    """A Hugging Face dataset name (e.g. ``allenai/tulu-3-sft-mixture``) or a local dataset directory,
+    read offline (the local cache)."""
+    hf_config: Optional[str] = None
+    """Configuration of ``hf_dataset`` (e.g. ``wildguardtrain`` of ``allenai/wildguardmix``)."""
     hf_split: str = "train"
     """Split of ``hf_dataset``."""
+    format: str = "chat"
+    """How a row becomes a conversation (megatron_srp.posttrain.formats): chat (``messages``, or
+    ``prompt`` + ``response``), wildguardmix, wildjailbreak, gsm8k, sst2, ag_news."""
     max_examples: Optional[int] = None
     """Stop after this many conversations (None: all)."""
 
@@ -85,39 +91,48 @@ def _rows_from_file(path: str) -> Iterator[tuple[str, dict]]:
             yield f"{path}:{n}", row
 
 
-def _messages(where: str, row: dict) -> list[dict]:
-    if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-            raise PosttrainDataError(f"{where}: 'messages' must be a list of {{role, content}} objects")
-        return [{"role": m["role"], "content": m["content"]} for m in msgs]
-    if "prompt" in row and "response" in row:
-        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
-    raise PosttrainDataError(f"{where}: needs a 'messages' field or 'prompt' and 'response' (has {sorted(row)})")
-
-
-def read_conversations(src: SourceSettings) -> Iterator[tuple[str, dict, list[dict]]]:
-    """(where, row, messages) for every input conversation."""
-    count = 0
-    if src.hf_dataset:
+def iter_rows(paths: Sequence[str] = (), hf_dataset: Optional[str] = None, hf_config: Optional[str] = None,
+              hf_split: str = "train") -> Iterator[tuple[str, dict]]:
+    """(where, row) from local files or a Hugging Face dataset; ``where`` names the file and line."""
+    if hf_dataset:
         try:
             import datasets
 
-            ds = datasets.load_dataset(src.hf_dataset, split=src.hf_split)
+            ds = datasets.load_dataset(hf_dataset, hf_config, split=hf_split)
         except Exception as e:  # offline without a cache, or a wrong name
-            raise PosttrainDataError(f"Hugging Face dataset {src.hf_dataset!r} is not available: {e}") from None
-        rows: Iterable = ((f"{src.hf_dataset}[{i}]", r) for i, r in enumerate(ds))
-    else:
-        files = sorted({f for p in src.paths for f in (glob.glob(p) or [p])})
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing or not files:
-            raise PosttrainDataError(f"post-training input not found: {missing or src.paths}")
-        rows = (wr for f in files for wr in _rows_from_file(f))
-    for where, row in rows:
-        msgs = _messages(where, row)
+            raise PosttrainDataError(f"Hugging Face dataset {hf_dataset!r} (config {hf_config}, split {hf_split}) "
+                                     f"is not available offline: {e}") from None
+        yield from ((f"{hf_dataset}[{i}]", dict(r)) for i, r in enumerate(ds))
+        return
+    files = sorted({f for p in paths for f in (glob.glob(p) or [p])})
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing or not files:
+        raise PosttrainDataError(f"input not found: {missing or list(paths)}")
+    for f in files:
+        yield from _rows_from_file(f)
+
+
+def read_conversations(src: SourceSettings) -> Iterator[tuple[str, dict, list[dict]]]:
+    """(where, example, messages) for every input conversation; ``example`` is the row in the chat
+    format of megatron_srp.posttrain.formats (messages plus any verdict fields)."""
+    from megatron_srp.posttrain.formats import FormatError, get_format
+
+    try:
+        to_chat = get_format(src.format)
+    except FormatError as e:
+        raise PosttrainDataError(f"format: {e}") from None
+    count = 0
+    for where, row in iter_rows(src.paths, src.hf_dataset, src.hf_config, src.hf_split):
+        try:
+            example = to_chat(row)
+        except FormatError as e:
+            raise PosttrainDataError(f"{where}: {e}") from None
+        if example is None:
+            continue
+        msgs = example["messages"]
         if not msgs or msgs[-1]["role"] != "assistant":
             raise PosttrainDataError(f"{where}: the last message must be the assistant's")
-        yield where, row, msgs
+        yield where, example, msgs
         count += 1
         if src.max_examples and count >= src.max_examples:
             return
@@ -129,27 +144,34 @@ def label_conversations(convs: Iterable[tuple[str, dict, list[dict]]], fmt: Refl
     """Rewrite each conversation's last assistant turn in the reflection-compatible (or plain) format.
 
     Verdicts: ``request_label`` / ``segments`` ([{text, label, categories}]) fields of the row when
-    present, else ``classifier`` on the request (alone) and on each response segment (with the request
-    and the earlier segments as context)."""
+    present (``response_label``: every segment of the response gets that label), else ``classifier`` on
+    the request (alone) and on each response segment (with the request and the earlier segments as
+    context). The response of a flagged request is not needed and not classified."""
     from megatron_srp.data.classify import SegmentInput
 
     for where, row, msgs in convs:
         request_text = "\n".join(m["content"] for m in msgs[:-1] if m["role"] == "user")
         response = msgs[-1]["content"]
-        if "segments" in row:
-            segs = [s["text"] for s in row["segments"]]
-            verdicts = [Verdict(s.get("label", SAFE), tuple(s.get("categories") or ())) for s in row["segments"]]
-        else:
-            if classifier is None or segmenter is None:
-                raise PosttrainDataError(f"{where}: no 'segments' field and no classifier to label the response")
-            segs = segmenter.segment(response) or [response]
-            verdicts = classifier.classify([SegmentInput(s, request_text + "".join(segs[:i])) for i, s in enumerate(segs)])
         if "request_label" in row:
             request = Verdict(row["request_label"], tuple(row.get("request_categories") or ()))
         elif classifier is not None:
             request = classifier.classify([SegmentInput(request_text)])[0]
         else:
             raise PosttrainDataError(f"{where}: no 'request_label' field and no classifier to label the request")
+        if request.is_flagged:
+            segs, verdicts = [], []
+        elif "segments" in row:
+            segs = [s["text"] for s in row["segments"]]
+            verdicts = [Verdict(s.get("label", SAFE), tuple(s.get("categories") or ())) for s in row["segments"]]
+        elif "response_label" in row and segmenter is not None:
+            segs = segmenter.segment(response) or [response]
+            verdicts = [Verdict(row["response_label"])] * len(segs)
+        elif classifier is not None and segmenter is not None:
+            segs = segmenter.segment(response) or [response]
+            verdicts = classifier.classify([SegmentInput(s, request_text + "".join(segs[:i])) for i, s in enumerate(segs)])
+        else:
+            raise PosttrainDataError(f"{where}: no 'segments' or 'response_label' field and no classifier to "
+                                     "label the response")
         turn = (reflection_turn(request, segs, verdicts, fmt, refusal) if reflections
                 else plain_turn(request, response, refusal))
         yield {"messages": msgs[:-1] + [{"role": "assistant", "content": turn}]}

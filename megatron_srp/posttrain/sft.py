@@ -62,6 +62,9 @@ class SFTRecipe:
     """Checkpoints, metrics.jsonl and, when done, the final model in ``OUTPUT/final``."""
     data: SourceSettings = field(default_factory=SourceSettings)
     """Conversations."""
+    mix: list[SourceSettings] = field(default_factory=list)
+    """More sources, appended after ``data`` (e.g. UltraChat-200k + WildGuardMix + WildJailbreak, each
+    with its ``format`` and ``max_examples``)."""
     reflections: bool = True
     """Reflection-compatible targets (False: the same examples without reflections)."""
     label_source: str = "fields"
@@ -203,14 +206,21 @@ def build_examples(r: SFTRecipe, tokenizer) -> list[dict]:
     from megatron_srp.posttrain.data import label_conversations, read_conversations
     from megatron_srp.reflection import ReflectionFormat
 
-    convs = list(read_conversations(r.data))
+    convs = [c for src in [r.data, *r.mix] for c in read_conversations(src)]
     classifier = None
     if r.label_source != "fields":
         classifier = build_classifier(r.label_source, **r.classifier_args)
-    labelled = [c for c in convs if "segments" in c[1] or "request_label" in c[1]]
-    if classifier is None and not labelled:
-        return [{"messages": msgs} for _, _, msgs in convs]  # rows already in their final format
     fmt = ReflectionFormat(categories=tuple(getattr(classifier, "categories", ())) or ReflectionFormat().categories)
+    labelled = [c for c in convs if {"segments", "request_label", "response_label"} & set(c[1])]
+    if classifier is None and not labelled:
+        # Rows already in their final format: accepted only when they say so (reflections present, or
+        # the baselines' plain format), never as a silent fall-back to training without reflections.
+        if r.reflections and not any(fmt.find(msgs[-1]["content"]) for _, _, msgs in convs):
+            raise PosttrainDataError(
+                f"{convs[0][0] if convs else 'data'}: the rows carry no verdicts (request_label, segments, "
+                "response_label) and no reflections, and label_source is 'fields': set label_source to a "
+                "classifier backend (e.g. qwen3guard), or reflections=false for the plain format")
+        return [{"messages": msgs} for _, _, msgs in convs]
     segmenter = Segmenter(hf_token_offsets(tokenizer), budget=r.segment_tokens)
     return list(label_conversations(convs, fmt, classifier, segmenter, r.refusal, r.reflections))
 

@@ -203,3 +203,23 @@ def test_guard_judge_of_the_attack_suite(tiny_guard):
     judge = build_judge("guard", backend="qwen3guard", model=str(tiny_guard), device="cpu")
     harmful = judge.harmful([_sentence(rng, False) for _ in replies], replies)
     assert harmful == [True, False, True, False]
+
+
+def test_llama_guard_and_wildguard_answers_parse():
+    from megatron_srp.data.classifiers.qwen3guard import (
+        parse_llama_guard_output, parse_wildguard_output, wildguard_prompt)
+
+    assert parse_llama_guard_output("\n\nsafe") == Verdict("safe")
+    assert parse_llama_guard_output("unsafe\nS1,S10") == Verdict("unsafe", ("Violent Crimes", "Hate"))
+    assert parse_llama_guard_output("unsafe\nS99") == Verdict("unsafe")
+    with pytest.raises(GuardOutputError):
+        parse_llama_guard_output("I think it is fine")
+    answer = "Harmful request: yes\nResponse refusal: yes\nHarmful response: no"
+    assert parse_wildguard_output(answer, judge_response=True) == Verdict("safe")
+    assert parse_wildguard_output(answer, judge_response=False) == Verdict("unsafe")
+    with pytest.raises(GuardOutputError):
+        parse_wildguard_output("Harmful request: yes\nHarmful response: N/A", judge_response=True)
+    with_ctx = wildguard_prompt(SegmentInput(" Here is how.", "How do I pick a lock?"))
+    assert "Human user:\nHow do I pick a lock?\n\nAI assistant:\n Here is how.\n" in with_ctx
+    assert with_ctx.endswith("Answers: [/INST]\n<|assistant|>\n")
+    assert "Human user:\nHow do I pick a lock?\n\nAI assistant:\n\n" in wildguard_prompt(SegmentInput("How do I pick a lock?"))

@@ -84,9 +84,12 @@ def test_suite_known_answers(env, tmp_path):
     assert r["harmful"]["prefill_2"]["attack_success"]["n"] == 2
     assert r["over_refusal"]["refused_or_flagged"]["k"] == 1
     assert r["lm_eval"]["tiny_mc"]["acc,none"] == 1.0
-    after = r["finetune_attacks"]["cook"]["harmful"]["plain"]
-    assert after["attack_success"]["k"] == 2  # the finetuned model now answers the flagged request too
-    assert "| plain |" in (tmp_path / "out" / "report.md").read_text()
+    after = r["finetune_attacks"]["cook"]
+    assert after["harmful"]["plain"]["attack_success"]["k"] == 2  # the finetuned model now answers the flagged request too
+    # the whole suite runs again on the finetuned model
+    assert set(after) >= {"classification", "harmful", "over_refusal", "lm_eval"} and after["n_pairs"] == 4
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| plain |" in md and "## Over-refusal, after finetuning attack cook (4 pairs)" in md
 
 
 def test_bad_inputs_fail_before_generation(env, tmp_path):
@@ -103,3 +106,24 @@ def test_bad_inputs_fail_before_generation(env, tmp_path):
     p = _evaluate(suite, model, tmp_path / "o4", "harmful.prefil_tokens=[1]")
     assert p.returncode == 2 and "did you mean 'harmful.prefill_tokens'" in p.stderr
     assert not (tmp_path / "o2" / "report.json").exists()
+    # finetuning-attack pairs are checked up front too, in the attack's format
+    from tests.fixtures import write_jsonl
+
+    bad_pairs = write_jsonl(tmp_path / "bad_pairs.jsonl", [{"prompt": "how to cook", "response": "x"}, {"question": "q"}])
+    p = _evaluate(suite, model, tmp_path / "o5", f"finetune_attacks.0.data.path={bad_pairs}")
+    assert p.returncode == 2 and "row 1 needs a 'messages' field or 'prompt' and 'response'" in p.stderr, p.stderr[-2000:]
+    p = _evaluate(suite, model, tmp_path / "o6", "finetune_attacks.0.data.format=sst2")
+    assert p.returncode == 2 and "lacks field(s) ['sentence', 'label']" in p.stderr, p.stderr[-2000:]
+    # a tokenizer without a chat template
+    no_template = tmp_path / "no_template"
+    no_template.mkdir()
+    for f in model.iterdir():
+        if f.is_file() and f.name != "chat_template.jinja":
+            text = f.read_bytes()
+            if f.name == "tokenizer_config.json":
+                cfg = json.loads(text)
+                cfg.pop("chat_template", None)
+                text = json.dumps(cfg).encode()
+            (no_template / f.name).write_bytes(text)
+    p = _evaluate(suite, no_template, tmp_path / "o7")
+    assert p.returncode == 2 and "has no chat template" in p.stderr, p.stderr[-2000:]

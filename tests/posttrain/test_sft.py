@@ -82,3 +82,30 @@ def test_sft_loss_falls_and_tool_errors(model_dir, tmp_path):
     p = subprocess.run(cmd[:3] + [f"model={model_dir}", f"data.paths=[{bad}]", f"output_dir={tmp_path / 'y'}"],
                        capture_output=True, text=True, env=child_env())
     assert p.returncode == 2 and "bad.jsonl:1" in p.stderr and "'messages'" in p.stderr
+
+
+def test_mixed_sources_and_unlabelled_rows(model_dir, tmp_path):
+    """``data`` + ``mix``: each source in its own format, verdicts from the rows; rows with neither
+    verdicts nor reflections are refused instead of silently training without reflections."""
+    from megatron_srp.posttrain.data import PosttrainDataError, SourceSettings
+    from megatron_srp.posttrain.sft import SFTRecipe, build_examples, load_tokenizer
+    from tests.fixtures import write_jsonl
+
+    tok = load_tokenizer(str(model_dir))
+    chats = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": "alpha", "response": "beta gamma .", "request_label": "safe",
+                                                   "response_label": "safe"}])
+    wjb = write_jsonl(tmp_path / "wjb.jsonl", [
+        {"vanilla": "hurt", "adversarial": "", "completion": "no .", "data_type": "vanilla_harmful"},
+        {"vanilla": "delta", "adversarial": "", "completion": "x", "data_type": "vanilla_harmful"}])
+    r = SFTRecipe(data=SourceSettings(paths=[str(chats)]),
+                  mix=[SourceSettings(paths=[str(wjb)], format="wildjailbreak", max_examples=1)], refusal="I won't .")
+    turns = [ex["messages"][-1]["content"] for ex in build_examples(r, tok)]
+    assert turns == ["<think> Safe </think> beta gamma . <think> Safe </think>", "<think> Unsafe </think> I won't ."]
+    r.reflections = False
+    assert [ex["messages"][-1]["content"] for ex in build_examples(r, tok)] == ["beta gamma .", "I won't ."]
+
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "alpha", "response": "beta ."}])
+    with pytest.raises(PosttrainDataError, match="carry no verdicts .* set label_source to a classifier backend"):
+        build_examples(SFTRecipe(data=SourceSettings(paths=[str(plain)])), tok)
+    formatted = write_jsonl(tmp_path / "formatted.jsonl", [{"prompt": "alpha", "response": "<think> Safe </think> beta ."}])
+    assert len(build_examples(SFTRecipe(data=SourceSettings(paths=[str(formatted)])), tok)) == 1
