@@ -174,6 +174,20 @@ def load_model(model_dir: str, device: str = "cpu", dtype: str = "float32"):
     return model, tok
 
 
+def load_generator(model_dir: str, device: str = "cpu", engine: str = "transformers"):
+    """What ``guarded_generate`` takes, and the tokenizer: a transformers model, or with ``engine`` vllm
+    (or auto on a GPU with vLLM installed) a ``vllm.LLM`` over the same directory."""
+    from megatron_srp.data.classifiers._hf import pick_engine
+
+    if pick_engine(engine, device) == "vllm":
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        check_model_dir(model_dir)
+        return LLM(model=model_dir, trust_remote_code=False), AutoTokenizer.from_pretrained(model_dir)
+    return load_model(model_dir, device)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Reflection-guarded generation: one JSON line per prompt.")
     p.add_argument("--model", required=True)
@@ -181,8 +195,11 @@ def main(argv=None) -> int:
     p.add_argument("--raw", action="store_true", help="prompts are raw text, not chat messages")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--no-stop", action="store_true", help="keep generating after a flagged reflection")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--engine", default="transformers", choices=["auto", "transformers", "vllm"],
+                   help="vllm (GPU) decodes with vLLM; auto takes it when installed and on a GPU")
     a = p.parse_args(argv)
-    model, tok = load_model(a.model)
+    model, tok = load_generator(a.model, a.device, a.engine)
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not a.raw:
         prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,

@@ -141,6 +141,9 @@ class Suite:
     """Generation batch size."""
     device: str = "cpu"
     """cpu or cuda."""
+    engine: str = "transformers"
+    """Generation engine: transformers, vllm (GPU; GCG and finetuning still use transformers), or auto
+    (vLLM when it is installed and the device is cuda)."""
     classification: list[ClassificationTask] = field(default_factory=list)
     """Safety-classification datasets."""
     harmful: Optional[HarmfulTask] = None
@@ -244,6 +247,9 @@ class Runner:
             except ImportError:
                 raise SuiteError("lm_eval.tasks: the lm-eval package is not installed") from None
         try:
+            from megatron_srp.data.classifiers._hf import pick_engine
+
+            self.engine = pick_engine(suite.engine, suite.device)
             self.judge = build_judge(suite.judge, **suite.judge_args)
         except ClassifierError as e:
             raise SuiteError(str(e)) from None
@@ -268,7 +274,7 @@ class Runner:
             text = text[:start] + text[end:]
         return text.strip()
 
-    def harmful(self, model, tok) -> dict:
+    def harmful(self, model, tok, model_dir: Optional[str] = None) -> dict:
         h = self.suite.harmful
         reqs = [str(r[h.prompt_key]) for r in self.harm_rows]
         out = {"plain": self._attack_success(reqs, self._generate(model, tok, [_chat(tok, q) for q in reqs]))}
@@ -283,18 +289,22 @@ class Runner:
             wrapped = [template.format(request=q) for q in reqs]
             out[f"template_{name}"] = self._attack_success(reqs, self._generate(model, tok, [_chat(tok, w) for w in wrapped]))
         if self.suite.gcg.enabled:
-            out["gcg"] = self._gcg(model, tok, reqs)
+            out["gcg"] = self._gcg(model, tok, reqs, model_dir or self.model_dir)
         return out
 
-    def _gcg(self, model, tok, reqs) -> dict:
+    def _gcg(self, model, tok, reqs, model_dir: str) -> dict:
         import nanogcg
 
+        from megatron_srp.eval.generate import load_model
+
         g, h = self.suite.gcg, self.suite.harmful
+        # nanogcg needs gradients through a transformers model; vLLM only generates the replies
+        hf_model = model if self.engine == "transformers" else load_model(model_dir, self.suite.device)[0]
         cfg = nanogcg.GCGConfig(num_steps=g.num_steps, search_width=g.search_width, topk=g.topk, verbosity="WARNING")
         rows = self.harm_rows[:g.n_prompts]
         attacked = []
         for r in rows:
-            res = nanogcg.run(model, tok, str(r[h.prompt_key]), str(r[h.target_key]), cfg)
+            res = nanogcg.run(hf_model, tok, str(r[h.prompt_key]), str(r[h.target_key]), cfg)
             attacked.append(f"{r[h.prompt_key]} {res.best_string}")
         gens = self._generate(model, tok, [_chat(tok, q) for q in attacked])
         return self._attack_success([str(r[h.prompt_key]) for r in rows], gens)
@@ -334,14 +344,14 @@ class Runner:
 
     def evaluate(self, model_dir: str) -> dict:
         """Every configured part of the suite on one model directory."""
-        from megatron_srp.eval.generate import load_model
+        from megatron_srp.eval.generate import load_generator
 
-        model, tok = load_model(model_dir, self.suite.device)
+        model, tok = load_generator(model_dir, self.suite.device, self.engine)
         report: dict = {}
         if self.cls_rows:
             report["classification"] = self.classification(model, tok)
         if self.harm_rows:
-            report["harmful"] = self.harmful(model, tok)
+            report["harmful"] = self.harmful(model, tok, model_dir)
         if self.benign_rows:
             report["over_refusal"] = self.over_refusal(model, tok)
         del model

@@ -127,3 +127,8 @@ def test_bad_inputs_fail_before_generation(env, tmp_path):
             (no_template / f.name).write_bytes(text)
     p = _evaluate(suite, no_template, tmp_path / "o7")
     assert p.returncode == 2 and "has no chat template" in p.stderr, p.stderr[-2000:]
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:  # the GPU engine, asked for where it is not installed
+        p = _evaluate(suite, model, tmp_path / "o8", "engine=vllm")
+        assert p.returncode == 2 and "the vllm package is not installed" in p.stderr, p.stderr[-2000:]

@@ -16,6 +16,26 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def pick_engine(engine: str, device: str) -> str:
+    """transformers or vllm: ``auto`` takes vLLM when it imports, a GPU exists and the device allows it;
+    ``vllm`` when vLLM does not import is an error."""
+    if engine not in ("auto", "transformers", "vllm"):
+        raise ClassifierError(f"engine={engine!r}: choose auto, transformers or vllm")
+    if engine == "transformers":
+        return engine
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        if engine == "vllm":
+            raise ClassifierError("engine=vllm: the vllm package is not installed (pip install vllm; GPU)") from None
+        return "transformers"
+    import torch
+
+    if engine == "vllm":
+        return engine
+    return "vllm" if torch.cuda.is_available() and device != "cpu" else "transformers"
+
+
 def resolve_dtype(dtype: str, device: str):
     import torch
 

@@ -82,8 +82,6 @@ class Qwen3GuardClassifier(Classifier):
                  taxonomy: Optional[Sequence[str]] = None):
         if on_unparsed not in ("error", "unsafe", "safe"):
             raise ClassifierError(f"on_unparsed={on_unparsed!r}: choose error, unsafe or safe")
-        if engine not in ("auto", "transformers", "vllm"):
-            raise ClassifierError(f"engine={engine!r}: choose auto, transformers or vllm")
         model = model or self.default_model
         self.categories = tuple(taxonomy or self.default_taxonomy)
         self.batch_size, self.max_new_tokens, self.on_unparsed = int(batch_size), int(max_new_tokens), on_unparsed
@@ -95,7 +93,7 @@ class Qwen3GuardClassifier(Classifier):
         if self.uses_chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise ClassifierError(f"{model}: the tokenizer has no chat template (the {self.name} guard's carries "
                                   f"its safety policy); pass --classifier-arg chat_template=FILE")
-        self.engine = self._pick_engine(engine, device)
+        self.engine = _hf.pick_engine(engine, device)
         if self.engine == "vllm":
             from vllm import LLM, SamplingParams
 
@@ -105,17 +103,6 @@ class Qwen3GuardClassifier(Classifier):
             from transformers import AutoModelForCausalLM
 
             self.model, self.device = _hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
-
-    @staticmethod
-    def _pick_engine(engine: str, device: str) -> str:
-        if engine != "auto":
-            return engine
-        try:
-            import torch
-            import vllm  # noqa: F401
-        except ImportError:
-            return "transformers"
-        return "vllm" if torch.cuda.is_available() and device != "cpu" else "transformers"
 
     def prompts(self, items: Sequence[SegmentInput]) -> list[str]:
         return [self.tokenizer.apply_chat_template(guard_messages(it), tokenize=False, add_generation_prompt=True)
