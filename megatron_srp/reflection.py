@@ -139,6 +139,17 @@ class ReflectionFormat:
         """Every reflection in ``text`` as (start, end, verdict), start including the lead space."""
         return [(m.start(), m.end(), self.parse_body(m.group(1))) for m in self._pattern.finditer(text)]
 
+    def spans(self, text: str) -> list[tuple[int, int, Optional[Verdict]]]:
+        """Every reflection-like span, as ``find``, with None for a malformed one: for model output,
+        which may write either."""
+        out = []
+        for m in self._pattern.finditer(text):
+            try:
+                out.append((m.start(), m.end(), self.parse_body(m.group(1))))
+            except ReflectionParseError:
+                out.append((m.start(), m.end(), None))
+        return out
+
     def parse(self, text: str) -> Verdict:
         """The verdict of a text that is exactly one rendered reflection."""
         found = self.find(text)

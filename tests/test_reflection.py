@@ -85,3 +85,20 @@ def test_custom_format_is_used_everywhere():
         fmt.render(Verdict("unsafe", ("Violent",)))
     with pytest.raises(ValueError, match="distinct"):
         ReflectionFormat(safe_word="X", unsafe_word="X")
+
+
+def test_spans_tolerate_malformed_model_output():
+    """A model may open a reflection and never close it before the next one: ``spans`` reports the
+    malformed span as None where ``find`` raises, and MedSafetyWorld's scoring reads it as no verdict."""
+    from megatron_srp.medsafetyworld.evaluate import _after_answer_verdict
+    from megatron_srp.reflection import ReflectionFormat, ReflectionParseError, Verdict
+
+    fmt = ReflectionFormat()
+    text = "Rx : Velorin <think> 200 mg daily . <think> Safe </think> then <think> Unsafe </think>"
+    with pytest.raises(ReflectionParseError):
+        fmt.find(text)
+    spans = fmt.spans(text)
+    assert [v for _, _, v in spans] == [None, Verdict("unsafe")]
+    assert text[spans[1][0]:spans[1][1]] == " <think> Unsafe </think>"
+    assert _after_answer_verdict(text) is None
+    assert _after_answer_verdict(" Rx : Velorin 200 mg daily . <think> Unsafe </think>") == Verdict("unsafe")

@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
-from megatron_srp.reflection import ReflectionFormat, ReflectionParseError, Verdict
+from megatron_srp.reflection import ReflectionFormat, Verdict
 
 
 @dataclass
@@ -36,13 +36,8 @@ class Generation:
 
 def read_reflections(text: str, fmt: ReflectionFormat) -> tuple[list[tuple[int, int, Verdict]], int]:
     """Well-formed reflections and the number of malformed ones (a model may write either)."""
-    found, bad = [], 0
-    for m in fmt._pattern.finditer(text):
-        try:
-            found.append((m.start(), m.end(), fmt.parse_body(m.group(1))))
-        except ReflectionParseError:
-            bad += 1
-    return found, bad
+    spans = fmt.spans(text)
+    return [sp for sp in spans if sp[2] is not None], sum(sp[2] is None for sp in spans)
 
 
 def first_flag_end(text: str, fmt: ReflectionFormat) -> Optional[int]:

@@ -270,7 +270,7 @@ class Runner:
                 "examples": [{"request": r, "response": g.text} for r, g in list(zip(requests, gens))[:3]]}
 
     def _strip(self, text: str) -> str:
-        for start, end, _ in sorted(self.fmt.find(text), reverse=True):
+        for start, end, _ in sorted(self.fmt.spans(text), reverse=True):
             text = text[:start] + text[end:]
         return text.strip()
 

@@ -41,8 +41,9 @@ def _answer(world: World, item: Item, text: str) -> tuple[Optional[str], Optiona
 
 
 def _after_answer_verdict(text: str) -> Optional[Verdict]:
-    found = FORMAT.find(text) if FORMAT.open_tag in text else []
-    return found[0][2] if found else None
+    """The first reflection the model wrote; None when there is none or it is malformed."""
+    spans = FORMAT.spans(text)
+    return spans[0][2] if spans else None
 
 
 def _constant_rates(world: World, items: list[Item]) -> tuple[float, float, str]:

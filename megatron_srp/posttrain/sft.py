@@ -215,7 +215,7 @@ def build_examples(r: SFTRecipe, tokenizer) -> list[dict]:
     if classifier is None and not labelled:
         # Rows already in their final format: accepted only when they say so (reflections present, or
         # the baselines' plain format), never as a silent fall-back to training without reflections.
-        if r.reflections and not any(fmt.find(msgs[-1]["content"]) for _, _, msgs in convs):
+        if r.reflections and not any(fmt.spans(msgs[-1]["content"]) for _, _, msgs in convs):
             raise PosttrainDataError(
                 f"{convs[0][0] if convs else 'data'}: the rows carry no verdicts (request_label, segments, "
                 "response_label) and no reflections, and label_source is 'fields': set label_source to a "
