@@ -140,6 +140,7 @@ def check_model_dir(model_dir: str, chat_template: bool = False) -> None:
     FileNotFoundError naming what is missing."""
     import json
     import os
+    from pathlib import Path
 
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
@@ -148,9 +149,7 @@ def check_model_dir(model_dir: str, chat_template: bool = False) -> None:
     if chat_template and not any(os.path.isfile(os.path.join(model_dir, f))
                                  for f in ("chat_template.jinja", "chat_template.json")):
         cfg = os.path.join(model_dir, "tokenizer_config.json")
-        with open(cfg) if os.path.isfile(cfg) else open(os.devnull) as f:
-            text = f.read()
-        if not text or not json.loads(text).get("chat_template"):
+        if not (os.path.isfile(cfg) and json.loads(Path(cfg).read_text()).get("chat_template")):
             raise FileNotFoundError(f"{model_dir}: the tokenizer has no chat template (chat_template.jinja or "
                                     "tokenizer_config.json's chat_template)")
 
