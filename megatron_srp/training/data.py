@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
@@ -162,12 +162,36 @@ def ignore_exit_signals(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def build_iterator(dataset, recipe: Recipe, consumed_samples: int, cycle: bool = False) -> Optional[Iterator]:
+class BatchIterator:
+    """Microbatches from a DataLoader, with ``close()`` to stop its worker processes now.
+
+    Workers ignore SIGTERM (``ignore_exit_signals``), so they must not outlive an error: Python's
+    exit handler would terminate them with SIGTERM and wait forever. The trainer closes every
+    iterator in ``finally``, so a run that fails with workers exits with its error instead of hanging.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self._it = iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
+
+    def close(self) -> None:
+        # The multiprocessing iterator's own shutdown (what its __del__ calls); absent without workers.
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def build_iterator(dataset, recipe: Recipe, consumed_samples: int) -> Optional[BatchIterator]:
     if dataset is None:
         return None
     sampler = PretrainingSampler(
         total=len(dataset),
-        consumed_samples=consumed_samples % len(dataset) if cycle else consumed_samples,
+        consumed_samples=consumed_samples,
         micro_batch_size=recipe.training.micro_batch_size,
         dp_rank=parallel_state.get_data_parallel_rank(),
         dp_size=parallel_state.get_data_parallel_world_size(),
@@ -181,12 +205,15 @@ def build_iterator(dataset, recipe: Recipe, consumed_samples: int, cycle: bool =
         persistent_workers=recipe.data.num_workers > 0,
         worker_init_fn=ignore_exit_signals,
     )
-    if not cycle:
-        return iter(loader)
+    return BatchIterator(loader)
 
-    def forever():
-        while True:
-            yield from loader
-            sampler.consumed = 0
 
-    return forever()
+def check_token_ids(tokens: torch.Tensor, vocab_size: int, recipe: Recipe) -> None:
+    """A token id outside the embedding fails as an index error deep in the model (a device-side
+    assert on GPUs); say which data and which setting instead. Runs on the CPU batch: no GPU sync."""
+    top = int(tokens.max())
+    if top >= vocab_size:
+        where = "mock data" if recipe.data.mock else f"data.data_path={recipe.data.data_path}"
+        raise RecipeError(f"{where} holds token id {top}, outside "
+                          f"the model's vocabulary of {vocab_size} (model.vocab_size={recipe.model.vocab_size}, "
+                          f"padded); the data was tokenized with another tokenizer, or model.vocab_size is too small")

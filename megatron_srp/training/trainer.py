@@ -19,10 +19,10 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_srp.config import Recipe
+from megatron_srp.config import Recipe, padded_vocab_size
 from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
-from megatron_srp.training.data import build_datasets, build_iterator
+from megatron_srp.training.data import build_datasets, build_iterator, check_token_ids
 from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, format_loss, gpu_peak_tflops
 from megatron_srp.training.model import build_model_chunk, build_transformer_config, model_flops_per_token
 from megatron_srp.training.optim import build_optimizer, build_scheduler, wrap_ddp
@@ -59,8 +59,11 @@ def loss_func(reflection_loss: str, loss_mask: torch.Tensor, roles: Optional[tor
 
 
 def make_forward_step(recipe: Recipe, device: torch.device):
+    vocab_size = padded_vocab_size(recipe)
+
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
+        check_token_ids(batch["tokens"], vocab_size, recipe)
         tokens = batch["tokens"].to(device)
         position_ids = batch["position_ids"].to(device)
         labels = batch["labels"].to(device)
@@ -159,10 +162,17 @@ class Trainer:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _iterators(self, dataset, consumed: int, cycle: bool = False):
+    def _iterators(self, dataset, consumed: int):
+        """One iterator per model chunk (the interleaved schedule reads one per virtual stage)."""
         n = len(self.model)
-        its = [build_iterator(dataset, self.recipe, consumed, cycle=cycle) for _ in range(n)]
+        its = [build_iterator(dataset, self.recipe, consumed) for _ in range(n)]
         return its if n > 1 else its[0]
+
+    @staticmethod
+    def _close(iterators) -> None:
+        for it in iterators if isinstance(iterators, list) else [iterators]:
+            if it is not None:
+                it.close()
 
     def train_step(self, data_iterator) -> tuple[dict, Optional[float]]:
         t = self.recipe.training
@@ -189,13 +199,16 @@ class Trainer:
             chunk.eval()
         reports = []
         it = self._iterators(valid_ds, self.consumed_valid)
-        for _ in range(t.eval_iters):
-            reports += self.forward_backward(
-                forward_step_func=self.forward_step, data_iterator=it, model=self.model,
-                num_microbatches=self.num_microbatches, seq_length=self.recipe.model.seq_length,
-                micro_batch_size=t.micro_batch_size, decoder_seq_length=self.recipe.model.seq_length,
-                forward_only=True)
-            self.consumed_valid += t.global_batch_size
+        try:
+            for _ in range(t.eval_iters):
+                reports += self.forward_backward(
+                    forward_step_func=self.forward_step, data_iterator=it, model=self.model,
+                    num_microbatches=self.num_microbatches, seq_length=self.recipe.model.seq_length,
+                    micro_batch_size=t.micro_batch_size, decoder_seq_length=self.recipe.model.seq_length,
+                    forward_only=True)
+                self.consumed_valid += t.global_batch_size
+        finally:
+            self._close(it)
         for chunk in self.model:
             chunk.train()
         return reduce_report(reports, self.env.device) if self.holds_loss else {}
@@ -272,6 +285,7 @@ class Trainer:
                 self.save()
             return reason
         finally:
+            self._close(train_it)
             if own_exit_req:
                 exit_req.uninstall()
             self.metrics.close()

@@ -78,3 +78,28 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     proc = runner.run(tmp_path, [f"data.data_path=[{tmp_path / 'nope'}]", "data.mock=false"], check=False)
     assert proc.returncode == 2
     assert "nope.bin" in proc.stderr and "data.data_path" in proc.stderr
+
+
+def test_out_of_vocabulary_token_fails_clearly_and_workers_do_not_hang_the_exit(watch, tmp_path):
+    """Data tokenized with a larger vocabulary than the model's: a clear error naming the data and the
+    setting, and the process exits although a DataLoader worker (which ignores SIGTERM) is running."""
+    import numpy as np
+    import psutil
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from tests.conftest import ROOT, child_env
+
+    prefix = tmp_path / "big_vocab"
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    for i in range(100):
+        doc = np.append(np.arange(i, i + 200) % (VOCAB - 1), [VOCAB + 88, VOCAB - 1]).astype(np.int64)
+        builder.add_document(torch.from_numpy(doc), [len(doc)])
+    builder.finalize(f"{prefix}.idx")
+    cmd = runner.command(1, [f"logging.dir={tmp_path}", "checkpoint.dir=null", "data.num_workers=1",
+                             *_data(prefix, tmp_path)])
+    proc = watch(cmd, cwd=ROOT, env=child_env())
+    out = proc.finish(timeout=180)
+    assert proc.returncode == 2, out[-3000:]
+    assert f"holds token id {VOCAB + 88}" in out and "model.vocab_size=512" in out and str(prefix) in out
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
