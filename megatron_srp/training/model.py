@@ -134,7 +134,7 @@ def build_model_chunk(recipe: Recipe, config: TransformerConfig, on_cpu: bool,
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     m = recipe.model
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(recipe, config, on_cpu),
         vocab_size=padded_vocab_size(recipe),
@@ -146,6 +146,12 @@ def build_model_chunk(recipe: Recipe, config: TransformerConfig, on_cpu: bool,
         rotary_base=int(m.rotary_base),
         vp_stage=vp_stage,
     )
+    if config.bf16:
+        # Every parameter in bf16, as Megatron-LM's Float16Module casts it: the local spec builds its
+        # norms in fp32, and Megatron's bf16 optimizer (fp32 main weights of bf16 parameters) cannot
+        # checkpoint a model that mixes both.
+        model.bfloat16()
+    return model
 
 
 def model_flops_per_token(recipe: Recipe) -> float:

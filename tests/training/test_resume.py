@@ -129,3 +129,18 @@ def test_signal_during_start_up_is_not_lost(watch, tmp_path, from_init):
     out = proc.finish(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert "signal received" in out and runner.tracker(tmp_path) == 1
+
+
+def test_bf16_stop_and_resume_equals_uninterrupted(tmp_path):
+    """bf16 (what the GPU recipes train in): the fp32 main weights and Adam state in the checkpoint
+    carry a stopped run on exactly as if it had not stopped."""
+    bf16 = ["precision.bf16=true", "training.train_iters=6"]
+    whole = tmp_path / "whole"
+    runner.run(whole, bf16)
+    split = tmp_path / "split"
+    runner.run(split, bf16 + ["training.exit_interval=3"])
+    assert runner.tracker(split) == 3
+    runner.run(split, bf16)
+    want = runner.losses(whole)
+    assert sorted(want) == list(range(1, 7)) and want[6] < want[1]
+    assert_same_losses(runner.losses(split), want, range(1, 7))
