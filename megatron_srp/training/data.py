@@ -204,6 +204,9 @@ def build_iterator(dataset, recipe: Recipe, consumed_samples: int) -> Optional[B
         pin_memory=False,
         persistent_workers=recipe.data.num_workers > 0,
         worker_init_fn=ignore_exit_signals,
+        # Its own generator: every new iterator draws a worker seed, which from the global generator
+        # would shift the dropout masks of a resumed run (it builds its iterator after the RNG restore).
+        generator=torch.Generator().manual_seed(recipe.training.seed),
     )
     return BatchIterator(loader)
 

@@ -144,3 +144,15 @@ def test_bf16_stop_and_resume_equals_uninterrupted(tmp_path):
     want = runner.losses(whole)
     assert sorted(want) == list(range(1, 7)) and want[6] < want[1]
     assert_same_losses(runner.losses(split), want, range(1, 7))
+
+
+def test_dropout_run_resumes_with_its_random_state(tmp_path):
+    """With dropout the losses after a resume depend on the restored RNG states (CPU generator and
+    Megatron's tracker); a resume that drew fresh masks would differ from the straight run."""
+    drop = ["model.hidden_dropout=0.2", "model.attention_dropout=0.2", "training.train_iters=6"]
+    whole = tmp_path / "whole"
+    runner.run(whole, drop)
+    split = tmp_path / "split"
+    runner.run(split, drop + ["training.exit_interval=3"])
+    runner.run(split, drop)
+    assert_same_losses(runner.losses(split), runner.losses(whole), range(1, 7))
