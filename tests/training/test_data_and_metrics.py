@@ -103,3 +103,35 @@ def test_out_of_vocabulary_token_fails_clearly_and_workers_do_not_hang_the_exit(
     assert proc.returncode == 2, out[-3000:]
     assert f"holds token id {VOCAB + 88}" in out and "model.vocab_size=512" in out and str(prefix) in out
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.mark.parametrize("style", ["cosine", "WSD"])
+def test_logged_learning_rate_follows_the_schedule(tmp_path, style):
+    """Warmup then cosine, or warmup, stable and the WSD decay at the end: the lr each step logs is
+    the schedule's value after that many steps (OptimizerParamScheduler counts samples)."""
+    from megatron_srp.config import load_recipe
+
+    overrides = [f"scheduler.lr_decay_style={style}"]
+    runner.run(tmp_path, overrides)
+    r = load_recipe(runner.TINY, runner.BASE + overrides)
+    top, low, warm, total = r.optimizer.lr, r.optimizer.min_lr, r.scheduler.lr_warmup_iters, r.training.train_iters
+    assert r.scheduler.lr_decay_iters is None and 0 < warm < total
+
+    def expected(k: int) -> float:
+        if k <= warm:
+            return top * k / warm
+        if style == "cosine":
+            return low + 0.5 * (math.cos(math.pi * (k - warm) / (total - warm)) + 1) * (top - low)
+        start = total - r.scheduler.lr_wsd_decay_iters
+        if k <= start:
+            return top
+        ratio = (k - start) / r.scheduler.lr_wsd_decay_iters
+        coeff = {"linear": 1 - ratio, "cosine": 0.5 * (math.cos(math.pi * ratio) + 1),
+                 "exponential": 2 * 0.5 ** ratio - 1, "minus_sqrt": 1 - math.sqrt(ratio)}[r.scheduler.lr_wsd_decay_style]
+        return low + coeff * (top - low)
+
+    got = runner.losses(tmp_path, "lr")
+    assert sorted(got) == list(range(1, total + 1))
+    for k in got:
+        assert math.isclose(got[k], expected(k), rel_tol=1e-6, abs_tol=1e-12), (k, got[k], expected(k))
+    assert math.isclose(got[total], low, rel_tol=1e-6)

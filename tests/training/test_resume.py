@@ -156,3 +156,21 @@ def test_dropout_run_resumes_with_its_random_state(tmp_path):
     runner.run(split, drop + ["training.exit_interval=3"])
     runner.run(split, drop)
     assert_same_losses(runner.losses(split), runner.losses(whole), range(1, 7))
+
+
+def test_pp2_checkpoint_resumes_at_pp1(tmp_path, from_init, baseline):
+    runner.run(tmp_path, from_init + ["parallel.pipeline_model_parallel_size=2", "training.exit_interval=10"], nproc=2)
+    assert runner.tracker(tmp_path) == 10
+    resumed = runner.run(tmp_path, from_init)
+    assert "parallel layout changed" in resumed.stderr
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
+
+
+def test_dp2_distributed_optimizer_checkpoint_resumes_at_dp1(tmp_path, from_init, baseline):
+    """The distributed optimizer's state is sharded over DP; resharding it to one rank (fully_reshardable)."""
+    dist_opt = ["optimizer.use_distributed_optimizer=true"]
+    runner.run(tmp_path, from_init + dist_opt + ["training.exit_interval=10"], nproc=2)
+    assert runner.tracker(tmp_path) == 10
+    resumed = runner.run(tmp_path, from_init + dist_opt)
+    assert "parallel layout changed" in resumed.stderr
+    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
