@@ -72,6 +72,15 @@ def test_weighted_blend_of_two_datasets(tmp_path):
     runner.run(tmp_path, overrides)
     assert sorted(runner.losses(tmp_path)) == list(range(1, 7))
     assert "loss_text" not in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    # The indices went to data.data_cache_path, and the blend draws 30% / 70% in the order written.
+    assert list((tmp_path / "cache").rglob("*.npy")), "no index cache written"
+    from megatron_srp.config import load_recipe
+    from megatron_srp.training.data import build_datasets
+
+    # Read back from the run's index cache (building afresh would need a process group).
+    train, _ = build_datasets(load_recipe(runner.TINY, runner.BASE + overrides))
+    share_a = float((train.dataset_index == 0).mean())
+    assert len(train.dataset_index) >= 6 * 8 and abs(share_a - 0.3) < 0.05, share_a
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
