@@ -5,6 +5,8 @@ import math
 import os
 import signal
 
+import pytest
+
 from tests.conftest import ROOT, child_env
 from tests.training import runner
 
@@ -32,10 +34,16 @@ def test_distributed_optimizer_checkpoint_resumes(tmp_path, from_init, baseline)
     assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
 
 
-def test_tp2_checkpoint_resumes_at_tp1(tmp_path, from_init, baseline):
-    runner.run(tmp_path, from_init + ["parallel.tensor_model_parallel_size=2", "training.exit_interval=10"], nproc=2)
+@pytest.mark.parametrize("saved_at, both", [
+    (["parallel.tensor_model_parallel_size=2"], []),
+    (["parallel.pipeline_model_parallel_size=2"], []),
+    # DP=2: the distributed optimizer's state is sharded over DP and resharded to one rank (fully_reshardable).
+    ([], ["optimizer.use_distributed_optimizer=true"]),
+], ids=["tp2-at-tp1", "pp2-at-pp1", "dp2-distributed-optimizer-at-dp1"])
+def test_checkpoint_resumes_in_a_one_process_layout(tmp_path, from_init, baseline, saved_at, both):
+    runner.run(tmp_path, from_init + both + saved_at + ["training.exit_interval=10"], nproc=2)
     assert runner.tracker(tmp_path) == 10
-    resumed = runner.run(tmp_path, from_init)
+    resumed = runner.run(tmp_path, from_init + both)
     assert "parallel layout changed" in resumed.stderr
     assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
 
@@ -131,46 +139,21 @@ def test_signal_during_start_up_is_not_lost(watch, tmp_path, from_init):
     assert "signal received" in out and runner.tracker(tmp_path) == 1
 
 
-def test_bf16_stop_and_resume_equals_uninterrupted(tmp_path):
-    """bf16 (what the GPU recipes train in): the fp32 main weights and Adam state in the checkpoint
-    carry a stopped run on exactly as if it had not stopped."""
-    bf16 = ["precision.bf16=true", "training.train_iters=6"]
+@pytest.mark.parametrize("overrides", [
+    # bf16 (what the GPU recipes train in): the checkpoint's fp32 main weights and Adam state.
+    ["precision.bf16=true"],
+    # Dropout: the losses after a resume depend on the restored RNG states (CPU generator and
+    # Megatron's tracker); a resume that drew fresh masks would differ from the straight run.
+    ["model.hidden_dropout=0.2", "model.attention_dropout=0.2"],
+], ids=["bf16", "dropout"])
+def test_run_stopped_at_3_and_resumed_equals_6_straight_steps(tmp_path, overrides):
+    overrides = overrides + ["training.train_iters=6"]
     whole = tmp_path / "whole"
-    runner.run(whole, bf16)
+    runner.run(whole, overrides)
     split = tmp_path / "split"
-    runner.run(split, bf16 + ["training.exit_interval=3"])
+    runner.run(split, overrides + ["training.exit_interval=3"])
     assert runner.tracker(split) == 3
-    runner.run(split, bf16)
+    runner.run(split, overrides)
     want = runner.losses(whole)
     assert sorted(want) == list(range(1, 7)) and want[6] < want[1]
     assert_same_losses(runner.losses(split), want, range(1, 7))
-
-
-def test_dropout_run_resumes_with_its_random_state(tmp_path):
-    """With dropout the losses after a resume depend on the restored RNG states (CPU generator and
-    Megatron's tracker); a resume that drew fresh masks would differ from the straight run."""
-    drop = ["model.hidden_dropout=0.2", "model.attention_dropout=0.2", "training.train_iters=6"]
-    whole = tmp_path / "whole"
-    runner.run(whole, drop)
-    split = tmp_path / "split"
-    runner.run(split, drop + ["training.exit_interval=3"])
-    runner.run(split, drop)
-    assert_same_losses(runner.losses(split), runner.losses(whole), range(1, 7))
-
-
-def test_pp2_checkpoint_resumes_at_pp1(tmp_path, from_init, baseline):
-    runner.run(tmp_path, from_init + ["parallel.pipeline_model_parallel_size=2", "training.exit_interval=10"], nproc=2)
-    assert runner.tracker(tmp_path) == 10
-    resumed = runner.run(tmp_path, from_init)
-    assert "parallel layout changed" in resumed.stderr
-    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
-
-
-def test_dp2_distributed_optimizer_checkpoint_resumes_at_dp1(tmp_path, from_init, baseline):
-    """The distributed optimizer's state is sharded over DP; resharding it to one rank (fully_reshardable)."""
-    dist_opt = ["optimizer.use_distributed_optimizer=true"]
-    runner.run(tmp_path, from_init + dist_opt + ["training.exit_interval=10"], nproc=2)
-    assert runner.tracker(tmp_path) == 10
-    resumed = runner.run(tmp_path, from_init + dist_opt)
-    assert "parallel layout changed" in resumed.stderr
-    assert_same_losses(runner.losses(tmp_path), baseline, range(1, 21))
