@@ -3,6 +3,7 @@
 transformers LlamaForCausalLM training loop of the same shape, batch and optimizer.
 
     python bench/cpu_step.py --compare --rounds 3     # alternates ours / theirs, prints the ratio
+    python bench/cpu_step.py --profile                # torch.profiler self time per step, ours minus theirs
 
 Both sides: 4 layers, hidden 64, 4 heads (2 KV groups), FFN 256 SwiGLU, RMSNorm, RoPE, tied
 embeddings, vocab 512, seq 128; 2 microbatches of 4 per step (gradient accumulation); AdamW with
@@ -48,7 +49,8 @@ def bench_megatron(steps: int, warmup: int, shape: str) -> dict:
     return {"impl": "megatron-core", "median_step_s": statistics.median(times), "steps": len(times)}
 
 
-def bench_hf(steps: int, warmup: int, shape: str) -> dict:
+def hf_step_fn(shape: str):
+    """One training step of the transformers loop (built once; each call is one optimizer step)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -69,9 +71,8 @@ def bench_hf(steps: int, warmup: int, shape: str) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
                             weight_decay=o.weight_decay)
     n_micro = t.global_batch_size // t.micro_batch_size
-    times = []
-    for step in range(steps + warmup):
-        t0 = time.perf_counter()
+
+    def step():
         opt.zero_grad(set_to_none=True)
         for _ in range(n_micro):
             ids = torch.randint(0, m.vocab_size, (t.micro_batch_size, m.seq_length + 1))
@@ -80,9 +81,63 @@ def bench_hf(steps: int, warmup: int, shape: str) -> dict:
             (out.loss / n_micro).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
         opt.step()
-        if step >= warmup:
+
+    return step
+
+
+def bench_hf(steps: int, warmup: int, shape: str) -> dict:
+    step = hf_step_fn(shape)
+    times = []
+    for i in range(steps + warmup):
+        t0 = time.perf_counter()
+        step()
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     return {"impl": "transformers LlamaForCausalLM", "median_step_s": statistics.median(times), "steps": len(times)}
+
+
+def megatron_step_fn(shape: str):
+    """One training step of ours, in this process (Trainer.train_step on GPTDataset batches)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29531")
+    sys.path.insert(0, str(ROOT))
+    from megatron_srp.config import load_recipe
+    from megatron_srp.training.data import build_datasets
+    from megatron_srp.training.trainer import Trainer
+
+    r = load_recipe(RECIPE, ["training.train_iters=1000", "training.eval_interval=null", "checkpoint.dir=null",
+                             f"logging.dir={tempfile.mkdtemp()}", "logging.tensorboard=false", *SHAPES[shape]])
+    trainer = Trainer(r)
+    batches = trainer._iterators(build_datasets(r)[0], 0)
+    return lambda: trainer.train_step(batches)
+
+
+def profile(shape: str, steps: int = 10) -> None:
+    """Operator self time per step under torch.profiler, ours and theirs, largest differences first.
+    Each side runs in its own process (ours enables the CPU compatibility layer process-wide)."""
+    side = {}
+    for impl in ("megatron", "hf"):
+        out = subprocess.run([sys.executable, __file__, "--profile-one", impl, "--shape", shape, "--steps", str(steps)],
+                             check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        side[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+    ours, theirs = side["megatron"], side["hf"]
+    print(f"operator self time per step: ours {sum(ours.values()):.1f} ms, theirs {sum(theirs.values()):.1f} ms")
+    print(f"{'ours - theirs (ms)':>18}  {'ours':>6}  {'theirs':>6}  operator")
+    for d, k in sorted(((ours.get(k, 0) - theirs.get(k, 0), k) for k in set(ours) | set(theirs)), reverse=True)[:25]:
+        print(f"{d:18.2f}  {ours.get(k, 0):6.2f}  {theirs.get(k, 0):6.2f}  {k[:90]}")
+
+
+def profile_one(impl: str, shape: str, steps: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = megatron_step_fn(shape) if impl == "megatron" else hf_step_fn(shape)
+    for _ in range(10):  # warm-up
+        step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    print(json.dumps({e.key: e.self_cpu_time_total / 1000 / steps for e in prof.key_averages()}))
 
 
 def main() -> None:
@@ -93,7 +148,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    p.add_argument("--profile", action="store_true", help="where the step time goes, ours against theirs")
+    p.add_argument("--profile-one", choices=["megatron", "hf"], help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.profile:
+        profile(a.shape)
+        return
+    if a.profile_one:
+        profile_one(a.profile_one, a.shape, a.steps)
+        return
     if a.impl:
         fn = bench_megatron if a.impl == "megatron" else bench_hf
         print(json.dumps(fn(a.steps, a.warmup, a.shape)))
