@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """What slurm/pretrain.sbatch needs to know of a recipe, as shell assignments it evaluates.
 
-    python slurm/recipe_info.py --world 64 RECIPE [key.sub=value ...]
+    python slurm/recipe_info.py --world 64 [--check-paths] RECIPE [key.sub=value ...]
 
 Loads the recipe with its overrides exactly as tools/pretrain.py does and checks the parallel layout
 against --world ranks, so that a recipe error or a layout that does not fit the allocation stops the
 job on the batch node in a second, before any rank starts (exit 2 with the reason, like pretrain.py).
-Imports no torch.
+With --check-paths it also checks that the files the run reads exist (every data prefix's .bin and
+.idx, the tokenizer, checkpoint.load) and that checkpoint.dir can be created: what a dry run on a login
+node checks before a job waits in the queue. Imports no torch.
 """
 
 import argparse
@@ -17,12 +19,41 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _nearest_existing(path: str) -> str:
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path.rstrip("/"))
+    return path or "."
+
+
+def missing_paths(r) -> list[str]:
+    """What the run would fail on, one line each, naming the recipe key and the path."""
+    from megatron_srp.config import blend_from_data_path
+
+    out = []
+    if not r.data.mock:
+        prefixes, _ = blend_from_data_path(r.data.data_path)
+        for prefix in prefixes:
+            for ext in (".bin", ".idx"):
+                if not os.path.isfile(prefix + ext):
+                    out.append(f"data.data_path: {prefix}{ext}")
+    if r.data.tokenizer_model and not os.path.exists(r.data.tokenizer_model):
+        out.append(f"data.tokenizer_model: {r.data.tokenizer_model}")
+    if r.checkpoint.load and not os.path.isdir(r.checkpoint.load):
+        out.append(f"checkpoint.load: {r.checkpoint.load}")
+    if r.checkpoint.dir and not os.path.isdir(r.checkpoint.dir):
+        parent = _nearest_existing(os.path.abspath(r.checkpoint.dir))
+        if not os.access(parent, os.W_OK):
+            out.append(f"checkpoint.dir: {r.checkpoint.dir} cannot be created ({parent} is not writable)")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", type=int, required=True, help="number of training ranks")
+    p.add_argument("--check-paths", action="store_true", help="check that the recipe's input paths exist")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
 
     from megatron_srp.config import RecipeError, load_recipe, validate_world
 
@@ -37,6 +68,12 @@ def main(argv=None) -> int:
         print("recipe error: checkpoint.dir is null; pretrain.sbatch resumes from it after a requeue",
               file=sys.stderr)
         return 2
+    if args.check_paths:
+        missing = missing_paths(r)
+        for problem in missing:
+            print(f"missing: {problem}", file=sys.stderr)
+        if missing:
+            return 2
     t = r.training
     facts = {
         "SRP_NAME": r.name,

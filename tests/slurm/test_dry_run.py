@@ -155,3 +155,49 @@ def test_convert_and_eval_pass_their_arguments_through(tmp_path):
         "suites/safety.yaml", "--model", "hf/x", "--output", "evals/x"]
     proc = run_script("eval.sbatch", ["suites/safety.yaml"], env)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def login_env(tmp_path) -> dict:
+    """A login node: the fakes on PATH (nothing may call them), no job variables."""
+    return job_env(tmp_path, SRP_DRY_RUN=1, SLURM_JOB_ID=None, SLURM_JOB_NODELIST=None, SLURM_JOB_NUM_NODES=None,
+                   SLURM_NNODES=None, SLURM_GPUS_ON_NODE=None)
+
+
+def test_login_node_dry_run_prints_every_node_for_given_nodes_and_checks_paths(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a_text_document", "b_text_document"):
+        for ext in (".bin", ".idx"):
+            (data / f"{name}{ext}").write_bytes(b"")
+    (tmp_path / "tok").mkdir()
+    overrides = [f"data.data_path=[0.3,{data}/a_text_document,0.7,{data}/b_text_document]",
+                 f"data.tokenizer_model={tmp_path}/tok", f"checkpoint.dir={tmp_path}/ckpt"]
+    env = login_env(tmp_path)
+    proc = run_script("pretrain.sbatch", ["--nodes=4", RECIPE, *overrides], env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "4 node(s) x 8 GPU(s) = 32 ranks" in out
+    assert "outside a job: 4 node(s) from --nodes" in out
+    nodes_lines = [ln for ln in out.splitlines() if ln.startswith("node ")]
+    assert [ln.split(":")[0] for ln in nodes_lines] == [f"node {i} node-{i + 1:03d}" for i in range(4)]
+    task = command_after(nodes_lines[0], "global ranks from the c10d rendezvous: ")
+    assert task[task.index("tools/pretrain.py"):] == ["tools/pretrain.py", RECIPE, *overrides]
+    assert calls(env) == []  # no srun, scontrol or sbatch on a login node
+
+    # A missing prefix file, tokenizer or checkpoint.load is named, and nothing is printed to run.
+    (data / "b_text_document.idx").unlink()
+    bad = overrides[:1] + [f"data.tokenizer_model={tmp_path}/no_tok", f"checkpoint.load={tmp_path}/no_ckpt"]
+    proc = run_script("pretrain.sbatch", ["--nodes", "2", RECIPE, *bad], env)
+    assert proc.returncode == 2
+    assert f"missing: data.data_path: {data}/b_text_document.idx" in proc.stderr
+    assert f"missing: data.tokenizer_model: {tmp_path}/no_tok" in proc.stderr
+    assert f"missing: checkpoint.load: {tmp_path}/no_ckpt" in proc.stderr
+    assert "node 0" not in proc.stdout
+
+
+def test_outside_a_job_without_dry_run_says_how_to_check(tmp_path):
+    env = login_env(tmp_path)
+    env.pop("SRP_DRY_RUN")
+    proc = run_script("pretrain.sbatch", [RECIPE], env)
+    assert proc.returncode == 2
+    assert "SLURM_JOB_ID is not set" in proc.stderr and "SRP_DRY_RUN=1 bash slurm/pretrain.sbatch --nodes=N" in proc.stderr
