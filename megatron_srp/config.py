@@ -205,9 +205,11 @@ class DataConfig:
 
     data_path: List[str] = field(default_factory=list)
     """Megatron blend: dataset prefixes (``path/to/name`` for name.bin/.idx), optionally weighted
-    as [w1, prefix1, w2, prefix2]. Empty together with mock: true uses mock data."""
+    as [w1, prefix1, w2, prefix2]. Must be empty with mock: true (a path set there is an error, not
+    ignored); every prefix must exist before the model is built."""
     mock: bool = False
-    """Train on Megatron-Core's synthetic MockGPTDataset (no files)."""
+    """Train on Megatron-Core's synthetic MockGPTDataset (no files). A recipe that sets it (tiny_cpu)
+    needs data.mock=false next to a data.data_path override."""
     split: str = "969,30,1"
     """Train/validation/test split of each dataset, by weight."""
     data_cache_path: Optional[str] = None
@@ -537,7 +539,11 @@ def validate(r: Recipe) -> None:
     if r.precision.fp8 is not None:
         _need(m.transformer_impl != "local", "precision.fp8 needs model.transformer_impl "
               "transformer_engine or auto (FP8 runs through Transformer Engine)")
-    if not r.data.mock:
+    if r.data.mock:
+        # A data path given with the recipe's mock: true would otherwise be ignored without a word.
+        _need(not r.data.data_path, f"data.data_path={r.data.data_path} is set but data.mock is true, which "
+              "trains on mock data; set data.mock=false to train on data.data_path (or data.data_path=[] for mock data)")
+    else:
         _need(bool(r.data.data_path), "data.data_path is empty; give dataset prefixes or set data.mock=true")
         blend_from_data_path(r.data.data_path)  # raises on a malformed blend
     if r.data.eod_token_id is not None:

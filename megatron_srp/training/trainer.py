@@ -22,7 +22,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_srp.config import Recipe, padded_vocab_size
 from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
-from megatron_srp.training.data import build_datasets, build_iterator, check_token_ids
+from megatron_srp.training.data import build_datasets, build_iterator, check_data_files, check_token_ids
 from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, format_loss, gpu_peak_tflops
 from megatron_srp.training.model import build_model_chunk, build_transformer_config, model_flops_per_token
 from megatron_srp.training.optim import build_optimizer, build_scheduler, wrap_ddp
@@ -296,6 +296,7 @@ def pretrain(recipe: Recipe, save_init: bool = False) -> str:
     # Installed first: a Slurm signal during start-up must not be lost (or kill the process).
     exit_req = ExitRequest(recipe.training.exit_duration_minutes).install()
     try:
+        check_data_files(recipe)  # a typo in a data path fails in a second, not after the model is built
         trainer = Trainer(recipe)
         if save_init:
             if not recipe.checkpoint.dir:

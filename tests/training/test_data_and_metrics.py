@@ -83,10 +83,19 @@ def test_weighted_blend_of_two_datasets(tmp_path):
     assert len(train.dataset_index) >= 6 * 8 and abs(share_a - 0.3) < 0.05, share_a
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path):
+def test_missing_dataset_is_a_clear_error_before_the_model_is_built(tmp_path):
     proc = runner.run(tmp_path, [f"data.data_path=[{tmp_path / 'nope'}]", "data.mock=false"], check=False)
     assert proc.returncode == 2
-    assert "nope.bin" in proc.stderr and "data.data_path" in proc.stderr
+    assert f"{tmp_path / 'nope'}.bin" in proc.stderr and "data.data_path" in proc.stderr
+    assert "parameters on this rank" not in proc.stderr
+
+
+def test_data_path_with_mock_data_is_refused(tmp_path):
+    """tiny_cpu.yaml sets data.mock: true; a data path given on top must not be ignored."""
+    proc = runner.run(tmp_path, [f"data.data_path=[{tmp_path / 'corpus_text_document'}]"], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "data.data_path" in proc.stderr and "data.mock=false" in proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_out_of_vocabulary_token_fails_clearly_and_workers_do_not_hang_the_exit(watch, tmp_path):
