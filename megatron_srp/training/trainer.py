@@ -24,8 +24,10 @@ from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
 from megatron_srp.training.data import build_datasets, build_iterator, check_data_files, check_token_ids
 from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, format_loss, gpu_peak_tflops
-from megatron_srp.training.model import build_model_chunk, build_transformer_config, model_flops_per_token
+from megatron_srp.training.model import (build_model_chunk, build_transformer_config, model_flops_per_token,
+                                         resolve_transformer_impl)
 from megatron_srp.training.optim import build_optimizer, build_scheduler, wrap_ddp
+from megatron_srp.training.quiet import backend_note
 from megatron_srp.training.signals import ExitRequest
 
 log = logging.getLogger("megatron_srp")
@@ -131,6 +133,7 @@ class Trainer:
                    f"PP={r.parallel.pipeline_model_parallel_size} DP={self.env.dp_size}; "
                    f"{'cpu (gloo)' if self.env.on_cpu else device_name()}; "
                    f"{self.num_microbatches} microbatches of {r.training.micro_batch_size} per step")
+        self._info(backend_note(resolve_transformer_impl(r, self.env.on_cpu), r.model.transformer_impl, self.env.on_cpu))
 
     def _info(self, msg: str) -> None:
         if self.env.is_main or self.is_logger:
