@@ -177,6 +177,14 @@ class SchedulerConfig:
     """Shape of the WSD decay phase."""
     lr_wsd_decay_iters: Optional[int] = None
     """Length of the WSD decay phase; null means 10% of lr_decay_iters."""
+    on_resume: Literal["recipe", "checkpoint"] = "recipe"
+    """Where a resumed run takes optimizer.lr, min_lr, weight_decay and the scheduler.* lengths and
+    styles from: this recipe (Megatron-LM's --override-opt_param-scheduler), or the checkpoint's
+    saved recipe (--use-checkpoint-opt_param-scheduler). The step count always comes from the
+    checkpoint; the recipe saved with the next checkpoint holds the values in effect. Raising
+    training.train_iters with recipe stretches the schedule to the new length (a finished WSD run
+    returns to lr and decays again over its last lr_wsd_decay_iters); with checkpoint the old schedule
+    stays (a finished run continues at min_lr)."""
 
 
 @dataclass
@@ -248,6 +256,10 @@ class CheckpointConfig:
     """Restore optimizer state when resuming."""
     load_rng: bool = True
     """Restore RNG states when resuming with the same parallel layout."""
+    on_damaged: Literal["fallback", "error"] = "fallback"
+    """A resume whose newest iteration in dir is damaged (a shard cut short, a file missing):
+    fallback warns, naming the file, and resumes from the newest iteration that is whole; error
+    stops with exit 2."""
 
 
 @dataclass

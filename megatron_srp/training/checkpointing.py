@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -25,6 +26,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_srp.config import Recipe
 from megatron_srp.training import layout
+from megatron_srp.training.integrity import DamagedCheckpointError, check_iteration_files
 # Re-exported: callers of this module name these as checkpointing.X.
 from megatron_srp.training.layout import (FORMAT_VERSION, CheckpointError, completed_iterations,  # noqa: F401
                                           iter_dir, prune, read_tracker, resolve_load_dir)
@@ -49,6 +51,10 @@ class LoadedState:
     iteration: int
     consumed_train_samples: int
     consumed_valid_samples: int
+    saved_recipe: dict = field(default_factory=dict)
+    """The checkpoint's recipe (empty for a checkpoint written without one)."""
+    scheduler_state: Optional[dict] = None
+    """OptimizerParamScheduler's state; None for weights only (a fresh schedule)."""
 
 
 def _parallel_layout() -> dict:
@@ -196,8 +202,33 @@ def checkpoint_common(path: str) -> dict:
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory")
     if not os.path.isfile(os.path.join(path, "metadata.json")):
-        raise CheckpointError(f"{path}: not a torch_dist checkpoint (no metadata.json)")
-    return dist_checkpointing.load_common_state_dict(path)
+        raise DamagedCheckpointError(f"{path}: not a torch_dist checkpoint (no metadata.json)")
+    try:
+        return dist_checkpointing.load_common_state_dict(path)
+    except (EOFError, OSError, pickle.UnpicklingError, RuntimeError) as e:
+        raise DamagedCheckpointError(f"{os.path.join(path, 'common.pt')}: unreadable ({type(e).__name__}: {e})") from e
+
+
+def loadable_iteration(ckpt_dir: str, on_damaged: str = "fallback") -> int:
+    """The newest completed iteration whose files are whole. A damaged newer one is an error with
+    ``on_damaged="error"``; with "fallback" it is skipped with a warning naming the damaged file."""
+    latest = read_tracker(ckpt_dir)
+    candidates = sorted(set(completed_iterations(ckpt_dir)) | {latest}, reverse=True)
+    for it in candidates:
+        path = iter_dir(ckpt_dir, it)
+        try:
+            check_iteration_files(path)
+            checkpoint_common(path)
+            return it
+        except DamagedCheckpointError as e:
+            if on_damaged == "error":
+                raise DamagedCheckpointError(f"{e}\n(checkpoint.on_damaged=error; with checkpoint.on_damaged=fallback "
+                                             "the run resumes from the newest iteration that is whole)") from e
+            if torch.distributed.get_rank() == 0:
+                log.warning("DAMAGED CHECKPOINT, iteration %d skipped: %s; falling back to an older iteration "
+                            "(checkpoint.on_damaged=fallback)", it, e)
+    raise DamagedCheckpointError(f"{ckpt_dir}: no saved iteration is whole ({candidates} all damaged); "
+                                 "move the folder away to start afresh")
 
 
 _SHAPE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
@@ -216,9 +247,12 @@ def check_compatible(recipe: Recipe, saved_recipe: dict, where: str) -> None:
         raise CheckpointError(f"{where} does not match the recipe:\n  " + "\n  ".join(diffs))
 
 
-def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, finetune: bool = False,
+def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, finetune: bool = False,
                     iteration: Optional[int] = None) -> LoadedState:
+    """Load model, optimizer and RNG in place; the schedule's state is returned for the caller
+    (optim.resume_schedule decides whose values it runs with)."""
     path, it = resolve_load_dir(ckpt_dir, iteration)
+    check_iteration_files(path)
     common = checkpoint_common(path)
     check_compatible(recipe, common.get("recipe", {}), path)
     if common.get("weights_only") and not finetune:
@@ -235,7 +269,10 @@ def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, 
     load_rng = not finetune and recipe.checkpoint.load_rng and same_layout
     if load_rng:
         state["rng_state"] = _rng_sharded_object(None)
-    loaded = dist_checkpointing.load(state, path)
+    try:
+        loaded = dist_checkpointing.load(state, path)
+    except (EOFError, pickle.UnpicklingError) as e:  # damage the file checks cannot see
+        raise DamagedCheckpointError(f"{path}: a shard is unreadable ({type(e).__name__}: {e})") from e
 
     if len(model) == 1:
         model[0].module.load_state_dict(loaded["model"], strict=True)
@@ -248,11 +285,10 @@ def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, 
         _fix_loaded_step_tensors(optimizer)
     if finetune:
         return LoadedState(0, 0, 0)
-    if scheduler is not None and common.get("opt_param_scheduler") is not None:
-        scheduler.load_state_dict(common["opt_param_scheduler"])
     if load_rng:
         _set_rng_state(loaded["rng_state"])
     elif not same_layout:
         log.info("parallel layout changed %s -> %s: RNG states are not restored", common.get("layout"), _parallel_layout())
     return LoadedState(int(common["iteration"]), int(common["consumed_train_samples"]),
-                       int(common["consumed_valid_samples"]))
+                       int(common["consumed_valid_samples"]), saved_recipe=common.get("recipe") or {},
+                       scheduler_state=common.get("opt_param_scheduler"))

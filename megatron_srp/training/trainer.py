@@ -26,7 +26,7 @@ from megatron_srp.training.data import build_datasets, build_iterator, check_dat
 from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, format_loss, gpu_peak_tflops
 from megatron_srp.training.model import (build_model_chunk, build_transformer_config, model_flops_per_token,
                                          resolve_transformer_impl)
-from megatron_srp.training.optim import build_optimizer, build_scheduler, wrap_ddp
+from megatron_srp.training.optim import build_optimizer, build_scheduler, resume_schedule, wrap_ddp
 from megatron_srp.training.quiet import backend_note
 from megatron_srp.training.signals import ExitRequest
 
@@ -144,16 +144,30 @@ class Trainer:
     def resume(self) -> None:
         c = self.recipe.checkpoint
         if c.dir and checkpointing.read_tracker(c.dir) is not None:
-            st = checkpointing.load_checkpoint(self.recipe, c.dir, self.model, self.optimizer, self.scheduler)
+            it = checkpointing.loadable_iteration(c.dir, c.on_damaged)
+            st = checkpointing.load_checkpoint(self.recipe, c.dir, self.model, self.optimizer, iteration=it)
             self._info(f"resumed from {c.dir} at step {st.iteration}")
         elif c.load:
-            st = checkpointing.load_checkpoint(self.recipe, c.load, self.model, self.optimizer, self.scheduler,
-                                               finetune=c.finetune)
+            st = checkpointing.load_checkpoint(self.recipe, c.load, self.model, self.optimizer, finetune=c.finetune)
             self._info(f"loaded {c.load}" + (" (weights only)" if c.finetune else f" at step {st.iteration}"))
         else:
             return
         self.iteration, self.consumed_train, self.consumed_valid = (
             st.iteration, st.consumed_train_samples, st.consumed_valid_samples)
+        if st.scheduler_state is not None:
+            self._restore_schedule(st)
+
+    def _restore_schedule(self, st: checkpointing.LoadedState) -> None:
+        """The step count from the checkpoint; lr, min_lr and lengths from where scheduler.on_resume
+        says. The recipe in effect (saved with the next checkpoint) carries the values used."""
+        self.recipe, line = resume_schedule(self.recipe, st.saved_recipe)
+        # The scheduler reads each param group's max_lr / min_lr first; the loaded optimizer state
+        # holds the checkpoint's.
+        for group in self.optimizer.param_groups:
+            group["max_lr"], group["min_lr"] = self.recipe.optimizer.lr, self.recipe.optimizer.min_lr
+        self.scheduler = build_scheduler(self.recipe, self.optimizer)
+        self.scheduler.load_state_dict(st.scheduler_state)
+        self._info(line)
 
     def save(self) -> None:
         d = self.recipe.checkpoint.dir
