@@ -272,6 +272,16 @@ class LoggingConfig:
     """Log every N steps."""
     tensorboard: bool = True
     """Also write TensorBoard events."""
+    wandb_project: Optional[str] = None
+    """Weights & Biases project to log the metrics.jsonl fields to (from the rank that holds the
+    loss); null disables W&B. Needs the optional wandb package (pip install wandb)."""
+    wandb_entity: Optional[str] = None
+    """W&B entity (user or team); null means your default entity."""
+    wandb_run_name: Optional[str] = None
+    """W&B run name; null means the recipe's name."""
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    """online uploads as it trains; offline writes LOG_DIR/wandb/offline-run-* for a later
+    `wandb sync`; disabled logs nothing."""
 
 
 @dataclass

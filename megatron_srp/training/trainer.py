@@ -23,7 +23,8 @@ from megatron_srp.config import Recipe, padded_vocab_size
 from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
 from megatron_srp.training.data import build_datasets, build_iterator, check_data_files, check_token_ids
-from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, format_loss, gpu_peak_tflops
+from megatron_srp.training.metrics import (MetricsWriter, check_wandb, console_line, device_name, format_loss,
+                                           gpu_peak_tflops, peak_memory_gib)
 from megatron_srp.training.model import (build_model_chunk, build_transformer_config, model_flops_per_token,
                                          resolve_transformer_impl)
 from megatron_srp.training.optim import build_optimizer, build_scheduler, resume_schedule, wrap_ddp
@@ -98,6 +99,25 @@ def reduce_report(reports: list[dict], device) -> dict[str, Optional[float]]:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Interval:
+    """Step times between two log lines."""
+
+    def __init__(self):
+        self.start = time.time()
+        self.steps = 0
+        self.step_s = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_s += seconds
+
+    def mean_step_s(self) -> float:
+        return self.step_s / self.steps
+
+    def wall_s_per_step(self) -> float:
+        return (time.time() - self.start) / self.steps
+
+
 class Trainer:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -125,7 +145,7 @@ class Trainer:
         self.holds_loss = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         self.is_logger = (self.holds_loss and parallel_state.get_tensor_model_parallel_rank() == 0
                           and parallel_state.get_data_parallel_rank() == 0)
-        self.metrics = MetricsWriter(r.log_dir, enabled=self.is_logger, tensorboard=r.logging.tensorboard)
+        self.metrics = MetricsWriter(r, enabled=self.is_logger)
         self.flops_per_token = model_flops_per_token(r)
         self.peak_tflops = None if self.env.on_cpu else gpu_peak_tflops(device_name(), r.precision.fp8 is not None)
         n_params = sum(p.numel() for c in chunks for p in c.parameters())
@@ -230,7 +250,9 @@ class Trainer:
             chunk.train()
         return reduce_report(reports, self.env.device) if self.holds_loss else {}
 
-    def _record(self, stats: dict, grad_norm, step_time: float) -> dict:
+    def _record(self, stats: dict, grad_norm, step_time: float, eta: float) -> dict:
+        """One metrics.jsonl line. ``step_time``: the mean over the steps since the last line; ``eta``:
+        the steps left times the wall time per step of that interval (evaluations and saves included)."""
         r, t = self.recipe, self.recipe.training
         tokens = t.global_batch_size * r.model.seq_length
         tflops = self.flops_per_token * tokens / step_time / self.env.world_size / 1e12
@@ -244,6 +266,8 @@ class Trainer:
             "tokens_per_s_per_device": tokens / step_time / self.env.world_size,
             "tflops_per_device": None if self.env.on_cpu else tflops,
             "mfu": None if self.peak_tflops is None else tflops / self.peak_tflops,
+            "peak_memory_gib": peak_memory_gib(self.env.on_cpu),
+            "eta_s": eta,
         }
         for k in ("loss_text", "loss_reflection"):
             if k in stats:
@@ -266,15 +290,18 @@ class Trainer:
             exit_req = ExitRequest(t.exit_duration_minutes, self.start_time).install()
         save_interval = r.checkpoint.save_interval
         reason = "done"
+        interval = _Interval()
         try:
             while self.iteration < t.train_iters:
                 t0 = time.time()
                 stats, grad_norm = self.train_step(train_it)
-                step_time = time.time() - t0
+                interval.add(time.time() - t0)
                 self.iteration += 1
                 self.consumed_train += t.global_batch_size
                 if self.is_logger and self.iteration % r.logging.log_interval == 0:
-                    rec = self._record(stats, grad_norm, step_time)
+                    rec = self._record(stats, grad_norm, interval.mean_step_s(),
+                                       interval.wall_s_per_step() * (t.train_iters - self.iteration))
+                    interval = _Interval()
                     self.metrics.write(rec)
                     log.info(console_line(rec, t.train_iters))
                     if rec["loss"] is not None and not math.isfinite(rec["loss"]):
@@ -314,6 +341,7 @@ def pretrain(recipe: Recipe, save_init: bool = False) -> str:
     exit_req = ExitRequest(recipe.training.exit_duration_minutes).install()
     try:
         check_data_files(recipe)  # a typo in a data path fails in a second, not after the model is built
+        check_wandb(recipe)
         trainer = Trainer(recipe)
         if save_init:
             if not recipe.checkpoint.dir:
