@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import random
 import time
 from contextlib import contextmanager
@@ -158,10 +159,22 @@ def _torch_adam_load_fix(optimizer):
             del opt._set_main_param_and_optimizer_states
 
 
+def _results_queue_in_this_process() -> None:
+    """Megatron-Core's filesystem writer creates its results queue, at the first save, in a
+    multiprocessing Manager: a server process of its own that a run killed with SIGKILL leaves
+    running. Saves here are synchronous: the writer runs in this process (its forked workers report
+    on a queue of their own), so a thread-safe in-process queue does the same job with no process."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", False) is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save_checkpoint(recipe: Recipe, ckpt_dir: str, iteration: int, model, optimizer, scheduler,
                     consumed_train_samples: int, consumed_valid_samples: int) -> float:
     """Save on all ranks (collective); commit with the tracker; prune. Returns seconds taken."""
     t0 = time.time()
+    _results_queue_in_this_process()
     rank = torch.distributed.get_rank()
     target = iter_dir(ckpt_dir, iteration)
     if rank == 0:

@@ -244,3 +244,37 @@ def test_damaged_latest_checkpoint_is_an_error_when_the_recipe_asks(tmp_path, da
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"{tmp_path / 'ckpt' / 'iter_0000006' / shard.name}" in proc.stderr and "Traceback" not in proc.stderr
     assert runner.tracker(tmp_path) == 6
+
+
+def test_sigkill_after_a_save_leaves_no_process_of_the_run(watch, tmp_path):
+    """Megatron-Core's checkpoint writer used to start a multiprocessing Manager at the first save,
+    which outlived the killed run. The run gets a session of its own; after the kill none of it remains."""
+    import time
+
+    import psutil
+
+    proc = watch(runner.command(1, [f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path}",
+                                    "checkpoint.save_interval=2"]),
+                 cwd=ROOT, env=child_env(), start_new_session=True)
+    proc.until("saved checkpoint", timeout=180)
+    proc.until("step      3/20", timeout=120)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.proc.wait(timeout=30)
+
+    def session():
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if os.getsid(p.pid) == proc.pid:
+                    found.append(f"{p.pid}: {' '.join(p.info['cmdline'] or [])[:200]}")
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        return found
+
+    deadline = time.monotonic() + 10
+    while session() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = session()
+    for line in left:  # clean up before failing
+        psutil.Process(int(line.split(":")[0])).kill()
+    assert not left
