@@ -28,7 +28,7 @@ from megatron_srp.training.metrics import (MetricsWriter, check_wandb, console_l
 from megatron_srp.training.model import (build_model_chunk, build_transformer_config, model_flops_per_token,
                                          resolve_transformer_impl)
 from megatron_srp.training.optim import build_optimizer, build_scheduler, resume_schedule, wrap_ddp
-from megatron_srp.training.quiet import backend_note
+from megatron_srp.training.quiet import backend_note, missing_kernel_warnings_ignored
 from megatron_srp.training.signals import ExitRequest
 
 log = logging.getLogger("megatron_srp")
@@ -342,7 +342,8 @@ def pretrain(recipe: Recipe, save_init: bool = False) -> str:
     try:
         check_data_files(recipe)  # a typo in a data path fails in a second, not after the model is built
         check_wandb(recipe)
-        trainer = Trainer(recipe)
+        with missing_kernel_warnings_ignored():
+            trainer = Trainer(recipe)
         if save_init:
             if not recipe.checkpoint.dir:
                 raise SystemExit("--save-init needs checkpoint.dir")
