@@ -260,6 +260,18 @@ def check_compatible(recipe: Recipe, saved_recipe: dict, where: str) -> None:
         raise CheckpointError(f"{where} does not match the recipe:\n  " + "\n  ".join(diffs))
 
 
+def _use_saved_group_lrs(optimizer, saved_recipe: dict) -> None:
+    """megatron-core 0.19 pairs the optimizer's param groups with the saved ones by their settings,
+    max_lr and min_lr among them, so a resume with a changed optimizer.lr would find no group. Load
+    under the saved values; the trainer then sets those in effect (scheduler.on_resume)."""
+    saved = saved_recipe.get("optimizer")
+    if not saved:
+        return
+    for group in optimizer.param_groups:
+        if "max_lr" in group:
+            group["max_lr"], group["min_lr"] = saved["lr"], saved["min_lr"]
+
+
 def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, finetune: bool = False,
                     iteration: Optional[int] = None) -> LoadedState:
     """Load model, optimizer and RNG in place; the schedule's state is returned for the caller
@@ -276,6 +288,7 @@ def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, finetune: b
     state = _model_sharded_state_dict(model)
     load_optim = optimizer is not None and not finetune and recipe.checkpoint.load_optim
     if load_optim:
+        _use_saved_group_lrs(optimizer, common.get("recipe") or {})
         _ensure_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIM_METADATA)
     same_layout = common.get("layout") == _parallel_layout()

@@ -1,7 +1,7 @@
 """Is a saved iteration readable? File-level checks that name the damaged file.
 
 A torch_dist iteration folder holds ``.metadata`` (where every tensor lives: file, offset, length),
-the ``*.distcp`` shards, ``common.pt`` and ``metadata.json``. A shard cut short by a full disk or a
+the ``*.distcp`` shards, ``metadata.json`` and (megatron-core 0.16) ``common.pt``. A shard cut short by a full disk or a
 copy that stopped half-way fails deep inside torch with a bare ``EOFError``; these checks find it
 before anything is loaded, from the files alone, so every rank reaches the same verdict.
 """
@@ -38,7 +38,8 @@ def check_iteration_files(path: str) -> None:
     """Raise :class:`DamagedCheckpointError` naming the first missing, short or unreadable file."""
     if not os.path.isdir(path):
         raise DamagedCheckpointError(f"{path}: missing (the tracker names it)")
-    for name in (".metadata", "metadata.json", "common.pt"):
+    # common.pt exists up to megatron-core 0.16; 0.19 keeps the common state in the shards.
+    for name in (".metadata", "metadata.json"):
         if not os.path.isfile(os.path.join(path, name)):
             raise DamagedCheckpointError(f"{os.path.join(path, name)}: missing")
     for rel, need in sorted(_shard_extents(path).items()):
