@@ -177,6 +177,14 @@ class SchedulerConfig:
     """Shape of the WSD decay phase."""
     lr_wsd_decay_iters: Optional[int] = None
     """Length of the WSD decay phase; null means 10% of lr_decay_iters."""
+    on_resume: Literal["recipe", "checkpoint"] = "recipe"
+    """Where a resumed run takes optimizer.lr, min_lr, weight_decay and the scheduler.* lengths and
+    styles from: this recipe (Megatron-LM's --override-opt_param-scheduler), or the checkpoint's
+    saved recipe (--use-checkpoint-opt_param-scheduler). The step count always comes from the
+    checkpoint; the recipe saved with the next checkpoint holds the values in effect. Raising
+    training.train_iters with recipe stretches the schedule to the new length (a finished WSD run
+    returns to lr and decays again over its last lr_wsd_decay_iters); with checkpoint the old schedule
+    stays (a finished run continues at min_lr)."""
 
 
 @dataclass
@@ -205,9 +213,11 @@ class DataConfig:
 
     data_path: List[str] = field(default_factory=list)
     """Megatron blend: dataset prefixes (``path/to/name`` for name.bin/.idx), optionally weighted
-    as [w1, prefix1, w2, prefix2]. Empty together with mock: true uses mock data."""
+    as [w1, prefix1, w2, prefix2]. Must be empty with mock: true (a path set there is an error, not
+    ignored); every prefix must exist before the model is built."""
     mock: bool = False
-    """Train on Megatron-Core's synthetic MockGPTDataset (no files)."""
+    """Train on Megatron-Core's synthetic MockGPTDataset (no files). A recipe that sets it (tiny_cpu)
+    needs data.mock=false next to a data.data_path override."""
     split: str = "969,30,1"
     """Train/validation/test split of each dataset, by weight."""
     data_cache_path: Optional[str] = None
@@ -246,6 +256,10 @@ class CheckpointConfig:
     """Restore optimizer state when resuming."""
     load_rng: bool = True
     """Restore RNG states when resuming with the same parallel layout."""
+    on_damaged: Literal["fallback", "error"] = "fallback"
+    """A resume whose newest iteration in dir is damaged (a shard cut short, a file missing):
+    fallback warns, naming the file, and resumes from the newest iteration that is whole; error
+    stops with exit 2."""
 
 
 @dataclass
@@ -258,6 +272,16 @@ class LoggingConfig:
     """Log every N steps."""
     tensorboard: bool = True
     """Also write TensorBoard events."""
+    wandb_project: Optional[str] = None
+    """Weights & Biases project to log the metrics.jsonl fields to (from the rank that holds the
+    loss); null disables W&B. Needs the optional wandb package (pip install wandb)."""
+    wandb_entity: Optional[str] = None
+    """W&B entity (user or team); null means your default entity."""
+    wandb_run_name: Optional[str] = None
+    """W&B run name; null means the recipe's name."""
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    """online uploads as it trains; offline writes LOG_DIR/wandb/offline-run-* for a later
+    `wandb sync`; disabled logs nothing."""
 
 
 @dataclass
@@ -537,7 +561,11 @@ def validate(r: Recipe) -> None:
     if r.precision.fp8 is not None:
         _need(m.transformer_impl != "local", "precision.fp8 needs model.transformer_impl "
               "transformer_engine or auto (FP8 runs through Transformer Engine)")
-    if not r.data.mock:
+    if r.data.mock:
+        # A data path given with the recipe's mock: true would otherwise be ignored without a word.
+        _need(not r.data.data_path, f"data.data_path={r.data.data_path} is set but data.mock is true, which "
+              "trains on mock data; set data.mock=false to train on data.data_path (or data.data_path=[] for mock data)")
+    else:
         _need(bool(r.data.data_path), "data.data_path is empty; give dataset prefixes or set data.mock=true")
         blend_from_data_path(r.data.data_path)  # raises on a malformed blend
     if r.data.eod_token_id is not None:

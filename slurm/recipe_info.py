@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     args = p.parse_intermixed_args(argv)
 
     from megatron_srp.config import RecipeError, load_recipe, validate_world
+    from megatron_srp.training.layout import tracker_path
 
     try:
         r = load_recipe(args.recipe, args.overrides)
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
     facts = {
         "SRP_NAME": r.name,
         "SRP_CKPT_DIR": r.checkpoint.dir,
+        "SRP_TRACKER": tracker_path(r.checkpoint.dir),
         "SRP_LOG_DIR": r.log_dir,
         "SRP_TRAIN_ITERS": t.train_iters,
         "SRP_TP": r.parallel.tensor_model_parallel_size,

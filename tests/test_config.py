@@ -132,3 +132,21 @@ def test_overrides_index_lists_of_sections(tmp_path):
     assert [(a.name, a.n, a.data.format) for a in s.finetune_attacks] == [("a", 10, "sst2"), ("b", 5, "chat")]
     with pytest.raises(RecipeError, match=r"finetune_attacks.2.n: finetune_attacks is a list of 2"):
         C.load_config(Suite, suite, ["finetune_attacks.2.n=5"])
+
+
+def test_data_path_next_to_mock_data_is_refused_naming_both_keys():
+    tiny = ROOT / "recipes" / "tiny_cpu.yaml"
+    with pytest.raises(RecipeError, match=r"data\.data_path=\['corpus'\] is set but data\.mock is true.*data\.mock=false"):
+        load_recipe(tiny, ["data.data_path=[corpus]"])
+    assert load_recipe(tiny, ["data.data_path=[corpus]", "data.mock=false"]).data.data_path == ["corpus"]
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("scheduler.on_resume=checkpoints", "did you mean 'checkpoint'"),
+    ("checkpoint.on_damage=error", "did you mean 'checkpoint.on_damaged'"),
+    ("logging.wandb_mode=ofline", "did you mean 'offline'"),
+    ("logging.wandb_projet=x", "did you mean 'logging.wandb_project'"),
+])
+def test_new_keys_are_checked_with_did_you_mean(override, hint):
+    with pytest.raises(RecipeError, match=hint):
+        load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", [override])

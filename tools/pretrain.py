@@ -24,7 +24,8 @@ def main(argv=None) -> int:
                         help="save the freshly initialised model as iteration 0 in checkpoint.dir and exit")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--describe", action="store_true", help="list every recipe key with its meaning")
-    args = parser.parse_args(argv)
+    # Intermixed: flags may come before, between or after the key.sub=value overrides.
+    args = parser.parse_intermixed_args(argv)
 
     from megatron_srp.config import RecipeError, describe, load_recipe
 
@@ -47,8 +48,11 @@ def main(argv=None) -> int:
     for noisy in ("megatron.core", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from megatron_srp.training.checkpointing import CheckpointError
-    from megatron_srp.training.trainer import pretrain
+    from megatron_srp.training.quiet import missing_kernel_warnings_ignored
+
+    with missing_kernel_warnings_ignored():  # the trainer logs what a missing Transformer Engine changes
+        from megatron_srp.training.checkpointing import CheckpointError
+        from megatron_srp.training.trainer import pretrain
 
     try:
         reason = pretrain(recipe, save_init=args.save_init)

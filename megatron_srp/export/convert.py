@@ -27,7 +27,7 @@ from megatron_srp.config import Recipe, load_recipe, padded_vocab_size
 from megatron_srp.export import hf_files, mapping
 from megatron_srp.export.megatron_side import load_weights, logits, megatron_model, round_params_to
 from megatron_srp.export.torch_dist_reader import TorchDistCheckpoint
-from megatron_srp.training.checkpointing import CheckpointError
+from megatron_srp.training.layout import CheckpointError
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -241,7 +241,7 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
             progress: bool = True) -> dict:
     from megatron.core import dist_checkpointing
 
-    from megatron_srp.training import checkpointing as ck
+    from megatron_srp.training import layout as ck
 
     recipe = recipe_for_hf(hf_dir, base_recipe, list(overrides))
     shape = mapping.shape_from_recipe(recipe)
@@ -255,8 +255,6 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
         from megatron_srp.config import recipe_from_dict
 
         recipe = recipe_from_dict(d)
-        target = ck.iter_dir(tmp, 0)
-        os.makedirs(target)
         report = None
         weights_dtype = torch.bfloat16 if recipe.precision.bf16 else torch.float32
         with megatron_model(recipe) as model:
@@ -281,14 +279,7 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
                        and not (shape.tied and k == mapping.OUTPUT)]
             if missing:
                 raise CheckpointError(f"internal: parameters not filled from the Hugging Face model: {missing}")
-            dist_checkpointing.save({
-                "model": model.sharded_state_dict(), "iteration": 0, "consumed_train_samples": 0,
-                "consumed_valid_samples": 0, "opt_param_scheduler": None, "weights_only": True,
-                "layout": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
-                           "data_parallel_size": 1},
-                "recipe": recipe.to_dict(), "format_version": ck.FORMAT_VERSION}, target)
-            with open(os.path.join(target, "recipe.yaml"), "w") as f:
-                f.write(recipe.to_yaml())
+            target = ck.write_weights_only(tmp, model.sharded_state_dict(), recipe, dist_checkpointing.save)
             if verify:
                 tokens = parity_tokens(shape.vocab_size, recipe.model.seq_length, parity)
                 with torch.no_grad():
@@ -304,10 +295,7 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
             report = compare(meg, hf_logits(hf_dir, tokens, shape.vocab_size, parity.compute_dtype(weights_dtype)),
                              parity, weights_dtype)
             report.update(direction="hf->megatron", source=os.path.abspath(hf_dir))
-        with open(os.path.join(tmp, "recipe.yaml"), "w") as f:
-            f.write(recipe.to_yaml())
-        with open(os.path.join(tmp, ck.TRACKER), "w") as f:
-            f.write("0\n")
+        ck.commit(tmp, 0, recipe.to_yaml())
         publish(tmp, output, report)
     return {"output": output, "recipe": recipe.name, "parity": report,
             "padded_vocab_size": padded_vocab_size(recipe)}

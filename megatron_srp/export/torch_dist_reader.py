@@ -16,7 +16,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from megatron_srp.config import Recipe, RecipeError, load_recipe
-from megatron_srp.training.checkpointing import CheckpointError, resolve_load_dir
+from megatron_srp.training.layout import CheckpointError, resolve_load_dir
 
 
 class TorchDistCheckpoint:

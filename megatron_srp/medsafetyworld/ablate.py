@@ -270,7 +270,7 @@ def run_ablation(r: AblationRecipe, log=print) -> dict:
 
 def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_dir):
     from megatron_srp.config import load_recipe
-    from megatron_srp.training.checkpointing import read_tracker
+    from megatron_srp.training.layout import read_tracker
 
     py, tools = sys.executable, ROOT / "tools"
     ckpt = run_dir / "pretrain" / "checkpoints"

@@ -1,11 +1,5 @@
-"""Checkpoints in Megatron-Core's ``dist_checkpointing`` (torch_dist) format, laid out as
-Megatron-LM lays them out::
-
-    CKPT_DIR/
-      latest_checkpointed_iteration.txt    # written last, atomically: the commit point
-      recipe.yaml                          # the resolved recipe of the newest save
-      iter_0000010/                        # torch_dist shards + common.pt + metadata.json
-        recipe.yaml
+"""Checkpoints in Megatron-Core's ``dist_checkpointing`` (torch_dist) format, in the folder layout
+of layout.py (Megatron-LM's).
 
 A save is complete only once the tracker names it, so a job killed mid-save resumes from the
 previous good checkpoint. Tensors are saved with their global shapes, so a checkpoint loads under
@@ -17,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import queue
 import random
-import re
-import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -32,12 +26,14 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_srp.config import Recipe
+from megatron_srp.training import layout
+from megatron_srp.training.integrity import DamagedCheckpointError, check_iteration_files
+# Re-exported: callers of this module name these as checkpointing.X.
+from megatron_srp.training.layout import (FORMAT_VERSION, CheckpointError, completed_iterations,  # noqa: F401
+                                          iter_dir, prune, read_tracker, resolve_load_dir)
 
 log = logging.getLogger(__name__)
 
-TRACKER = "latest_checkpointed_iteration.txt"
-FORMAT_VERSION = 1
-_ITER_RE = re.compile(r"^iter_(\d{7})$")
 # Fault injection for tests of interrupted saves: "ITERATION:SECONDS" sleeps after that
 # iteration's shards are written and before the tracker commits them, so a SIGKILL lands mid-save.
 _FAULT_SLEEP_ENV = "MEGATRON_SRP_FAULT_SLEEP_BEFORE_COMMIT"
@@ -51,45 +47,18 @@ def _fault_sleep_seconds(iteration: int) -> float:
     return float(secs) if int(it) == iteration else 0.0
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, or does not match the recipe."""
-
-
 @dataclass
 class LoadedState:
     iteration: int
     consumed_train_samples: int
     consumed_valid_samples: int
+    saved_recipe: dict = field(default_factory=dict)
+    """The checkpoint's recipe (empty for a checkpoint written without one)."""
+    scheduler_state: Optional[dict] = None
+    """OptimizerParamScheduler's state; None for weights only (a fresh schedule)."""
 
 
-def iter_dir(ckpt_dir: str, iteration: int) -> str:
-    return os.path.join(ckpt_dir, f"iter_{iteration:07d}")
-
-
-def read_tracker(ckpt_dir: str) -> Optional[int]:
-    """The last completed iteration in ``ckpt_dir``, or None when it holds no checkpoint."""
-    path = os.path.join(ckpt_dir, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    text = open(path).read().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{path}: expected an iteration number, found {text!r}")
-    return int(text)
-
-
-def completed_iterations(ckpt_dir: str) -> list[int]:
-    latest = read_tracker(ckpt_dir)
-    if latest is None:
-        return []
-    found = []
-    for name in os.listdir(ckpt_dir):
-        m = _ITER_RE.match(name)
-        if m and int(m.group(1)) <= latest:
-            found.append(int(m.group(1)))
-    return sorted(found)
-
-
-def _layout() -> dict:
+def _parallel_layout() -> dict:
     return {
         "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
         "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
@@ -190,17 +159,26 @@ def _torch_adam_load_fix(optimizer):
             del opt._set_main_param_and_optimizer_states
 
 
+def _results_queue_in_this_process() -> None:
+    """Megatron-Core's filesystem writer creates its results queue, at the first save, in a
+    multiprocessing Manager: a server process of its own that a run killed with SIGKILL leaves
+    running. Saves here are synchronous: the writer runs in this process (its forked workers report
+    on a queue of their own), so a thread-safe in-process queue does the same job with no process."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", False) is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save_checkpoint(recipe: Recipe, ckpt_dir: str, iteration: int, model, optimizer, scheduler,
                     consumed_train_samples: int, consumed_valid_samples: int) -> float:
     """Save on all ranks (collective); commit with the tracker; prune. Returns seconds taken."""
     t0 = time.time()
+    _results_queue_in_this_process()
     rank = torch.distributed.get_rank()
     target = iter_dir(ckpt_dir, iteration)
     if rank == 0:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        if os.path.exists(target):  # leftover of a save that was killed before it committed
-            shutil.rmtree(target)
-        os.makedirs(target)
+        layout.prepare_iteration_dir(ckpt_dir, iteration)
     torch.distributed.barrier()
 
     state = _model_sharded_state_dict(model)
@@ -212,44 +190,24 @@ def save_checkpoint(recipe: Recipe, ckpt_dir: str, iteration: int, model, optimi
     state["iteration"] = iteration
     state["consumed_train_samples"] = consumed_train_samples
     state["consumed_valid_samples"] = consumed_valid_samples
-    state["layout"] = _layout()
+    state["layout"] = _parallel_layout()
     state["recipe"] = recipe.to_dict()
     state["format_version"] = FORMAT_VERSION
     dist_checkpointing.save(state, target)
     torch.distributed.barrier()
 
     if rank == 0:
-        with open(os.path.join(target, "recipe.yaml"), "w") as f:
-            f.write(recipe.to_yaml())
+        layout.write_iteration_recipe(ckpt_dir, iteration, recipe.to_yaml())
         fault_sleep = _fault_sleep_seconds(iteration)
         if fault_sleep > 0:
             print(f"[fault injection] shards of iteration {iteration} written; sleeping {fault_sleep}s "
                   "before commit", flush=True)
             time.sleep(fault_sleep)
-        _atomic_write(os.path.join(ckpt_dir, "recipe.yaml"), recipe.to_yaml())
-        _atomic_write(os.path.join(ckpt_dir, TRACKER), f"{iteration}\n")
+        layout.commit(ckpt_dir, iteration, recipe.to_yaml())
         if recipe.checkpoint.keep_last:
             prune(ckpt_dir, recipe.checkpoint.keep_last)
     torch.distributed.barrier()
     return time.time() - t0
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def prune(ckpt_dir: str, keep_last: int) -> list[int]:
-    """Delete completed checkpoints older than the newest ``keep_last``; returns those deleted."""
-    done = completed_iterations(ckpt_dir)
-    doomed = done[:-keep_last] if keep_last < len(done) else []
-    for it in doomed:
-        shutil.rmtree(iter_dir(ckpt_dir, it), ignore_errors=True)
-    return doomed
 
 
 def checkpoint_common(path: str) -> dict:
@@ -257,21 +215,33 @@ def checkpoint_common(path: str) -> dict:
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory")
     if not os.path.isfile(os.path.join(path, "metadata.json")):
-        raise CheckpointError(f"{path}: not a torch_dist checkpoint (no metadata.json)")
-    return dist_checkpointing.load_common_state_dict(path)
+        raise DamagedCheckpointError(f"{path}: not a torch_dist checkpoint (no metadata.json)")
+    try:
+        return dist_checkpointing.load_common_state_dict(path)
+    except (EOFError, OSError, pickle.UnpicklingError, RuntimeError) as e:
+        raise DamagedCheckpointError(f"{os.path.join(path, 'common.pt')}: unreadable ({type(e).__name__}: {e})") from e
 
 
-def resolve_load_dir(ckpt_dir: str, iteration: Optional[int] = None) -> tuple[str, int]:
-    """(iteration directory, iteration) of the tracker's or the requested iteration."""
+def loadable_iteration(ckpt_dir: str, on_damaged: str = "fallback") -> int:
+    """The newest completed iteration whose files are whole. A damaged newer one is an error with
+    ``on_damaged="error"``; with "fallback" it is skipped with a warning naming the damaged file."""
     latest = read_tracker(ckpt_dir)
-    if latest is None:
-        raise CheckpointError(f"{ckpt_dir}: no {TRACKER}; not a checkpoint directory of a completed save")
-    it = latest if iteration is None else iteration
-    path = iter_dir(ckpt_dir, it)
-    if not os.path.isdir(path):
-        have = completed_iterations(ckpt_dir)
-        raise CheckpointError(f"{ckpt_dir}: iteration {it} not found; completed iterations: {have}")
-    return path, it
+    candidates = sorted(set(completed_iterations(ckpt_dir)) | {latest}, reverse=True)
+    for it in candidates:
+        path = iter_dir(ckpt_dir, it)
+        try:
+            check_iteration_files(path)
+            checkpoint_common(path)
+            return it
+        except DamagedCheckpointError as e:
+            if on_damaged == "error":
+                raise DamagedCheckpointError(f"{e}\n(checkpoint.on_damaged=error; with checkpoint.on_damaged=fallback "
+                                             "the run resumes from the newest iteration that is whole)") from e
+            if torch.distributed.get_rank() == 0:
+                log.warning("DAMAGED CHECKPOINT, iteration %d skipped: %s; falling back to an older iteration "
+                            "(checkpoint.on_damaged=fallback)", it, e)
+    raise DamagedCheckpointError(f"{ckpt_dir}: no saved iteration is whole ({candidates} all damaged); "
+                                 "move the folder away to start afresh")
 
 
 _SHAPE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
@@ -290,9 +260,24 @@ def check_compatible(recipe: Recipe, saved_recipe: dict, where: str) -> None:
         raise CheckpointError(f"{where} does not match the recipe:\n  " + "\n  ".join(diffs))
 
 
-def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, finetune: bool = False,
+def _use_saved_group_lrs(optimizer, saved_recipe: dict) -> None:
+    """megatron-core 0.19 pairs the optimizer's param groups with the saved ones by their settings,
+    max_lr and min_lr among them, so a resume with a changed optimizer.lr would find no group. Load
+    under the saved values; the trainer then sets those in effect (scheduler.on_resume)."""
+    saved = saved_recipe.get("optimizer")
+    if not saved:
+        return
+    for group in optimizer.param_groups:
+        if "max_lr" in group:
+            group["max_lr"], group["min_lr"] = saved["lr"], saved["min_lr"]
+
+
+def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, finetune: bool = False,
                     iteration: Optional[int] = None) -> LoadedState:
+    """Load model, optimizer and RNG in place; the schedule's state is returned for the caller
+    (optim.resume_schedule decides whose values it runs with)."""
     path, it = resolve_load_dir(ckpt_dir, iteration)
+    check_iteration_files(path)
     common = checkpoint_common(path)
     check_compatible(recipe, common.get("recipe", {}), path)
     if common.get("weights_only") and not finetune:
@@ -303,13 +288,17 @@ def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, 
     state = _model_sharded_state_dict(model)
     load_optim = optimizer is not None and not finetune and recipe.checkpoint.load_optim
     if load_optim:
+        _use_saved_group_lrs(optimizer, common.get("recipe") or {})
         _ensure_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIM_METADATA)
-    same_layout = common.get("layout") == _layout()
+    same_layout = common.get("layout") == _parallel_layout()
     load_rng = not finetune and recipe.checkpoint.load_rng and same_layout
     if load_rng:
         state["rng_state"] = _rng_sharded_object(None)
-    loaded = dist_checkpointing.load(state, path)
+    try:
+        loaded = dist_checkpointing.load(state, path)
+    except (EOFError, pickle.UnpicklingError) as e:  # damage the file checks cannot see
+        raise DamagedCheckpointError(f"{path}: a shard is unreadable ({type(e).__name__}: {e})") from e
 
     if len(model) == 1:
         model[0].module.load_state_dict(loaded["model"], strict=True)
@@ -322,11 +311,10 @@ def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, scheduler, 
         _fix_loaded_step_tensors(optimizer)
     if finetune:
         return LoadedState(0, 0, 0)
-    if scheduler is not None and common.get("opt_param_scheduler") is not None:
-        scheduler.load_state_dict(common["opt_param_scheduler"])
     if load_rng:
         _set_rng_state(loaded["rng_state"])
     elif not same_layout:
-        log.info("parallel layout changed %s -> %s: RNG states are not restored", common.get("layout"), _layout())
+        log.info("parallel layout changed %s -> %s: RNG states are not restored", common.get("layout"), _parallel_layout())
     return LoadedState(int(common["iteration"]), int(common["consumed_train_samples"]),
-                       int(common["consumed_valid_samples"]))
+                       int(common["consumed_valid_samples"]), saved_recipe=common.get("recipe") or {},
+                       scheduler_state=common.get("opt_param_scheduler"))

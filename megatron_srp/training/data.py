@@ -76,16 +76,26 @@ def _num_samples(recipe: Recipe) -> list[int]:
     return [train, valid, 0]
 
 
+def check_data_files(recipe: Recipe) -> None:
+    """Every prefix of data.data_path has its .bin and .idx (pretrain checks before building the model)."""
+    if recipe.data.mock:
+        return
+    prefixes, _ = blend_from_data_path(recipe.data.data_path)
+    for p in prefixes:
+        missing = [f"{p}{ext}" for ext in (".bin", ".idx") if not os.path.isfile(p + ext)]
+        if missing:
+            raise RecipeError(f"data.data_path: {' and '.join(missing)} not found (a prefix names PREFIX.bin "
+                              "and PREFIX.idx, as tools/preprocess_data.py writes them)")
+
+
 def build_datasets(recipe: Recipe):
     """(train, valid) datasets, built on every rank (each rank reads its own microbatches)."""
     d, m = recipe.data, recipe.model
     info = tokenizer_info(recipe)
     blend = None
     if not d.mock:
+        check_data_files(recipe)
         prefixes, weights = blend_from_data_path(d.data_path)
-        for p in prefixes:
-            if not (os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx")):
-                raise RecipeError(f"data.data_path: {p}.bin / {p}.idx not found")
         blend = (prefixes, weights)
     cfg = GPTDatasetConfig(
         random_seed=recipe.training.seed,

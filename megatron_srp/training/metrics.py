@@ -6,9 +6,12 @@ import json
 import logging
 import math
 import os
+import resource
 from typing import Optional
 
 import torch
+
+from megatron_srp.config import Recipe, RecipeError
 
 log = logging.getLogger("megatron_srp")
 
@@ -34,41 +37,82 @@ def gpu_peak_tflops(device_name: str, fp8: bool) -> Optional[float]:
     return None
 
 
-class MetricsWriter:
-    """Writes on the rank that holds the loss (last pipeline stage, first TP/DP rank)."""
+def check_wandb(recipe: Recipe) -> None:
+    """W&B is optional: a recipe that asks for it fails at start, not after the model is built."""
+    if not recipe.logging.wandb_project:
+        return
+    try:
+        import wandb  # noqa: F401  (optional dependency)
+    except ImportError as e:
+        raise RecipeError(f"logging.wandb_project={recipe.logging.wandb_project} needs the wandb package "
+                          f"(pip install wandb), or set logging.wandb_project=null ({e})") from e
 
-    def __init__(self, log_dir: str, enabled: bool, tensorboard: bool):
+
+def _start_wandb(recipe: Recipe, log_dir: str):
+    import wandb  # optional dependency (check_wandb ran at start)
+
+    lg = recipe.logging
+    return wandb.init(project=lg.wandb_project, entity=lg.wandb_entity, name=lg.wandb_run_name or recipe.name,
+                      mode=lg.wandb_mode, dir=log_dir, config=recipe.to_dict())
+
+
+class MetricsWriter:
+    """Writes on the rank that holds the loss (last pipeline stage, first TP/DP rank), as Megatron-LM
+    does: metrics.jsonl always, TensorBoard and Weights & Biases when the recipe asks."""
+
+    def __init__(self, recipe: Recipe, enabled: bool):
+        log_dir = recipe.log_dir
         self.enabled = enabled
         self.path = os.path.join(log_dir, "metrics.jsonl")
         self._file = None
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
         os.makedirs(log_dir, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
-        if tensorboard:
+        if recipe.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
+        if recipe.logging.wandb_project:
+            self._wandb = _start_wandb(recipe, log_dir)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._file.write(json.dumps(clean) + "\n")
+        step = record["step"]
+        prefix = "validation/" if record.get("split") == "validation" else "train/"
+        scalars = {prefix + k: v for k, v in clean.items()
+                   if k not in ("step", "split") and isinstance(v, (int, float)) and v is not None}
         if self._tb is not None:
-            step = record["step"]
-            prefix = "validation/" if record.get("split") == "validation" else "train/"
-            for k, v in record.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)) and v is not None:
-                    self._tb.add_scalar(prefix + k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def peak_memory_gib(on_cpu: bool) -> float:
+    """Peak memory of this process: resident set size on the CPU, max allocated tensor memory on a GPU."""
+    if on_cpu:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux reports KiB
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def format_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def format_loss(value: Optional[float]) -> str:
@@ -86,6 +130,7 @@ def console_line(r: dict, train_iters: int) -> str:
               f"{r['step_time_s'] * 1000:.0f} ms/step", f"{r['tokens_per_s_per_device']:.0f} tok/s/dev"]
     if r.get("mfu") is not None:
         parts.append(f"MFU {100 * r['mfu']:.1f}%")
+    parts += [f"mem {r['peak_memory_gib']:.2f} GiB", f"ETA {format_duration(r['eta_s'])}"]
     return " | ".join(parts)
 
 

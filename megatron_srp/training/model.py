@@ -7,6 +7,7 @@ the train loop, checkpointing or export, which only see ``list[MegatronModule]``
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from typing import Optional
@@ -98,6 +99,13 @@ def build_transformer_config(recipe: Recipe, on_cpu: bool) -> TransformerConfig:
         batch_p2p_sync=not on_cpu,
         deallocate_pipeline_outputs=not on_cpu,
     )
+    # The default "full" warns that it is deprecated; the empty list means the same (whole layer).
+    # megatron-core 0.19 names the field cuda_graph_modules (cuda_graph_scope is its deprecated alias).
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+    for name in ("cuda_graph_modules", "cuda_graph_scope"):
+        if name in fields:
+            kwargs[name] = []
+            break
     if prec.fp8 is not None:
         kwargs.update(
             fp8=prec.fp8,

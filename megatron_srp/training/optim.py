@@ -9,7 +9,7 @@ from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_srp.config import Recipe
+from megatron_srp.config import Recipe, recipe_from_dict
 
 
 def wrap_ddp(recipe: Recipe, config, chunks: list[torch.nn.Module]) -> list[DistributedDataParallel]:
@@ -71,8 +71,43 @@ def build_scheduler(recipe: Recipe, optimizer) -> OptimizerParamScheduler:
         end_wd=o.weight_decay,
         wd_incr_steps=decay_iters * gbs,
         wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=True,
-        override_opt_param_scheduler=False,
+        # The recipe's values always win in load_state_dict (only the step count is read): with
+        # scheduler.on_resume=checkpoint, resume_schedule has put the checkpoint's values into the recipe.
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
         wsd_decay_steps=wsd_iters * gbs if s.lr_decay_style == "WSD" else None,
         lr_wsd_decay_style=s.lr_wsd_decay_style if s.lr_decay_style == "WSD" else None,
     )
+
+
+def schedule_settings(recipe: dict) -> dict:
+    """The recipe keys that shape the learning-rate schedule (``section.key`` -> value), with the
+    lengths that default to the run's length written out."""
+    o, s, t = recipe["optimizer"], recipe["scheduler"], recipe["training"]
+    decay = s["lr_decay_iters"] or t["train_iters"]
+    out = {f"optimizer.{k}": o[k] for k in ("lr", "min_lr", "weight_decay")}
+    out.update({f"scheduler.{k}": v for k, v in s.items() if k != "on_resume"})
+    out["scheduler.lr_decay_iters"] = decay
+    if s["lr_wsd_decay_iters"] is None:
+        out["scheduler.lr_wsd_decay_iters"] = max(1, decay // 10)
+    return out
+
+
+def resume_schedule(recipe: Recipe, saved: dict) -> tuple[Recipe, str]:
+    """The recipe a resumed run continues with, and one line saying where its schedule came from.
+    ``saved`` is the checkpoint's recipe (a dict; empty for a checkpoint written elsewhere)."""
+    ours = schedule_settings(recipe.to_dict())
+    if not saved:
+        return recipe, "lr schedule from the recipe (the checkpoint holds no recipe)"
+    theirs = schedule_settings(saved)
+    changed = [k for k in ours if ours[k] != theirs.get(k)]
+    if recipe.scheduler.on_resume == "recipe":
+        diff = ", ".join(f"{k}={ours[k]} (checkpoint: {theirs.get(k)})" for k in changed)
+        return recipe, f"lr schedule from the recipe (scheduler.on_resume=recipe): {diff or 'same as the checkpoint'}"
+    tree = recipe.to_dict()
+    for key in changed:
+        section, name = key.split(".")
+        tree[section][name] = theirs[key]
+    diff = ", ".join(f"{k}={theirs[k]} (recipe: {ours[k]})" for k in changed)
+    return (recipe_from_dict(tree),
+            f"lr schedule from the checkpoint (scheduler.on_resume=checkpoint): {diff or 'same as the recipe'}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from functools import partial
 from typing import Optional
@@ -22,10 +21,13 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_srp.config import Recipe, padded_vocab_size
 from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
-from megatron_srp.training.data import build_datasets, build_iterator, check_token_ids
-from megatron_srp.training.metrics import MetricsWriter, console_line, device_name, format_loss, gpu_peak_tflops
-from megatron_srp.training.model import build_model_chunk, build_transformer_config, model_flops_per_token
-from megatron_srp.training.optim import build_optimizer, build_scheduler, wrap_ddp
+from megatron_srp.training.data import build_datasets, build_iterator, check_data_files, check_token_ids
+from megatron_srp.training.metrics import (MetricsWriter, check_wandb, console_line, device_name, format_loss,
+                                           gpu_peak_tflops, peak_memory_gib)
+from megatron_srp.training.model import (build_model_chunk, build_transformer_config, model_flops_per_token,
+                                         resolve_transformer_impl)
+from megatron_srp.training.optim import build_optimizer, build_scheduler, resume_schedule, wrap_ddp
+from megatron_srp.training.quiet import backend_note, missing_kernel_warnings_ignored
 from megatron_srp.training.signals import ExitRequest
 
 log = logging.getLogger("megatron_srp")
@@ -96,6 +98,25 @@ def reduce_report(reports: list[dict], device) -> dict[str, Optional[float]]:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Interval:
+    """Step times between two log lines."""
+
+    def __init__(self):
+        self.start = time.time()
+        self.steps = 0
+        self.step_s = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_s += seconds
+
+    def mean_step_s(self) -> float:
+        return self.step_s / self.steps
+
+    def wall_s_per_step(self) -> float:
+        return (time.time() - self.start) / self.steps
+
+
 class Trainer:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -123,7 +144,7 @@ class Trainer:
         self.holds_loss = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         self.is_logger = (self.holds_loss and parallel_state.get_tensor_model_parallel_rank() == 0
                           and parallel_state.get_data_parallel_rank() == 0)
-        self.metrics = MetricsWriter(r.log_dir, enabled=self.is_logger, tensorboard=r.logging.tensorboard)
+        self.metrics = MetricsWriter(r, enabled=self.is_logger)
         self.flops_per_token = model_flops_per_token(r)
         self.peak_tflops = None if self.env.on_cpu else gpu_peak_tflops(device_name(), r.precision.fp8 is not None)
         n_params = sum(p.numel() for c in chunks for p in c.parameters())
@@ -131,6 +152,7 @@ class Trainer:
                    f"PP={r.parallel.pipeline_model_parallel_size} DP={self.env.dp_size}; "
                    f"{'cpu (gloo)' if self.env.on_cpu else device_name()}; "
                    f"{self.num_microbatches} microbatches of {r.training.micro_batch_size} per step")
+        self._info(backend_note(resolve_transformer_impl(r, self.env.on_cpu), r.model.transformer_impl, self.env.on_cpu))
 
     def _info(self, msg: str) -> None:
         if self.env.is_main or self.is_logger:
@@ -141,16 +163,30 @@ class Trainer:
     def resume(self) -> None:
         c = self.recipe.checkpoint
         if c.dir and checkpointing.read_tracker(c.dir) is not None:
-            st = checkpointing.load_checkpoint(self.recipe, c.dir, self.model, self.optimizer, self.scheduler)
+            it = checkpointing.loadable_iteration(c.dir, c.on_damaged)
+            st = checkpointing.load_checkpoint(self.recipe, c.dir, self.model, self.optimizer, iteration=it)
             self._info(f"resumed from {c.dir} at step {st.iteration}")
         elif c.load:
-            st = checkpointing.load_checkpoint(self.recipe, c.load, self.model, self.optimizer, self.scheduler,
-                                               finetune=c.finetune)
+            st = checkpointing.load_checkpoint(self.recipe, c.load, self.model, self.optimizer, finetune=c.finetune)
             self._info(f"loaded {c.load}" + (" (weights only)" if c.finetune else f" at step {st.iteration}"))
         else:
             return
         self.iteration, self.consumed_train, self.consumed_valid = (
             st.iteration, st.consumed_train_samples, st.consumed_valid_samples)
+        if st.scheduler_state is not None:
+            self._restore_schedule(st)
+
+    def _restore_schedule(self, st: checkpointing.LoadedState) -> None:
+        """The step count from the checkpoint; lr, min_lr and lengths from where scheduler.on_resume
+        says. The recipe in effect (saved with the next checkpoint) carries the values used."""
+        self.recipe, line = resume_schedule(self.recipe, st.saved_recipe)
+        # The scheduler reads each param group's max_lr / min_lr first; the loaded optimizer state
+        # holds the checkpoint's.
+        for group in self.optimizer.param_groups:
+            group["max_lr"], group["min_lr"] = self.recipe.optimizer.lr, self.recipe.optimizer.min_lr
+        self.scheduler = build_scheduler(self.recipe, self.optimizer)
+        self.scheduler.load_state_dict(st.scheduler_state)
+        self._info(line)
 
     def save(self) -> None:
         d = self.recipe.checkpoint.dir
@@ -213,7 +249,9 @@ class Trainer:
             chunk.train()
         return reduce_report(reports, self.env.device) if self.holds_loss else {}
 
-    def _record(self, stats: dict, grad_norm, step_time: float) -> dict:
+    def _record(self, stats: dict, grad_norm, step_time: float, eta: float) -> dict:
+        """One metrics.jsonl line. ``step_time``: the mean over the steps since the last line; ``eta``:
+        the steps left times the wall time per step of that interval (evaluations and saves included)."""
         r, t = self.recipe, self.recipe.training
         tokens = t.global_batch_size * r.model.seq_length
         tflops = self.flops_per_token * tokens / step_time / self.env.world_size / 1e12
@@ -227,6 +265,8 @@ class Trainer:
             "tokens_per_s_per_device": tokens / step_time / self.env.world_size,
             "tflops_per_device": None if self.env.on_cpu else tflops,
             "mfu": None if self.peak_tflops is None else tflops / self.peak_tflops,
+            "peak_memory_gib": peak_memory_gib(self.env.on_cpu),
+            "eta_s": eta,
         }
         for k in ("loss_text", "loss_reflection"):
             if k in stats:
@@ -249,15 +289,18 @@ class Trainer:
             exit_req = ExitRequest(t.exit_duration_minutes, self.start_time).install()
         save_interval = r.checkpoint.save_interval
         reason = "done"
+        interval = _Interval()
         try:
             while self.iteration < t.train_iters:
                 t0 = time.time()
                 stats, grad_norm = self.train_step(train_it)
-                step_time = time.time() - t0
+                interval.add(time.time() - t0)
                 self.iteration += 1
                 self.consumed_train += t.global_batch_size
                 if self.is_logger and self.iteration % r.logging.log_interval == 0:
-                    rec = self._record(stats, grad_norm, step_time)
+                    rec = self._record(stats, grad_norm, interval.mean_step_s(),
+                                       interval.wall_s_per_step() * (t.train_iters - self.iteration))
+                    interval = _Interval()
                     self.metrics.write(rec)
                     log.info(console_line(rec, t.train_iters))
                     if rec["loss"] is not None and not math.isfinite(rec["loss"]):
@@ -296,7 +339,10 @@ def pretrain(recipe: Recipe, save_init: bool = False) -> str:
     # Installed first: a Slurm signal during start-up must not be lost (or kill the process).
     exit_req = ExitRequest(recipe.training.exit_duration_minutes).install()
     try:
-        trainer = Trainer(recipe)
+        check_data_files(recipe)  # a typo in a data path fails in a second, not after the model is built
+        check_wandb(recipe)
+        with missing_kernel_warnings_ignored():
+            trainer = Trainer(recipe)
         if save_init:
             if not recipe.checkpoint.dir:
                 raise SystemExit("--save-init needs checkpoint.dir")

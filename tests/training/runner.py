@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from megatron_srp.training import layout
 from tests.conftest import ROOT, child_env, free_port
 
 PRETRAIN = str(ROOT / "tools" / "pretrain.py")
@@ -53,5 +53,4 @@ def losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
 
 
 def tracker(run_dir: Path):
-    p = Path(run_dir) / "ckpt" / "latest_checkpointed_iteration.txt"
-    return int(p.read_text()) if p.exists() else None
+    return layout.read_tracker(str(Path(run_dir) / "ckpt"))

@@ -20,17 +20,24 @@ def _data(prefix, tmp_path):
 
 
 def test_metrics_record_every_field(tmp_path):
-    runner.run(tmp_path, ["training.train_iters=6", "logging.tensorboard=true", "training.eval_interval=3"])
+    proc = runner.run(tmp_path, ["training.train_iters=6", "logging.tensorboard=true", "training.eval_interval=3",
+                                 "logging.log_interval=2"])
     recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r.get("split") != "validation"]
     valid = [r for r in recs if r.get("split") == "validation"]
-    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in train] == [2, 4, 6]
     assert [r["step"] for r in valid] == [3, 6]
     for r in train:
         assert r["consumed_tokens"] == r["step"] * 8 * 128
         assert r["loss"] > 0 and r["lr"] >= 0 and r["grad_norm"] > 0
         assert r["step_time_s"] > 0 and r["tokens_per_s_per_device"] > 0
         assert r["tflops_per_device"] is None and r["mfu"] is None  # CPU
+        # Peak resident memory of the process: Megatron-Core and torch alone take > 100 MiB.
+        assert 0.1 < r["peak_memory_gib"] < 64
+    # ETA: the steps left times the interval's wall time per step, so 0 at the end.
+    assert train[0]["eta_s"] > 0 and train[1]["eta_s"] > 0 and train[2]["eta_s"] == 0
+    lines = [ln for ln in proc.stderr.splitlines() if "ms/step" in ln]
+    assert len(lines) == 3 and all(" GiB" in ln and "ETA " in ln for ln in lines)
     assert all(v["loss"] > 0 for v in valid)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
@@ -38,8 +45,18 @@ def test_metrics_record_every_field(tmp_path):
 
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
-    tb_loss = [e.value for e in acc.Scalars("train/loss")]
-    assert tb_loss == pytest.approx([r["loss"] for r in train], rel=1e-6)
+    for key in ("loss", "step_time_s", "eta_s", "peak_memory_gib"):
+        assert [e.value for e in acc.Scalars(f"train/{key}")] == pytest.approx([r[key] for r in train], rel=1e-6)
+
+
+def test_logged_step_time_is_the_mean_of_the_interval():
+    from megatron_srp.training.trainer import _Interval
+
+    iv = _Interval()
+    for seconds in (0.07, 1.993, 0.189):
+        iv.add(seconds)
+    assert iv.mean_step_s() == pytest.approx((0.07 + 1.993 + 0.189) / 3)
+    assert iv.wall_s_per_step() >= 0
 
 
 def test_role_sidecar_gives_separate_losses(tmp_path, srp_prefix):
@@ -83,10 +100,19 @@ def test_weighted_blend_of_two_datasets(tmp_path):
     assert len(train.dataset_index) >= 6 * 8 and abs(share_a - 0.3) < 0.05, share_a
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path):
+def test_missing_dataset_is_a_clear_error_before_the_model_is_built(tmp_path):
     proc = runner.run(tmp_path, [f"data.data_path=[{tmp_path / 'nope'}]", "data.mock=false"], check=False)
     assert proc.returncode == 2
-    assert "nope.bin" in proc.stderr and "data.data_path" in proc.stderr
+    assert f"{tmp_path / 'nope'}.bin" in proc.stderr and "data.data_path" in proc.stderr
+    assert "parameters on this rank" not in proc.stderr
+
+
+def test_data_path_with_mock_data_is_refused(tmp_path):
+    """tiny_cpu.yaml sets data.mock: true; a data path given on top must not be ignored."""
+    proc = runner.run(tmp_path, [f"data.data_path=[{tmp_path / 'corpus_text_document'}]"], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "data.data_path" in proc.stderr and "data.mock=false" in proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_out_of_vocabulary_token_fails_clearly_and_workers_do_not_hang_the_exit(watch, tmp_path):
@@ -144,3 +170,65 @@ def test_logged_learning_rate_follows_the_schedule(tmp_path, style):
     for k in got:
         assert math.isclose(got[k], expected(k), rel_tol=1e-6, abs_tol=1e-12), (k, got[k], expected(k))
     assert math.isclose(got[total], low, rel_tol=1e-6)
+
+
+def _wandb_history(run_file):
+    """History rows of an offline W&B run file (``run-ID.wandb``): W&B's record log (a 7-byte file
+    header, then 32 KiB blocks of records framed as crc32 / length / type) of protobuf Records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, block, payload, rows = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a record header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: one record complete
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(payload)
+            payload = b""
+            if rec.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): _item_value(item) for item in rec.history.item})
+    return rows
+
+
+def _item_value(item):
+    if item.value_json:
+        return json.loads(item.value_json)
+    return item.number if item.HasField("number") else item.integer
+
+
+def test_weights_and_biases_offline_run_holds_the_metrics(tmp_path):
+    pytest.importorskip("wandb")
+    env = {"WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache")}
+    runner.run(tmp_path, ["training.train_iters=6", "logging.wandb_project=srp-test", "logging.wandb_mode=offline",
+                          "logging.wandb_run_name=tiny-offline", "logging.log_interval=2"], env=env)
+    run_files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1, list((tmp_path / "wandb").rglob("*"))
+    rows = [r for r in _wandb_history(run_files[0]) if "train/loss" in r]
+    jsonl = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["_step"] for r in rows] == [r["step"] for r in jsonl] == [2, 4, 6]
+    for row, rec in zip(rows, jsonl):
+        for key in ("loss", "lr", "grad_norm", "step_time_s", "eta_s", "peak_memory_gib"):
+            assert row[f"train/{key}"] == pytest.approx(rec[key], rel=1e-6), key
+
+
+def test_weights_and_biases_without_the_package_is_a_recipe_error(tmp_path):
+    """The package is optional: without it a recipe that asks for W&B stops before the model is built."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "wandb.py").write_text("raise ImportError('hidden by the test')\n")  # found before the real one
+    import os
+
+    proc = runner.run(tmp_path, ["logging.wandb_project=srp-test"], check=False,
+                      env={"PYTHONPATH": f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "logging.wandb_project=srp-test needs the wandb package" in proc.stderr
+    assert "parameters on this rank" not in proc.stderr

@@ -157,3 +157,124 @@ def test_run_stopped_at_3_and_resumed_equals_6_straight_steps(tmp_path, override
     want = runner.losses(whole)
     assert sorted(want) == list(range(1, 7)) and want[6] < want[1]
     assert_same_losses(runner.losses(split), want, range(1, 7))
+
+
+@pytest.fixture(scope="module")
+def finished_wsd_run(tmp_path_factory):
+    """8 steps of warmup 2, stable, and a WSD decay over the last 3 to min_lr, saved at the end."""
+    d = tmp_path_factory.mktemp("wsd")
+    overrides = ["training.train_iters=8", "scheduler.lr_decay_style=WSD", "scheduler.lr_warmup_iters=2",
+                 "scheduler.lr_wsd_decay_iters=3"]
+    runner.run(d, overrides)
+    assert runner.tracker(d) == 8
+    return d, overrides
+
+
+def _extended(tmp_path, finished, more):
+    import shutil
+
+    src, overrides = finished
+    shutil.copytree(src / "ckpt", tmp_path / "ckpt")
+    return runner.run(tmp_path, overrides + ["training.train_iters=12", "optimizer.lr=0.01", "optimizer.min_lr=0.001",
+                                             *more])
+
+
+def test_extending_a_finished_wsd_run_follows_the_recipe_schedule(tmp_path, finished_wsd_run):
+    """scheduler.on_resume=recipe (the default): the new lr and length apply from the first resumed
+    step; WSD is stable at the new lr until its last 3 steps, then decays to the new min_lr."""
+    import yaml
+
+    proc = _extended(tmp_path, finished_wsd_run, [])
+    notes = [ln for ln in proc.stderr.splitlines() if "lr schedule from" in ln]
+    assert len(notes) == 1 and "from the recipe" in notes[0] and "optimizer.lr=0.01 (checkpoint: 0.003)" in notes[0]
+    lr = runner.losses(tmp_path, "lr")
+    assert sorted(lr) == [9, 10, 11, 12]
+    assert math.isclose(lr[9], 0.01, rel_tol=1e-6)
+    assert lr[9] > lr[10] > lr[11] > lr[12] and math.isclose(lr[12], 0.001, rel_tol=1e-6)
+    saved = yaml.safe_load((tmp_path / "ckpt" / "iter_0000012" / "recipe.yaml").read_text())
+    assert saved["optimizer"]["lr"] == 0.01 and saved["scheduler"]["on_resume"] == "recipe"
+
+
+def test_extending_with_the_checkpoint_schedule_keeps_min_lr(tmp_path, finished_wsd_run):
+    """scheduler.on_resume=checkpoint (Megatron-LM's --use-checkpoint-opt_param-scheduler): the old
+    schedule stays, so a finished run continues at its min_lr; the saved recipe says so."""
+    import yaml
+
+    proc = _extended(tmp_path, finished_wsd_run, ["scheduler.on_resume=checkpoint"])
+    notes = [ln for ln in proc.stderr.splitlines() if "lr schedule from" in ln]
+    assert len(notes) == 1 and "from the checkpoint" in notes[0] and "optimizer.lr=0.003 (recipe: 0.01)" in notes[0]
+    lr = runner.losses(tmp_path, "lr")
+    assert [round(lr[k], 10) for k in (9, 10, 11, 12)] == [3.0e-4] * 4
+    saved = yaml.safe_load((tmp_path / "ckpt" / "iter_0000012" / "recipe.yaml").read_text())
+    assert saved["optimizer"]["lr"] == 0.003 and saved["optimizer"]["min_lr"] == 0.0003
+    assert saved["scheduler"]["lr_decay_iters"] == 8 and saved["training"]["train_iters"] == 12
+
+
+@pytest.fixture(scope="module")
+def damaged_latest(tmp_path_factory):
+    """Saves at steps 3 and 6; the largest shard of iteration 6 then loses its second half."""
+    d = tmp_path_factory.mktemp("damaged")
+    runner.run(d, ["training.train_iters=6", "checkpoint.save_interval=3"])
+    shard = max((d / "ckpt" / "iter_0000006").glob("*.distcp"), key=lambda p: p.stat().st_size)
+    os.truncate(shard, shard.stat().st_size // 2)
+    return d, shard
+
+
+def _copy_ckpt(src, dst):
+    import shutil
+
+    shutil.copytree(src / "ckpt", dst / "ckpt")
+
+
+def test_damaged_latest_checkpoint_falls_back_naming_the_file(tmp_path, damaged_latest):
+    src, shard = damaged_latest
+    _copy_ckpt(src, tmp_path)
+    proc = runner.run(tmp_path, ["training.train_iters=8", "checkpoint.save_interval=3"])
+    warnings = [ln for ln in proc.stderr.splitlines() if "DAMAGED CHECKPOINT" in ln]
+    assert len(warnings) == 1 and f"{tmp_path / 'ckpt' / 'iter_0000006' / shard.name}" in warnings[0]
+    assert "cut short" in warnings[0]
+    assert "at step 3" in proc.stderr
+    assert sorted(runner.losses(tmp_path)) == [4, 5, 6, 7, 8] and runner.tracker(tmp_path) == 8
+
+
+def test_damaged_latest_checkpoint_is_an_error_when_the_recipe_asks(tmp_path, damaged_latest):
+    src, shard = damaged_latest
+    _copy_ckpt(src, tmp_path)
+    proc = runner.run(tmp_path, ["training.train_iters=8", "checkpoint.on_damaged=error"], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"{tmp_path / 'ckpt' / 'iter_0000006' / shard.name}" in proc.stderr and "Traceback" not in proc.stderr
+    assert runner.tracker(tmp_path) == 6
+
+
+def test_sigkill_after_a_save_leaves_no_process_of_the_run(watch, tmp_path):
+    """Megatron-Core's checkpoint writer used to start a multiprocessing Manager at the first save,
+    which outlived the killed run. The run gets a session of its own; after the kill none of it remains."""
+    import time
+
+    import psutil
+
+    proc = watch(runner.command(1, [f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path}",
+                                    "checkpoint.save_interval=2"]),
+                 cwd=ROOT, env=child_env(), start_new_session=True)
+    proc.until("saved checkpoint", timeout=180)
+    proc.until("step      3/20", timeout=120)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.proc.wait(timeout=30)
+
+    def session():
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if os.getsid(p.pid) == proc.pid:
+                    found.append(f"{p.pid}: {' '.join(p.info['cmdline'] or [])[:200]}")
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        return found
+
+    deadline = time.monotonic() + 10
+    while session() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = session()
+    for line in left:  # clean up before failing
+        psutil.Process(int(line.split(":")[0])).kill()
+    assert not left
