@@ -249,8 +249,10 @@ def sft_examples(world, r: AblationRecipe, reflections: bool, seed: int) -> list
 
 
 def run_ablation(r: AblationRecipe, log=print) -> dict:
+    from megatron_srp.config import load_recipe
     from megatron_srp.medsafetyworld.report import merge_results
 
+    load_recipe(_recipe_path(r), r.pretrain_overrides)  # a misspelt override fails now, not after the data stages
     top = Path(r.out_dir).resolve()
     top.mkdir(parents=True, exist_ok=True)
     results_json = Path(r.results_dir) / "results.json"
@@ -330,14 +332,18 @@ def pretrain_overrides(r: AblationRecipe, out: Path, run_dir: Path, t: str, seed
             *PRETRAIN_EXTRA.get(t, []), *r.pretrain_overrides]
 
 
+def _recipe_path(r: AblationRecipe) -> Path:
+    p = Path(r.pretrain_recipe)
+    return p if p.is_absolute() else ROOT / p
+
+
 def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_seed):
     from megatron_srp.config import load_recipe
     from megatron_srp.medsafetyworld.report import provenance
     from megatron_srp.training.checkpointing import read_tracker
 
     py, tools = sys.executable, ROOT / "tools"
-    recipe_path = Path(r.pretrain_recipe)
-    recipe_path = recipe_path if recipe_path.is_absolute() else ROOT / recipe_path
+    recipe_path = _recipe_path(r)
     ckpt = run_dir / "pretrain" / "checkpoints"
     overrides = pretrain_overrides(r, out, run_dir, t, seed, tok_dir, vocab)
     train_iters = load_recipe(recipe_path, overrides).training.train_iters
@@ -418,31 +424,14 @@ def expected_files(r: AblationRecipe) -> list[str]:
                                                for n in sizes]
 
 
-def collect(r: AblationRecipe) -> list[dict]:
-    """A record of every run found under OUT, including treatments and seeds of earlier invocations."""
-    from megatron_srp.medsafetyworld.report import run_record
-
-    found = dict(world_dirs(r))
-    top = Path(r.out_dir).resolve()
-    for d in top.glob("world*"):
-        if d.name[5:].isdigit() and (d / "world.json").is_file():
-            found.setdefault(int(d.name[5:]), d)
-    runs = []
-    for w, out in sorted(found.items()):
-        for t in TREATMENTS:
-            for run_dir in sorted((out / t).glob("seed*")):
-                if run_dir.name[4:].isdigit() and any(run_dir.glob("eval*.json")):
-                    runs.append(run_record(run_dir, t, w, int(run_dir.name[4:]), expected_files(r)))
-    return runs
-
-
 def write_report(r: AblationRecipe) -> dict:
     """OUT/results.{json,md,png} from OUT's runs; the same runs merged into RESULTS_DIR/results.json
     (the committed file) and its tables and chart rebuilt from that file alone."""
-    from megatron_srp.medsafetyworld.report import merge_results, report_dir, write_json
+    from megatron_srp.medsafetyworld.report import collect_runs, merge_results, report_dir, write_json
 
-    runs = collect(r)
-    top, results_dir = Path(r.out_dir).resolve(), Path(r.results_dir)
+    top = Path(r.out_dir).resolve()
+    runs = collect_runs(top, dict(world_dirs(r)), TREATMENTS, expected_files(r))
+    results_dir = Path(r.results_dir)
     merged = merge_results(results_dir / "results.json", asdict(r), runs)
     write_json(results_dir / "results.json", merged)
     report_dir(results_dir)

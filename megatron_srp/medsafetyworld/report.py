@@ -142,6 +142,22 @@ def run_record(run_dir: Path, treatment: str, world_seed: int, seed: int, expect
             "metrics": metrics, "counts": counts, "detail": _strip_examples(files)}
 
 
+def collect_runs(top: Path, worlds: dict, treatments, expected: list[str]) -> list[dict]:
+    """A record of every run with an evaluation under ``worlds`` (world seed -> directory) and any
+    ``top/worldW`` directory of an earlier invocation, for every treatment and model seed found."""
+    found = dict(worlds)
+    for d in top.glob("world*"):
+        if d.name[5:].isdigit() and (d / "world.json").is_file():
+            found.setdefault(int(d.name[5:]), d)
+    runs = []
+    for w, out in sorted(found.items()):
+        for t in treatments:
+            for run_dir in sorted((out / t).glob("seed*")):
+                if run_dir.name[4:].isdigit() and any(run_dir.glob("eval*.json")):
+                    runs.append(run_record(run_dir, t, w, int(run_dir.name[4:]), expected))
+    return runs
+
+
 def _final_loss(path: Path) -> Optional[float]:
     if not path.is_file():
         return None
