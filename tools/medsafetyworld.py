@@ -124,6 +124,9 @@ def ablate_or_report(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
     print((Path(r.out_dir) / "results.md").read_text())
+    comparison = Path(r.out_dir) / "comparison.md"
+    if comparison.is_file() and comparison.read_text():  # where these runs sit among the committed ones of the same setting
+        print(comparison.read_text())
     return 0
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_srp.medsafetyworld.corpus import CorpusSettings, check_settings
+from megatron_srp.medsafetyworld.report import write_json, write_text
 from megatron_srp.medsafetyworld.world import WorldSettings
 from megatron_srp.posttrain.sft import SFTTrainingSettings
 
@@ -350,7 +351,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
     name = f"{t} seed {seed}" + (f" world {world_seed}" if r.world_seeds else "")
 
     def pretrain():
-        _write_json(run_dir / "provenance.json", provenance())  # the machine that trains this model
+        write_json(run_dir / "provenance.json", provenance())  # the machine that trains this model
         _run([py, str(tools / "pretrain.py"), str(recipe_path), *overrides], str(run_dir / "pretrain.log"))
 
     stage.run(f"pretrain {name}", read_tracker(str(ckpt)) == train_iters, pretrain)
@@ -367,7 +368,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
 
     def eval_base():
         model, tok = load_model(str(hf), e.device)
-        _write_json(base_json, evaluate_pretrained(model, tok, world, e.n_items, t in REFLECTION_DATA, e.test_seed,
+        write_json(base_json, evaluate_pretrained(model, tok, world, e.n_items, t in REFLECTION_DATA, e.test_seed,
                                                    e.batch_size))
 
     stage.run(f"evaluate pretrained {name}", base_json.is_file(), eval_base)
@@ -381,7 +382,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
 
     def eval_chat():
         model, tok = load_model(str(sft_dir / "final"), e.device)
-        _write_json(chat_json, evaluate_chat(model, tok, world, e.n_items, e.prefill_tokens, e.test_seed, e.batch_size))
+        write_json(chat_json, evaluate_chat(model, tok, world, e.n_items, e.prefill_tokens, e.test_seed, e.batch_size))
 
     stage.run(f"evaluate post-trained {name}", chat_json.is_file(), eval_chat)
     from megatron_srp.medsafetyworld.tasks import attack_pairs
@@ -395,7 +396,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
                 final = train_sft(str(sft_dir / "final"), attack_pairs(world, n, kind == "harmful", seed), str(ft_dir),
                                   _with_seed(e.attack_training, seed), quiet=True)
                 model, tok = load_model(final, e.device)
-                _write_json(ft_json, evaluate_chat(model, tok, world, e.n_items, [], e.test_seed, e.batch_size))
+                write_json(ft_json, evaluate_chat(model, tok, world, e.n_items, [], e.test_seed, e.batch_size))
 
             stage.run(f"finetuning attack {kind} N={n} {name}", ft_json.is_file(), attack)
 
@@ -404,12 +405,6 @@ def _with_seed(s: SFTTrainingSettings, seed: int) -> SFTTrainingSettings:
     from dataclasses import replace
 
     return replace(s, seed=s.seed + seed)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -427,12 +422,18 @@ def expected_files(r: AblationRecipe) -> list[str]:
 def write_report(r: AblationRecipe) -> dict:
     """OUT/results.{json,md,png} from OUT's runs; the same runs merged into RESULTS_DIR/results.json
     (the committed file) and its tables and chart rebuilt from that file alone."""
-    from megatron_srp.medsafetyworld.report import collect_runs, merge_results, report_dir, write_json
+    from megatron_srp.medsafetyworld.report import (
+        collect_runs, compare_to_committed, merge_results, read_results, report_dir,
+    )
 
     top = Path(r.out_dir).resolve()
     runs = collect_runs(top, dict(world_dirs(r)), TREATMENTS, expected_files(r))
     results_dir = Path(r.results_dir)
     merged = merge_results(results_dir / "results.json", asdict(r), runs)
+    committed = read_results(results_dir / "results.json") if (results_dir / "results.json").is_file() else {}
+    invoked = [x for x in runs if x["treatment"] in r.treatments and x["seed"] in r.seeds
+               and x["world_seed"] in dict(world_dirs(r))]
+    write_text(top / "comparison.md", compare_to_committed(committed, invoked))  # before this merge
     write_json(results_dir / "results.json", merged)
     report_dir(results_dir)
     local = {**merged, "runs": runs, "recipe": asdict(r)}

@@ -215,6 +215,13 @@ def merge_results(path: Path, recipe: dict, runs: list[dict]) -> dict:
     return {"setting": setting, "written_by": provenance(), "runs": [merged[k] for k in sorted(merged)]}
 
 
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -337,6 +344,32 @@ def plot(results: dict, path: Path, columns: list[str] = CHART) -> None:
     fig.savefig(tmp, dpi=120)
     os.replace(tmp, path)
     plt.close(fig)
+
+
+def compare_to_committed(committed: dict, runs: list[dict], columns: list[str] = CHART) -> str:
+    """Where each of ``runs`` sits relative to the committed runs of the same treatment (this
+    invocation's own records left out): inside, below or above their 95% bootstrap interval and their
+    range. Empty when nothing comparable is committed."""
+    mine = {(r["treatment"], r["world_seed"], r["seed"]) for r in runs}
+    others = [r for r in committed.get("runs", []) if (r["treatment"], r["world_seed"], r["seed"]) not in mine]
+    table = summarize(others) if others else {}
+    lines = []
+    for r in runs:
+        for col in columns:
+            v, ref = r["metrics"].get(col), table.get(r["treatment"], {}).get(col)
+            if v is None or not ref or ref["n"] == 0:
+                continue
+            (lo, hi), vals = ref["ci95"], ref["values"]
+            where = "inside" if lo <= v <= hi else ("below" if v < lo else "above")
+            span = "within" if min(vals) <= v <= max(vals) else "outside"
+            lines.append(f"| {r['treatment']} w{r['world_seed']} s{r['seed']} | {col} | {_num(v)} | {_num(ref['mean'])} "
+                         f"[{_num(lo)}, {_num(hi)}] ({ref['n']}) | {where} the interval, {span} "
+                         f"[{_num(min(vals))}, {_num(max(vals))}] |")
+    if not lines:
+        return ""
+    return "\n".join(["## This run against the committed results", "",
+                      "| run | metric | this run | committed mean [95% bootstrap interval] (n runs) | position "
+                      "(committed runs' range) |", "|---|---|---|---|---|", *lines]) + "\n"
 
 
 def report_dir(directory: Path) -> str:

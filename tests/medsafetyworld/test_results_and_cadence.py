@@ -195,7 +195,17 @@ def test_report_rebuilds_tables_and_chart_from_the_results_file_alone(tmp_path):
     more = merge_results(d / "results.json", {"corpus": {"unsafe_share": 0.15}}, [_run("srp", 7, 0, 0.5), _run("srp", 1, 0, 0.2)])
     assert len(more["runs"]) == 13 and next(r for r in more["runs"] if (r["treatment"], r["world_seed"], r["seed"]) ==
                                             ("srp", 1, 0))["metrics"]["held-out acted on"] == 0.2
-    from megatron_srp.medsafetyworld.report import ResultsError
+    from megatron_srp.medsafetyworld.report import ResultsError, compare_to_committed, read_results
+
+    committed = read_results(d / "results.json")
+    where = compare_to_committed(committed, [_run("srp", 9, 0, 0.5), _run("filter", 1, 1, 1.0)])
+    srp_line = next(line for line in where.splitlines() if line.startswith("| srp w9 s0 | held-out acted on |"))
+    assert "above the interval, outside [0.000, 0.080]" in srp_line
+    # a run compared with the committed ones leaves its own committed record out: filter w1 s1 (1.0)
+    # against the five others (0, 1, 0, 1, 0): inside their range
+    filter_line = next(line for line in where.splitlines() if line.startswith("| filter w1 s1 | held-out acted on |"))
+    assert "(5) |" in filter_line and "within [0.000, 1.000]" in filter_line
+    assert compare_to_committed({"runs": []}, [_run("srp", 9, 0, 0.5)]) == ""
 
     with pytest.raises(ResultsError, match="corpus.unsafe_share"):
         merge_results(d / "results.json", {"corpus": {"unsafe_share": 0.3}}, [])
