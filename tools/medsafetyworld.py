@@ -31,6 +31,7 @@ genre, relation, kind). The four treatments then come from the standard tools:
 import argparse
 import json
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import asdict, fields
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
     try:
         check_settings(cs)
     except ValueError as e:  # name the flag, not the recipe key
-        key = str(e).split(" ", 1)[0].removeprefix("corpus.")
-        print(f"error: --{key.replace('_', '-')}: {str(e).split(' ', 1)[1]}", file=sys.stderr)
+        flags = re.sub(r"corpus\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        print(f"error: {flags}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
     world = generate_world(ws)

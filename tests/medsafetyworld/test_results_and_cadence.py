@@ -215,3 +215,19 @@ def test_report_rebuilds_tables_and_chart_from_the_results_file_alone(tmp_path):
     (d / "results.json").write_text('{"runs": [{"treatment": "srp"}]}')
     bad = subprocess.run(tool + [str(d)], capture_output=True, text=True, env=child_env())
     assert bad.returncode == 2 and "results.json" in bad.stderr and "runs[0] lacks" in bad.stderr
+
+
+def test_generate_names_the_flag_of_an_impossible_setting(tmp_path):
+    from tests.conftest import ROOT, child_env
+
+    tool = [sys.executable, str(ROOT / "tools" / "medsafetyworld.py"), "generate", "--out", str(tmp_path), "--n-documents", "20"]
+    for flags, message in ((["--segments-per-document", "0"], "--segments-per-document must be >= 1"),
+                           (["--mistake-share", "0.9", "--overdose-share", "0.5"], "--mistake-share + --overdose-share"),
+                           (["--reflection-placement", "middle"], "--reflection-placement must be document or segment")):
+        p = subprocess.run(tool + flags, capture_output=True, text=True, env=child_env())
+        assert p.returncode == 2 and message in p.stderr and not (tmp_path / "world.json").exists(), p.stderr
+    ok = subprocess.run(tool + ["--segments-per-document", "2", "--reflection-placement", "segment"],
+                        capture_output=True, text=True, env=child_env())
+    assert ok.returncode == 0, ok.stderr
+    rows = [json.loads(line) for p in sorted((tmp_path / "corpus").glob("*.jsonl")) for line in p.open()]
+    assert len(rows) == 20 and all(len(r["segments"]) == (1 if r["genre"] == "reference" else 2) for r in rows)
