@@ -231,3 +231,18 @@ def test_generate_names_the_flag_of_an_impossible_setting(tmp_path):
     assert ok.returncode == 0, ok.stderr
     rows = [json.loads(line) for p in sorted((tmp_path / "corpus").glob("*.jsonl")) for line in p.open()]
     assert len(rows) == 20 and all(len(r["segments"]) == (1 if r["genre"] == "reference" else 2) for r in rows)
+
+
+def test_the_worlds_sweep_commits_into_the_demos_setting():
+    """make demo compares itself with results/medsafetyworld/tiny_cpu: the three-world sweep must be the
+    same setting and write there."""
+    from dataclasses import asdict
+
+    from megatron_srp.medsafetyworld.ablate import load_ablation
+    from megatron_srp.medsafetyworld.report import setting_of
+    from tests.conftest import ROOT
+
+    demo = load_ablation(str(ROOT / "recipes/medsafetyworld/tiny_cpu.yaml"))
+    sweep = load_ablation(str(ROOT / "recipes/medsafetyworld/worlds.yaml"))
+    assert setting_of(asdict(demo)) == setting_of(asdict(sweep)) and sweep.results_dir == demo.results_dir
+    assert len(sweep.world_seeds) >= 3 and len(sweep.seeds) >= 5
