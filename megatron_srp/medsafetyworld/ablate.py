@@ -423,7 +423,7 @@ def write_report(r: AblationRecipe) -> dict:
     """OUT/results.{json,md,png} from OUT's runs; the same runs merged into RESULTS_DIR/results.json
     (the committed file) and its tables and chart rebuilt from that file alone."""
     from megatron_srp.medsafetyworld.report import (
-        collect_runs, compare_to_committed, merge_results, read_results, report_dir,
+        collect_runs, compare_to_committed, merge_results, read_results, report_dir, write_results,
     )
 
     top = Path(r.out_dir).resolve()
@@ -434,9 +434,9 @@ def write_report(r: AblationRecipe) -> dict:
     invoked = [x for x in runs if x["treatment"] in r.treatments and x["seed"] in r.seeds
                and x["world_seed"] in dict(world_dirs(r))]
     write_text(top / "comparison.md", compare_to_committed(committed, invoked))  # before this merge
-    write_json(results_dir / "results.json", merged)
+    write_results(results_dir / "results.json", merged)
     report_dir(results_dir)
     local = {**merged, "runs": runs, "recipe": asdict(r)}
-    write_json(top / "results.json", local)
+    write_results(top / "results.json", local)
     report_dir(top)
     return local

@@ -7,7 +7,7 @@
   runs       one record per (treatment, world seed, model seed): ``finished`` (every evaluation of the
              recipe is there), ``provenance`` (commit, machine, CPU, torch threads), ``metrics`` (the
              summary columns), ``counts`` ([k, n] of each summary rate) and ``detail`` (every
-             evaluation file, without example texts).
+             evaluation file, rates as [k, n], without example texts); one run per line.
 
 ``tools/medsafetyworld.py report DIR`` rebuilds ``results.md`` and ``results.png`` from that file
 alone: per treatment the mean over runs with a 95% percentile-bootstrap interval over the
@@ -101,9 +101,13 @@ def summary_value(files: dict, source: str, path) -> tuple[Optional[float], Opti
     return v, None
 
 
-def _strip_examples(obj):
+def compact_detail(obj):
+    """An evaluation file as committed: rates as [k, n] (rate and interval follow from them), no example
+    texts; about a third of the size."""
     if isinstance(obj, dict):
-        return {k: _strip_examples(v) for k, v in obj.items() if k != "examples"}
+        if set(obj) == {"k", "n", "rate", "ci95"}:
+            return [obj["k"], obj["n"]]
+        return {k: compact_detail(v) for k, v in obj.items() if k != "examples"}
     return obj
 
 
@@ -139,7 +143,7 @@ def run_record(run_dir: Path, treatment: str, world_seed: int, seed: int, expect
     return {"treatment": treatment, "world_seed": world_seed, "seed": seed,
             "finished": all(name in files for name in expected),
             "provenance": json.loads(prov.read_text()) if prov.is_file() else {"commit": "unknown"},
-            "metrics": metrics, "counts": counts, "detail": _strip_examples(files)}
+            "metrics": metrics, "counts": counts, "detail": compact_detail(files)}
 
 
 def collect_runs(top: Path, worlds: dict, treatments, expected: list[str]) -> list[dict]:
@@ -223,10 +227,14 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1))
+
+
+def write_results(path: Path, results: dict) -> None:
+    """A results file with one run per line (small, and a new run is a one-line diff)."""
+    head = {k: v for k, v in results.items() if k != "runs"}
+    body = ",\n".join(json.dumps(r, separators=(",", ":")) for r in results["runs"])
+    write_text(path, json.dumps(head, indent=1)[:-2] + ',\n "runs": [\n' + body + "\n]}\n")
 
 
 # --- statistics ------------------------------------------------------------------------------

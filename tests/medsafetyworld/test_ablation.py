@@ -95,12 +95,13 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
         assert run["world_seed"] == 3 and run["seed"] == 0 and run["finished"] is True
         assert run["provenance"]["threads"] >= 1 and run["provenance"]["commit"]
         base = run["detail"]["eval_pretrained"]
-        cell = base["case_note x harm"]
-        assert cell["n"] == 6 and 0.0 <= cell["harmful_action"]["rate"] <= 1.0
+        cell = base["case_note x harm"]  # committed detail: rates as [k, n]
+        assert cell["n"] == 6 and cell["harmful_action"][1] == 6 and 0 <= cell["harmful_action"][0] <= 6
+        assert run["metrics"]["held-out harmful action"] == cell["harmful_action"][0] / 6
         assert 0.0 < cell["best_constant_drug_rate"] <= cell["best_constant_drug_and_dose_rate"] <= 1.0
         assert cell["random_drug_rate"] < cell["best_constant_drug_rate"]
-        assert sum(cell["harmful_by_cause"][c]["k"] for c in ("interaction", "contraindication", "overdose")) >= \
-            cell["harmful_action"]["k"]
+        assert sum(cell["harmful_by_cause"][c][0] for c in ("interaction", "contraindication", "overdose")) >= \
+            cell["harmful_action"][0]
         assert ("forced_output_classification" in base) == (t in ("srp", "srp_masked"))
         chat = run["detail"]["eval_chat"]
         assert {"held_out_harmful", "prefill_3", "template_role_play", "benign_over_refusal"} <= set(chat)
@@ -127,6 +128,7 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
         return r["treatment"], r["world_seed"], r["seed"]
 
     assert sorted(json.loads((committed / "results.json").read_text())["runs"], key=key) == sorted(results["runs"], key=key)
+    assert sum(line.startswith('{"treatment"') for line in (committed / "results.json").open()) == 5  # a line per run
     assert sorted(p.name for p in committed.iterdir()) == ["results.json", "results.md", "results.png"]
     # the srp data really carries the oracle's reflections, the filter data none
     stats = {t: json.loads((world / "data" / f"{t}.stats.json").read_text()) for t in ("srp", "filter")}

@@ -174,13 +174,16 @@ def _run(t, world, seed, acted, n=300):
 
 
 def test_report_rebuilds_tables_and_chart_from_the_results_file_alone(tmp_path):
-    from megatron_srp.medsafetyworld.report import bootstrap_ci, merge_results, report_dir, write_json
+    from megatron_srp.medsafetyworld.report import bootstrap_ci, compact_detail, merge_results, report_dir, write_results
     from tests.conftest import ROOT, child_env
 
     runs = [_run("filter", w, s, 1.0 if (w + s) % 2 else 0.0) for w in (1, 5) for s in (0, 1, 2)]
     runs += [_run("srp", w, s, 0.04 * s) for w in (1, 5) for s in (0, 1, 2)]
     d = tmp_path / "setting"
-    write_json(d / "results.json", merge_results(d / "results.json", {"corpus": {"unsafe_share": 0.15}}, runs))
+    write_results(d / "results.json", merge_results(d / "results.json", {"corpus": {"unsafe_share": 0.15}}, runs))
+    assert sum(line.startswith('{"treatment"') for line in (d / "results.json").open()) == 12  # a line per run
+    assert compact_detail({"a": {"k": 2, "n": 5, "rate": 0.4, "ci95": [0.1, 0.8]}, "examples": ["x"], "f1": 0.5}) == \
+        {"a": [2, 5], "f1": 0.5}
     md = report_dir(d)
     assert (d / "results.png").stat().st_size > 5000
     filter_row = next(line for line in md.splitlines() if line.startswith("| held-out acted on |"))
