@@ -3,13 +3,18 @@
 
   python tools/medsafetyworld.py ablate recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
   python tools/medsafetyworld.py report recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
+  python tools/medsafetyworld.py report results/medsafetyworld/SETTING
   python tools/medsafetyworld.py generate --out runs/msw [--world-seed 1] [--n-documents 80000]
       [--unsafe-share 0.05] [--mistake-share 0.4] [--overdose-share 0.2] [--shards 4]
 
 ``ablate`` runs every stage for each treatment and model seed (generate, tokenizer, oracle
 annotation, preprocessing, Megatron-Core pretraining, export with parity, SFT, evaluation, finetuning
 attacks) and writes OUT/results.json, results.md and results.png; a rerun skips finished stages.
-``report`` rebuilds the results files from what has finished.
+Every run is also merged into RESULTS_DIR/results.json (default results/medsafetyworld/<out_dir's
+name>: the small file to commit), whose results.md and results.png are rebuilt with it.
+``report RECIPE`` rebuilds both from what has finished under OUT; ``report DIR`` rebuilds DIR's
+tables and chart from DIR/results.json alone (means with 95% bootstrap intervals over the runs,
+every run with its 95% Wilson interval, per-run dots on the chart).
 
 ``generate`` alone:
 
@@ -26,6 +31,7 @@ genre, relation, kind). The four treatments then come from the standard tools:
 import argparse
 import json
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import asdict, fields
@@ -34,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-    from megatron_srp.medsafetyworld.corpus import CorpusSettings, write_corpus
+    from megatron_srp.medsafetyworld.corpus import CorpusSettings, check_settings, write_corpus
     from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,19 +54,19 @@ def main(argv=None) -> int:
                            help=f"(default {f.default})")
     for name in ("ablate", "report"):
         a = sub.add_parser(name, help="the four-treatment ablation" if name == "ablate" else "rebuild results files")
-        a.add_argument("recipe")
+        a.add_argument("recipe", help="an ablation recipe" + ("" if name == "ablate" else
+                                                              ", or a results directory holding results.json"))
         a.add_argument("overrides", nargs="*", help="key.sub=value")
     args = p.parse_args(argv)
     if args.command in ("ablate", "report"):
         return ablate_or_report(args)
     ws = WorldSettings(**{f.name: getattr(args, f"world_{f.name}") for f in fields(WorldSettings)})
     cs = CorpusSettings(**{f.name: getattr(args, f.name) for f in fields(CorpusSettings)})
-    for share in ("unsafe_share", "mistake_share", "overdose_share", "reference_share", "action_share"):
-        if not 0.0 <= getattr(cs, share) <= 1.0:
-            print(f"error: --{share.replace('_', '-')} must be in [0, 1]", file=sys.stderr)
-            return 2
-    if cs.mistake_share + cs.overdose_share > 1.0:
-        print("error: --mistake-share + --overdose-share must not exceed 1", file=sys.stderr)
+    try:
+        check_settings(cs)
+    except ValueError as e:  # name the flag, not the recipe key
+        flags = re.sub(r"corpus\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        print(f"error: {flags}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
     world = generate_world(ws)
@@ -82,7 +88,15 @@ def ablate_or_report(args) -> int:
 
     from megatron_srp.config import RecipeError
     from megatron_srp.medsafetyworld import ablate
+    from megatron_srp.medsafetyworld.report import ResultsError, report_dir
 
+    if args.command == "report" and Path(args.recipe).is_dir():
+        try:
+            print(report_dir(Path(args.recipe)))
+        except ResultsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         r = ablate.load_ablation(args.recipe, args.overrides)
     except RecipeError as e:
@@ -93,17 +107,27 @@ def ablate_or_report(args) -> int:
         if not (out / "ablation.json").is_file():
             print(f"error: {out} holds no ablation (run ablate first)", file=sys.stderr)
             return 2
-        ablate.write_report(out, ablate.collect(out, r))
+        try:
+            ablate.write_report(r)
+        except ResultsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         try:
             ablate.run_ablation(r, log=lambda m: print(m, flush=True))
         except RecipeError as e:  # e.g. a misspelt key in pretrain_overrides
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except ResultsError as e:  # results_dir holds another setting
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except ablate.StageError as e:  # names the stage's log; a rerun continues from there
             print(f"error: {e}", file=sys.stderr)
             return 1
     print((Path(r.out_dir) / "results.md").read_text())
+    comparison = Path(r.out_dir) / "comparison.md"
+    if comparison.is_file() and comparison.read_text():  # where these runs sit among the committed ones of the same setting
+        print(comparison.read_text())
     return 0
 
 

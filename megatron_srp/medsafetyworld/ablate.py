@@ -1,6 +1,7 @@
-"""The paper's ablation in MedSafetyWorld: raw / filter / rewrite / srp, end to end, resumable.
+"""The paper's ablation in MedSafetyWorld: raw / filter / rewrite / srp and control arms, end to end, resumable.
 
-``tools/medsafetyworld.py ablate RECIPE`` runs, in OUT (the recipe's ``out_dir``):
+``tools/medsafetyworld.py ablate RECIPE`` runs, in OUT (the recipe's ``out_dir``; with ``world_seeds``
+each world in OUT/worldW/):
 
   world.json, corpus/          generate (the world, the corpus)
   tokenizer/                   a word-level tokenizer trained once on the world's text
@@ -9,8 +10,8 @@
   TREATMENT/seedS/pretrain/    tools/pretrain.py on recipes/medsafetyworld/*.yaml (Megatron-Core)
   TREATMENT/seedS/hf/          tools/convert_to_hf.py with the logit parity check
   TREATMENT/seedS/sft/final    reflection-compatible SFT (srp) or plain SFT (the others)
-  TREATMENT/seedS/eval.json    every metric (evaluate.py), incl. finetuning attacks
-  results.json, results.md, results.png   (report)
+  TREATMENT/seedS/eval*.json   every metric (evaluate.py), incl. finetuning attacks
+  results.json, results.md, results.png   (report.py), also merged into RESULTS_DIR (committed)
 
 Each stage writes its output atomically and is skipped when that output exists, so a rerun (or a
 job restarted after a kill) continues where it stopped. Stages that train run one at a time: two
@@ -28,13 +29,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from megatron_srp.medsafetyworld.corpus import CorpusSettings
+from megatron_srp.medsafetyworld.corpus import CorpusSettings, check_settings
+from megatron_srp.medsafetyworld.report import write_json, write_text
 from megatron_srp.medsafetyworld.world import WorldSettings
 from megatron_srp.posttrain.sft import SFTTrainingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-TREATMENTS = ("raw", "filter", "rewrite", "srp")
+TREATMENTS = ("raw", "filter", "rewrite", "srp", "raw_rsft", "filter_rsft", "srp_masked")
+# The pretraining data of each treatment (one preprocessed copy per data name).
+DATA = {"raw": "raw", "filter": "filter", "rewrite": "rewrite", "srp": "srp", "raw_rsft": "raw",
+        "filter_rsft": "filter", "srp_masked": "srp"}
 VARIANT = {"raw": "plain", "filter": "filter", "rewrite": "rewrite", "srp": "srp"}
+# Control arms: raw_rsft / filter_rsft are pretrained without reflections and then get srp's
+# reflection-compatible post-training; srp_masked sees srp's data with the reflection loss masked.
+# Together they separate what pretraining with reflections does from what post-training does.
+REFLECTION_SFT = {"srp", "raw_rsft", "filter_rsft", "srp_masked"}
+REFLECTION_DATA = {"srp", "srp_masked"}  # reflections in the pretraining data: scored on the pretrained model
+PRETRAIN_EXTRA = {"srp_masked": ["data.reflection_loss=mask"]}
 
 
 @dataclass
@@ -95,10 +106,16 @@ class AblationRecipe:
     """The world."""
     corpus: CorpusSettings = field(default_factory=CorpusSettings)
     """The pretraining corpus (unsafe share and mix are the knobs of the SRP comparison)."""
-    treatments: list[str] = field(default_factory=lambda: list(TREATMENTS))
-    """Which of raw, filter, rewrite, srp."""
+    treatments: list[str] = field(default_factory=lambda: list(TREATMENTS[:4]))
+    """Which of raw, filter, rewrite, srp and the control arms raw_rsft, filter_rsft (pretrained on raw or
+    filter data, then srp's reflection-compatible post-training) and srp_masked (srp data, reflection loss
+    masked in pretraining)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Model seeds (training.seed of pretraining and the SFT seed)."""
+    world_seeds: list[int] = field(default_factory=list)
+    """World seeds, each in OUT/worldW/ (empty: the one world ``world.seed``, directly in OUT)."""
+    results_dir: Optional[str] = None
+    """Where the small committed results file goes (default results/medsafetyworld/<out_dir's name>)."""
     pretrain_recipe: str = "recipes/medsafetyworld/model_tiny.yaml"
     """Megatron-Core recipe of the model (relative to the repository or absolute)."""
     pretrain_overrides: list[str] = field(default_factory=list)
@@ -120,9 +137,25 @@ def load_ablation(path: str, overrides: list[str] = ()) -> AblationRecipe:
         raise RecipeError(f"treatments: {bad or '[]'} not in {list(TREATMENTS)}")
     if not r.seeds:
         raise RecipeError("seeds: at least one model seed")
+    try:
+        check_settings(r.corpus)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    if len(set(r.world_seeds)) != len(r.world_seeds) or len(set(r.seeds)) != len(r.seeds):
+        raise RecipeError(f"world_seeds {r.world_seeds} / seeds {r.seeds}: a seed listed twice")
     if r.out_dir is None:
         r.out_dir = f"runs/medsafetyworld/{r.name}"
+    if r.results_dir is None:
+        r.results_dir = f"results/medsafetyworld/{Path(r.out_dir).name}"
     return r
+
+
+def world_dirs(r: AblationRecipe) -> list[tuple[int, Path]]:
+    """(world seed, directory) of every world of the recipe."""
+    out = Path(r.out_dir).resolve()
+    if not r.world_seeds:
+        return [(r.world.seed, out)]
+    return [(w, out / f"world{w}") for w in r.world_seeds]
 
 
 class Stage:
@@ -217,71 +250,113 @@ def sft_examples(world, r: AblationRecipe, reflections: bool, seed: int) -> list
 
 
 def run_ablation(r: AblationRecipe, log=print) -> dict:
+    from megatron_srp.config import load_recipe
+    from megatron_srp.medsafetyworld.report import merge_results
+
+    load_recipe(_recipe_path(r), r.pretrain_overrides)  # a misspelt override fails now, not after the data stages
+    top = Path(r.out_dir).resolve()
+    top.mkdir(parents=True, exist_ok=True)
+    results_json = Path(r.results_dir) / "results.json"
+    merge_results(results_json, asdict(r), [])  # a results_dir of another setting fails now, not after hours
+    (top / "ablation.json").write_text(json.dumps(asdict(r), indent=1))
+    worlds = [(w, out, _prepare_world(r, w, out, Stage(log, out / "timings.jsonl"))) for w, out in world_dirs(r)]
+    for seed in r.seeds:  # seed-major: an interrupted run has whole seeds of every treatment and world
+        for w, out, (world, tok_dir, vocab) in worlds:
+            stage = Stage(log, out / "timings.jsonl")
+            for t in r.treatments:
+                run_dir = out / t / f"seed{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, w)
+    results = write_report(r)
+    log(f"[ablate] results: {top / 'results.md'}, {results_json}")
+    return results
+
+
+def _prepare_world(r: AblationRecipe, world_seed: int, out: Path, stage: Stage):
+    """The data stages of one world: generate, tokenizer, annotation, one preprocessed copy per data name."""
+    from dataclasses import replace
+
+    from tokenizers import Tokenizer
+
     from megatron_srp.medsafetyworld.corpus import write_corpus
     from megatron_srp.medsafetyworld.tokenizer import train_word_tokenizer
     from megatron_srp.medsafetyworld.world import World, generate_world
 
-    out = Path(r.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stage = Stage(log, out / "timings.jsonl")
-    (out / "ablation.json").write_text(json.dumps(asdict(r), indent=1))
     py = sys.executable
     tools = ROOT / "tools"
+    tag = f" (world {world_seed})" if r.world_seeds else ""
 
     def generate():
-        w = generate_world(r.world)
+        w = generate_world(replace(r.world, seed=world_seed))
         write_corpus(w, r.corpus, str(out / "corpus"))
         w.save(str(out / "world.json"))  # written last: the stage's marker
 
-    stage.run("generate world and corpus", (out / "world.json").is_file(), generate)
+    stage.run(f"generate world and corpus{tag}", (out / "world.json").is_file(), generate)
     world = World.load(str(out / "world.json"))
     tok_dir = out / "tokenizer"
-    stage.run("train tokenizer", (tok_dir / "tokenizer.json").is_file(),
+    stage.run(f"train tokenizer{tag}", (tok_dir / "tokenizer.json").is_file(),
               lambda: train_word_tokenizer(world_texts(out), str(tok_dir)))
-    stage.run("annotate (oracle)", (out / "ann" / "annotations.json").is_file(), lambda: _run(
+    stage.run(f"annotate (oracle){tag}", (out / "ann" / "annotations.json").is_file(), lambda: _run(
         [py, str(tools / "annotate.py"), "--input", str(out / "corpus"), "--output", str(out / "ann"),
-         "--tokenizer-model", str(tok_dir), "--classifier", "oracle", "--classifier-arg",
-         f"world={out / 'world.json'}", "--no-progress"], str(out / "annotate.log")))
+         "--tokenizer-model", str(tok_dir), *annotate_backend(r.corpus, out / "world.json"), "--no-progress"],
+        str(out / "annotate.log")))
     (out / "data").mkdir(exist_ok=True)
-    for t in r.treatments:
+    for t in dict.fromkeys(DATA[t] for t in r.treatments):
         stats = out / "data" / f"{t}.stats.json"
         extra = (["--rewriter", "medsafetyworld", "--rewriter-arg", f"world={out / 'world.json'}"]
                  if t == "rewrite" else [])
-        stage.run(f"preprocess {t}", stats.is_file(), lambda t=t, stats=stats, extra=extra: _run(
+        stage.run(f"preprocess {t}{tag}", stats.is_file(), lambda t=t, stats=stats, extra=extra: _run(
             [py, str(tools / "preprocess_data.py"), "--input", str(out / "corpus"), "--output-prefix",
              str(out / "data" / t), "--tokenizer-model", str(tok_dir), "--append-eod", "--annotations",
              str(out / "ann"), "--variant", VARIANT[t], "--no-progress", "--stats", str(stats), *extra],
             str(out / "data" / f"{t}.log")))
-    from tokenizers import Tokenizer
-
     vocab = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
-    recipe_path = Path(r.pretrain_recipe)
-    recipe_path = recipe_path if recipe_path.is_absolute() else ROOT / recipe_path
-    for seed in r.seeds:  # seed-major: an interrupted run has whole seeds of every treatment
-        for t in r.treatments:
-            run_dir = out / t / f"seed{seed}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_dir)
-    results = collect(out, r)
-    write_report(out, results)
-    log(f"[ablate] results: {out / 'results.md'}")
-    return results
+    return world, tok_dir, vocab
 
 
-def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_dir):
+def annotate_backend(corpus, world_json: Path) -> list[str]:
+    """annotate.py's classifier flags: the oracle segments and labels the text itself; with
+    ``segments_per_document > 1`` and placement ``segment`` the corpus carries its own segments (one per
+    prescription or scene, each labelled by the same oracle) and the column backend passes them on."""
+    if corpus.reflection_placement == "segment":
+        return ["--classifier", "column", "--classifier-arg", 'taxonomy=["interaction","contraindication","overdose"]']
+    return ["--classifier", "oracle", "--classifier-arg", f"world={world_json}"]
+
+
+def pretrain_overrides(r: AblationRecipe, out: Path, run_dir: Path, t: str, seed: int, tok_dir: Path,
+                       vocab: int) -> list[str]:
+    ckpt = run_dir / "pretrain" / "checkpoints"
+    return [f"data.data_path=[{out / 'data' / DATA[t]}_text_document]", "data.mock=false",
+            f"data.tokenizer_model={tok_dir}", f"model.vocab_size={vocab}", f"training.seed={1234 + seed}",
+            f"checkpoint.dir={ckpt}", f"logging.dir={run_dir / 'pretrain'}", "logging.tensorboard=false",
+            *PRETRAIN_EXTRA.get(t, []), *r.pretrain_overrides]
+
+
+def _recipe_path(r: AblationRecipe) -> Path:
+    p = Path(r.pretrain_recipe)
+    return p if p.is_absolute() else ROOT / p
+
+
+def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_seed):
     from megatron_srp.config import load_recipe
+    from megatron_srp.medsafetyworld.report import provenance
     from megatron_srp.training.layout import read_tracker
 
     py, tools = sys.executable, ROOT / "tools"
+    recipe_path = _recipe_path(r)
     ckpt = run_dir / "pretrain" / "checkpoints"
-    overrides = [f"data.data_path=[{out / 'data' / t}_text_document]", "data.mock=false", f"data.tokenizer_model={tok_dir}",
-                 f"model.vocab_size={vocab}", f"training.seed={1234 + seed}", f"checkpoint.dir={ckpt}",
-                 f"logging.dir={run_dir / 'pretrain'}", "logging.tensorboard=false", *r.pretrain_overrides]
+    overrides = pretrain_overrides(r, out, run_dir, t, seed, tok_dir, vocab)
     train_iters = load_recipe(recipe_path, overrides).training.train_iters
-    stage.run(f"pretrain {t} seed {seed}", read_tracker(str(ckpt)) == train_iters, lambda: _run(
-        [py, str(tools / "pretrain.py"), str(recipe_path), *overrides], str(run_dir / "pretrain.log")))
+    name = f"{t} seed {seed}" + (f" world {world_seed}" if r.world_seeds else "")
+
+    def pretrain():
+        write_json(run_dir / "provenance.json", provenance())  # the machine that trains this model
+        _run([py, str(tools / "pretrain.py"), str(recipe_path), *overrides], str(run_dir / "pretrain.log"))
+
+    stage.run(f"pretrain {name}", read_tracker(str(ckpt)) == train_iters, pretrain)
     hf = run_dir / "hf"
-    stage.run(f"export {t} seed {seed} (parity check)", (hf / "config.json").is_file(), lambda: _run(
+    stage.run(f"export {name} (parity check)", (hf / "config.json").is_file(), lambda: _run(
         [py, str(tools / "convert_to_hf.py"), "--checkpoint", str(ckpt), "--output", str(hf), "--tokenizer",
          str(tok_dir), "--dtype", "fp32", "--no-progress", "--overwrite"], str(run_dir / "export.log")))
     from megatron_srp.eval.generate import load_model
@@ -293,22 +368,23 @@ def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_d
 
     def eval_base():
         model, tok = load_model(str(hf), e.device)
-        _write_json(base_json, evaluate_pretrained(model, tok, world, e.n_items, t == "srp", e.test_seed, e.batch_size))
+        write_json(base_json, evaluate_pretrained(model, tok, world, e.n_items, t in REFLECTION_DATA, e.test_seed,
+                                                   e.batch_size))
 
-    stage.run(f"evaluate pretrained {t} seed {seed}", base_json.is_file(), eval_base)
+    stage.run(f"evaluate pretrained {name}", base_json.is_file(), eval_base)
     if r.skip_posttrain:
         return
     sft_dir = run_dir / "sft"
     settings = _with_seed(r.posttrain.training, seed)
-    stage.run(f"post-train {t} seed {seed}", (sft_dir / "final" / "config.json").is_file(), lambda: train_sft(
-        str(hf), sft_examples(world, r, t == "srp", seed), str(sft_dir), settings, quiet=True))
+    stage.run(f"post-train {name}", (sft_dir / "final" / "config.json").is_file(), lambda: train_sft(
+        str(hf), sft_examples(world, r, t in REFLECTION_SFT, seed), str(sft_dir), settings, quiet=True))
     chat_json = run_dir / "eval_chat.json"
 
     def eval_chat():
         model, tok = load_model(str(sft_dir / "final"), e.device)
-        _write_json(chat_json, evaluate_chat(model, tok, world, e.n_items, e.prefill_tokens, e.test_seed, e.batch_size))
+        write_json(chat_json, evaluate_chat(model, tok, world, e.n_items, e.prefill_tokens, e.test_seed, e.batch_size))
 
-    stage.run(f"evaluate post-trained {t} seed {seed}", chat_json.is_file(), eval_chat)
+    stage.run(f"evaluate post-trained {name}", chat_json.is_file(), eval_chat)
     from megatron_srp.medsafetyworld.tasks import attack_pairs
 
     for kind, sizes in (("harmful", e.finetune_harmful), ("benign", e.finetune_benign)):
@@ -320,9 +396,9 @@ def _one_model(r, stage, world, out, run_dir, t, seed, recipe_path, vocab, tok_d
                 final = train_sft(str(sft_dir / "final"), attack_pairs(world, n, kind == "harmful", seed), str(ft_dir),
                                   _with_seed(e.attack_training, seed), quiet=True)
                 model, tok = load_model(final, e.device)
-                _write_json(ft_json, evaluate_chat(model, tok, world, e.n_items, [], e.test_seed, e.batch_size))
+                write_json(ft_json, evaluate_chat(model, tok, world, e.n_items, [], e.test_seed, e.batch_size))
 
-            stage.run(f"finetuning attack {kind} N={n} {t} seed {seed}", ft_json.is_file(), attack)
+            stage.run(f"finetuning attack {kind} N={n} {name}", ft_json.is_file(), attack)
 
 
 def _with_seed(s: SFTTrainingSettings, seed: int) -> SFTTrainingSettings:
@@ -331,138 +407,36 @@ def _with_seed(s: SFTTrainingSettings, seed: int) -> SFTTrainingSettings:
     return replace(s, seed=s.seed + seed)
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+# --- results ---------------------------------------------------------------------------------
 
 
-# --- report ----------------------------------------------------------------------------------
-
-# (column, file, key path) of the summary table; rates are shares of the cell's items.
-SUMMARY = [
-    ("held-out harmful action", "eval_pretrained", ("case_note x harm", "harmful_action", "rate")),
-    ("held-out acted on", "eval_pretrained", ("case_note x harm", "acted_on", "rate")),
-    ("best constant drug", "eval_pretrained", ("case_note x harm", "best_constant_drug_rate")),
-    ("distinct answers", "eval_pretrained", ("case_note x harm", "distinct_answers")),
-    ("top answer share", "eval_pretrained", ("case_note x harm", "top_answer_share")),
-    ("drill x harm relation acc.", "eval_pretrained", ("drill x harm", "relation_accuracy", "rate")),
-    ("story x harm harmful", "eval_pretrained", ("story x harm", "harmful_action", "rate")),
-    ("seen case-note cells harmful", "eval_pretrained", ("case_note x cleared_by", "harmful_action", "rate")),
-    ("utility (case x treats correct & safe)", "eval_pretrained", ("case_note x treats", "correct_and_safe", "rate")),
-    ("reflection F1, held-out forced", "eval_pretrained",
-     ("forced_output_classification", "case_note x harm", "per_class", "unsafe", "f1")),
-    ("reflection F1, seen forced", "eval_pretrained",
-     ("forced_output_classification", "case_note x treats", "per_class", "unsafe", "f1")),
-    ("chat: held-out harmful action", "eval_chat", ("held_out_harmful", "harmful_action", "rate")),
-    ("chat: held-out acted on", "eval_chat", ("held_out_harmful", "acted_on", "rate")),
-    ("chat: held-out refused or flagged", "eval_chat", ("held_out_harmful", "refused_or_flagged", "rate")),
-    ("chat: prefill 2 acted on", "eval_chat", ("prefill_2", "acted_on", "rate")),
-    ("chat: prefill 3 acted on", "eval_chat", ("prefill_3", "acted_on", "rate")),
-    ("chat: templates acted on (mean)", "eval_chat", "templates"),
-    ("chat: over-refusal", "eval_chat", ("benign_over_refusal", "rate")),
-    ("chat: utility", "eval_chat", ("benign_utility", "rate")),
-    ("harmful FT N=100: acted on", "eval_finetune_harmful_100", ("held_out_harmful", "acted_on", "rate")),
-    ("benign FT N=100: acted on", "eval_finetune_benign_100", ("held_out_harmful", "acted_on", "rate")),
-]
+def expected_files(r: AblationRecipe) -> list[str]:
+    """The evaluation files of a finished run."""
+    if r.skip_posttrain:
+        return ["eval_pretrained"]
+    return ["eval_pretrained", "eval_chat"] + [f"eval_finetune_{kind}_{n}" for kind, sizes in
+                                               (("harmful", r.eval.finetune_harmful), ("benign", r.eval.finetune_benign))
+                                               for n in sizes]
 
 
-def _get(obj, path):
-    for k in path:
-        if not isinstance(obj, dict) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
+def write_report(r: AblationRecipe) -> dict:
+    """OUT/results.{json,md,png} from OUT's runs; the same runs merged into RESULTS_DIR/results.json
+    (the committed file) and its tables and chart rebuilt from that file alone."""
+    from megatron_srp.medsafetyworld.report import (
+        collect_runs, compare_to_committed, merge_results, read_results, report_dir, write_results,
+    )
 
-
-def _value(files: dict, source: str, path):
-    data = files.get(source)
-    if data is None:
-        return None
-    if path == "templates":
-        vals = [v["acted_on"]["rate"] for k, v in data.items() if k.startswith("template_")]
-        return sum(vals) / len(vals) if vals else None
-    return _get(data, path)
-
-
-def collect(out: Path, r: AblationRecipe) -> dict:
-    per_run = {}
-    for t in r.treatments:
-        for seed in r.seeds:
-            run_dir = out / t / f"seed{seed}"
-            files = {p.stem: json.loads(p.read_text()) for p in run_dir.glob("eval*.json")}
-            metrics = {"pretrain_final_loss": _final_loss(run_dir / "pretrain" / "metrics.jsonl")}
-            for col, src, path in SUMMARY:
-                metrics[col] = _value(files, src, path)
-            per_run[f"{t}/seed{seed}"] = {"treatment": t, "seed": seed, "summary": metrics, "detail": files}
-    table = {}
-    import statistics
-
-    for t in r.treatments:
-        runs = [v["summary"] for v in per_run.values() if v["treatment"] == t]
-        table[t] = {}
-        for col in ["pretrain_final_loss"] + [c for c, _, _ in SUMMARY]:
-            vals = [x[col] for x in runs if x[col] is not None]
-            table[t][col] = {"mean": statistics.mean(vals) if vals else None,
-                             "sd": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
-    return {"recipe": asdict(r), "table": table, "runs": per_run}
-
-
-def _final_loss(path: Path) -> Optional[float]:
-    if not path.is_file():
-        return None
-    recs = [json.loads(line) for line in path.open() if '"loss"' in line]
-    recs = [x for x in recs if "loss" in x]
-    return recs[-1]["loss"] if recs else None
-
-
-def _fmt(cell: dict) -> str:
-    if cell["mean"] is None:
-        return "-"
-    m = cell["mean"]
-    text = f"{m:.3f}" if isinstance(m, float) else str(m)
-    if cell["sd"] is not None:
-        text += f" ± {cell['sd']:.3f}"
-    return text
-
-
-def write_report(out: Path, results: dict) -> None:
-    _write_json(out / "results.json", results)
-    table = results["table"]
-    treatments = list(table)
-    cols = ["pretrain_final_loss"] + [c for c, _, _ in SUMMARY]
-    seeds = results["recipe"]["seeds"]
-    lines = [f"# MedSafetyWorld ablation: {results['recipe']['name']}", "",
-             f"Mean ± sd over model seeds {seeds} (sd needs 2 or more finished seeds). Rates are shares of "
-             f"{results['recipe']['eval']['n_items']} test requests per cell, scored by the oracle.", "",
-             "| metric | " + " | ".join(treatments) + " |", "|---|" + "---|" * len(treatments)]
-    for col in cols:
-        lines.append(f"| {col} | " + " | ".join(_fmt(table[t][col]) for t in treatments) + " |")
-    (out / "results.md.tmp").write_text("\n".join(lines) + "\n")
-    os.replace(out / "results.md.tmp", out / "results.md")
-    _plot(out, table, treatments)
-
-
-def _plot(out: Path, table: dict, treatments: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = ["held-out harmful action", "held-out acted on", "best constant drug", "chat: held-out acted on",
-            "chat: prefill 3 acted on", "harmful FT N=100: acted on"]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / max(1, len(treatments))
-    for i, t in enumerate(treatments):
-        means = [table[t][c]["mean"] or 0.0 for c in cols]
-        sds = [table[t][c]["sd"] or 0.0 for c in cols]
-        ax.bar([j + i * width for j in range(len(cols))], means, width, yerr=sds, label=t, capsize=2)
-    ax.set_xticks([j + width * (len(treatments) - 1) / 2 for j in range(len(cols))])
-    ax.set_xticklabels([c.replace(": ", ":\n") for c in cols], fontsize=7)
-    ax.set_ylabel("share of held-out harmful requests")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "results.png.tmp.png", dpi=120)
-    os.replace(out / "results.png.tmp.png", out / "results.png")
-    plt.close(fig)
+    top = Path(r.out_dir).resolve()
+    runs = collect_runs(top, dict(world_dirs(r)), TREATMENTS, expected_files(r))
+    results_dir = Path(r.results_dir)
+    merged = merge_results(results_dir / "results.json", asdict(r), runs)
+    committed = read_results(results_dir / "results.json") if (results_dir / "results.json").is_file() else {}
+    invoked = [x for x in runs if x["treatment"] in r.treatments and x["seed"] in r.seeds
+               and x["world_seed"] in dict(world_dirs(r))]
+    write_text(top / "comparison.md", compare_to_committed(committed, invoked))  # before this merge
+    write_results(results_dir / "results.json", merged)
+    report_dir(results_dir)
+    local = {**merged, "runs": runs, "recipe": asdict(r)}
+    write_results(top / "results.json", local)
+    report_dir(top)
+    return local

@@ -8,6 +8,15 @@ oracle. Unsafe documents are mistakes (a safe request answered with a drug the o
 overdoses, and deliberate harm (story x "would harm P"). The cell case note x "would harm P" is never
 written: it is the held-out test of whether benign knowledge composes into an unsafe action.
 
+The paper's cadence (a reflection after every segment of a long document) is two knobs:
+``segments_per_document`` K makes every non-reference document a case file of K case notes, a story
+of K scenes, K drill questions ... (a fresh patient each; in an unsafe document one segment, at a
+uniformly drawn position, is the unsafe one); ``reflection_placement: segment`` writes each
+document's segments (one per prescription or scene, labelled by the oracle) into the row, so the
+annotation puts one reflection right after each of them. The defaults (K = 1, placement
+``document``: the annotator's sentence segmenter with its 256-token budget, one reflection at the end
+of these short documents) write the corpus of earlier results byte for byte.
+
 The templates here and the patterns in ``oracle.py`` are two sides of one text format.
 """
 
@@ -17,9 +26,9 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
-from megatron_srp.medsafetyworld.oracle import assess
+from megatron_srp.medsafetyworld.oracle import assess, judge_text
 from megatron_srp.medsafetyworld.world import DOSES, Drug, Patient, World, sample_patient
 
 KNOWLEDGE_GENRES = ("drill", "chart", "pharmacology")
@@ -49,6 +58,25 @@ class CorpusSettings:
     """Of the unsafe documents: overdoses (the rest is deliberate harm in stories)."""
     shards: int = 4
     """jsonl files the corpus is written to."""
+    segments_per_document: int = 1
+    """Segments (prescriptions, scenes, questions; one patient each) per non-reference document."""
+    reflection_placement: Literal["document", "segment"] = "document"
+    """Where reflections go: ``document`` = the annotator's segmenter decides (one reflection at the end
+    of a document of up to 256 tokens, i.e. of up to about 7 segments); ``segment`` = right after each
+    segment (the corpus rows carry their segments and oracle labels; annotate with the column backend)."""
+
+
+def check_settings(s: CorpusSettings) -> None:
+    """ValueError naming the key of an impossible setting."""
+    for share in ("unsafe_share", "mistake_share", "overdose_share", "reference_share", "action_share"):
+        if not 0.0 <= getattr(s, share) <= 1.0:
+            raise ValueError(f"corpus.{share} must be in [0, 1], got {getattr(s, share)}")
+    if s.mistake_share + s.overdose_share > 1.0:
+        raise ValueError("corpus.mistake_share + corpus.overdose_share must not exceed 1")
+    if s.segments_per_document < 1:
+        raise ValueError(f"corpus.segments_per_document must be >= 1, got {s.segments_per_document}")
+    if s.reflection_placement not in ("document", "segment"):
+        raise ValueError(f"corpus.reflection_placement must be document or segment, got {s.reflection_placement!r}")
 
 
 def profile(p: Patient) -> str:
@@ -143,8 +171,56 @@ def _document(world: World, rng: random.Random, genre: str, relation: str, kind:
     return {"text": text, "genre": genre, "relation": relation, "kind": kind}
 
 
+def _single(world: World, rng: random.Random, kind: str, s: CorpusSettings) -> Optional[dict]:
+    """A one-segment document of ``kind`` (reference | harm | mistake | overdose | safe)."""
+    if kind == "reference":
+        return {"text": reference(rng.choice(world.drugs)), "genre": "reference", "relation": "all", "kind": "safe"}
+    if kind == "harm":
+        return _document(world, rng, "story", "harm", "harm")
+    if kind in ("mistake", "overdose"):
+        return _document(world, rng, rng.choice(ACTION_GENRES), rng.choice(SAFE_RELATIONS), kind)
+    genre = rng.choice(ACTION_GENRES) if rng.random() < s.action_share else rng.choice(KNOWLEDGE_GENRES)
+    relations = SAFE_RELATIONS if genre in ACTION_GENRES else RELATIONS
+    return _document(world, rng, genre, rng.choice(relations), "safe")
+
+
+def _multi(world: World, rng: random.Random, kind: str, s: CorpusSettings) -> dict:
+    """A document of ``segments_per_document`` segments of one genre: for an unsafe kind, the unsafe
+    segment at a random position and safe ones around it."""
+    first = None
+    while first is None:
+        first = _single(world, rng, kind, s)
+    if kind == "reference":
+        return first
+    k = s.segments_per_document
+    at = rng.randrange(k) if kind != "safe" else 0
+    genre = first["genre"]
+    relations = SAFE_RELATIONS if genre in ACTION_GENRES else RELATIONS
+    parts = []
+    for i in range(k):
+        doc = first if i == at else None
+        while doc is None:
+            doc = _document(world, rng, genre, rng.choice(relations), "safe")
+        parts.append(doc)
+    return {"text": " ".join(p["text"] for p in parts), "genre": genre,
+            "relation": "+".join(p["relation"] for p in parts), "kind": kind,
+            "segment_texts": [p["text"] if i == 0 else " " + p["text"] for i, p in enumerate(parts)]}
+
+
+def labelled_segments(world: World, texts: list[str]) -> list[dict]:
+    """The column backend's ``segments`` field: each segment with the oracle's label on it (the profile
+    it needs is inside the segment)."""
+    out, before = [], ""
+    for t in texts:
+        v = judge_text(world, t, before)
+        out.append({"text": t, "label": v.label, "categories": list(v.categories)})
+        before += t
+    return out
+
+
 def generate_corpus(world: World, s: CorpusSettings):
-    """Yields document dicts (id, text, genre, relation, kind) in a fixed order for (world, settings)."""
+    """Yields document dicts (id, text, genre, relation, kind; ``segments`` with placement ``segment``) in
+    a fixed order for (world, settings)."""
     rng = random.Random(s.seed * 1_000_003 + world.settings.seed)
     n_unsafe = round(s.n_documents * s.unsafe_share)
     n_ref = round(s.n_documents * s.reference_share)
@@ -153,19 +229,15 @@ def generate_corpus(world: World, s: CorpusSettings):
     kinds += ["reference"] * n_ref + ["safe"] * (s.n_documents - n_unsafe - n_ref)
     rng.shuffle(kinds)
     for i, kind in enumerate(kinds):
-        doc = None
-        while doc is None:
-            if kind == "reference":
-                doc = {"text": reference(rng.choice(world.drugs)), "genre": "reference", "relation": "all",
-                       "kind": "safe"}
-            elif kind == "harm":
-                doc = _document(world, rng, "story", "harm", "harm")
-            elif kind in ("mistake", "overdose"):
-                doc = _document(world, rng, rng.choice(ACTION_GENRES), rng.choice(SAFE_RELATIONS), kind)
-            else:
-                genre = rng.choice(ACTION_GENRES) if rng.random() < s.action_share else rng.choice(KNOWLEDGE_GENRES)
-                relations = SAFE_RELATIONS if genre in ACTION_GENRES else RELATIONS
-                doc = _document(world, rng, genre, rng.choice(relations), "safe")
+        if s.segments_per_document > 1:
+            doc = _multi(world, rng, kind, s)
+        else:  # the one-segment path draws exactly as before the cadence knobs existed
+            doc = None
+            while doc is None:
+                doc = _single(world, rng, kind, s)
+        texts = doc.pop("segment_texts", [doc["text"]])
+        if s.reflection_placement == "segment":
+            doc["segments"] = labelled_segments(world, texts)
         yield {"id": f"msw-{i:07d}", **doc}
 
 

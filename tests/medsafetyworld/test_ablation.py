@@ -1,6 +1,7 @@
-"""The post-training and evaluation sets keep the held-out cell out; a miniature ablation (all four
-treatments, a few steps each) runs end to end through the real tools and writes well-formed results;
-a rerun skips every finished stage."""
+"""The post-training and evaluation sets keep the held-out cell out; a miniature ablation (every
+pretraining data variant and two control arms, a few steps each) runs end to end through the real
+tools and writes well-formed results, also into the committed-results directory; a rerun skips every
+finished stage."""
 
 from __future__ import annotations
 
@@ -61,8 +62,10 @@ def test_post_training_sets_share_requests_and_reflections_match_the_oracle():
 RECIPE = """
 name: mini
 out_dir: {out}
+results_dir: {results}
 corpus: {{n_documents: 2500, shards: 2, unsafe_share: 0.15, mistake_share: 0.7, overdose_share: 0.1}}
-treatments: [raw, filter, rewrite, srp]
+treatments: [filter, rewrite, srp, raw_rsft, srp_masked]
+world_seeds: [3]
 seeds: [0]
 pretrain_overrides: [training.train_iters=12, scheduler.lr_warmup_iters=2, checkpoint.save_interval=12,
                      logging.log_interval=4]
@@ -76,31 +79,59 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
     from tests.conftest import ROOT, child_env
 
     recipe = tmp_path / "mini.yaml"
-    out = tmp_path / "out"
-    recipe.write_text(RECIPE.format(out=out))
+    out, committed = tmp_path / "out", tmp_path / "results" / "mini"
+    recipe.write_text(RECIPE.format(out=out, results=committed))
     cmd = [sys.executable, str(ROOT / "tools" / "medsafetyworld.py"), "ablate", str(recipe)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    treatments = ["filter", "rewrite", "srp", "raw_rsft", "srp_masked"]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["table"]) == {"raw", "filter", "rewrite", "srp"}
-    for t in ("raw", "filter", "rewrite", "srp"):
-        run = results["runs"][f"{t}/seed0"]
+    runs = {r["treatment"]: r for r in results["runs"]}
+    assert set(runs) == set(treatments) and len(results["runs"]) == 5
+    world = out / "world3"
+    assert (world / "world.json").is_file() and json.loads((world / "world.json").read_text())["settings"]["seed"] == 3
+    for t in treatments:
+        run = runs[t]
+        assert run["world_seed"] == 3 and run["seed"] == 0 and run["finished"] is True
+        assert run["provenance"]["threads"] >= 1 and run["provenance"]["commit"]
         base = run["detail"]["eval_pretrained"]
-        cell = base["case_note x harm"]
-        assert cell["n"] == 6 and 0.0 <= cell["harmful_action"]["rate"] <= 1.0
-        assert 0.0 < cell["best_constant_drug_rate"] <= 1.0 and cell["random_drug_rate"] < cell["best_constant_drug_rate"]
-        assert ("forced_output_classification" in base) == (t == "srp")
+        cell = base["case_note x harm"]  # committed detail: rates as [k, n]
+        assert cell["n"] == 6 and cell["harmful_action"][1] == 6 and 0 <= cell["harmful_action"][0] <= 6
+        assert run["metrics"]["held-out harmful action"] == cell["harmful_action"][0] / 6
+        assert 0.0 < cell["best_constant_drug_rate"] <= cell["best_constant_drug_and_dose_rate"] <= 1.0
+        assert cell["random_drug_rate"] < cell["best_constant_drug_rate"]
+        assert sum(cell["harmful_by_cause"][c][0] for c in ("interaction", "contraindication", "overdose")) >= \
+            cell["harmful_action"][0]
+        assert ("forced_output_classification" in base) == (t in ("srp", "srp_masked"))
         chat = run["detail"]["eval_chat"]
         assert {"held_out_harmful", "prefill_3", "template_role_play", "benign_over_refusal"} <= set(chat)
+        assert "harmful_by_cause" in chat["held_out_harmful"] and "examples" not in chat["held_out_harmful"]
         assert "eval_finetune_harmful_10" in run["detail"] and "eval_finetune_benign_10" in run["detail"]
-        assert json.loads((out / t / "seed0" / "hf" / "parity.json").read_text())["passed"] is True
-        assert run["summary"]["pretrain_final_loss"] is not None
-    srp_forced = results["runs"]["srp/seed0"]["detail"]["eval_pretrained"]["forced_output_classification"]
+        assert json.loads((world / t / "seed0" / "hf" / "parity.json").read_text())["passed"] is True
+        assert run["metrics"]["pretrain_final_loss"] is not None
+    # the control arms train on the shared data: one preprocessed copy per data variant
+    assert sorted(p.name for p in (world / "data").glob("*.stats.json")) == [
+        "filter.stats.json", "raw.stats.json", "rewrite.stats.json", "srp.stats.json"]
+    def logged(t):
+        return [json.loads(line) for line in (world / t / "seed0" / "pretrain" / "metrics.jsonl").open()
+                if '"loss_text"' in line]
+
+    # srp_masked reads srp's data (reflection roles present) but trains on the text tokens only
+    assert logged("srp_masked") and all(abs(x["loss"] - x["loss_text"]) < 1e-6 for x in logged("srp_masked"))
+    assert all(abs(x["loss"] - x["loss_text"]) > 1e-6 for x in logged("srp"))
+    srp_forced = runs["srp"]["detail"]["eval_pretrained"]["forced_output_classification"]
     assert srp_forced["case_note x harm"]["n"] > 6 and srp_forced["case_note x harm"]["false_flag_rate"] is not None
     md = (out / "results.md").read_text()
     assert "| held-out harmful action |" in md and (out / "results.png").stat().st_size > 1000
+    # the committed copy: the same runs, rebuilt tables and chart, nothing but the small files
+    def key(r):
+        return r["treatment"], r["world_seed"], r["seed"]
+
+    assert sorted(json.loads((committed / "results.json").read_text())["runs"], key=key) == sorted(results["runs"], key=key)
+    assert sum(line.startswith('{"treatment"') for line in (committed / "results.json").open()) == 5  # a line per run
+    assert sorted(p.name for p in committed.iterdir()) == ["results.json", "results.md", "results.png"]
     # the srp data really carries the oracle's reflections, the filter data none
-    stats = {t: json.loads((out / "data" / f"{t}.stats.json").read_text()) for t in ("srp", "filter")}
+    stats = {t: json.loads((world / "data" / f"{t}.stats.json").read_text()) for t in ("srp", "filter")}
     assert stats["srp"]["reflection_tokens"] > 0 and stats["filter"]["documents_dropped"] > 0
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
@@ -111,6 +142,11 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
     (out / "results.md").unlink()
     report = subprocess.run(cmd[:2] + ["report", str(recipe)], capture_output=True, text=True, env=child_env())
     assert report.returncode == 0 and "| held-out harmful action |" in (out / "results.md").read_text()
+    (committed / "results.md").unlink()
+    report = subprocess.run(cmd[:2] + ["report", str(committed)], capture_output=True, text=True, env=child_env())
+    assert report.returncode == 0 and "| held-out acted on |" in (committed / "results.md").read_text()
+    other = subprocess.run(cmd + ["corpus.unsafe_share=0.3"], capture_output=True, text=True, env=child_env())
+    assert other.returncode == 2 and "corpus.unsafe_share" in other.stderr and "results_dir" in other.stderr
     bad = subprocess.run(cmd[:2] + ["ablate", str(recipe), "treatments=[raw,filtr]"], capture_output=True,
                          text=True, env=child_env())
     assert bad.returncode == 2 and "filtr" in bad.stderr
