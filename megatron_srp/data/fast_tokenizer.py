@@ -1,0 +1,206 @@
+"""gigatoken as the hot loop of preprocessing, giving exactly the ids and offsets of ``tokenizers``.
+
+gigatoken (PyPI ``gigatoken``, MIT) encodes byte-level BPE tokenizers one to two orders of magnitude
+faster than ``tokenizers``. It is used only where it provably gives the same result:
+
+- The injection guard (``tokenizers``' ``encode_special_tokens``: special-token strings in the text
+  are text) is reproduced by loading gigatoken from the tokenizer.json with the *special* added
+  tokens taken out of ``added_tokens``; non-special added tokens still split the text, as in
+  ``tokenizers``.
+- The post-processor's tokens (BOS of Llama-style tokenizers) are added here, as the prefix and
+  suffix ``tokenizers`` puts around a probe text; an empty text takes ``tokenizers``' own answer.
+- Token start offsets (srp inserts reflections by them) come from each token's byte length, with
+  the ByteLevel post-processor's ``trim_offsets`` rule applied, mapped from bytes to characters.
+- On load, a probe set (unicode, whitespace runs, special-token strings, tags, digits) is encoded
+  both ways; any difference in ids or offsets and the caller falls back to ``tokenizers``.
+
+gigatoken 0.10.0 caches pretokens without a bound (its issue 36): ``FastEncoder`` builds a fresh
+gigatoken tokenizer after every ``refresh_bytes`` of text, so memory stays flat as a corpus grows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+PROBES = (
+    "Hello world", "  leading and trailing  ", "a\n\nb\tc\r\nd", "héllo wörld, naïve café", "日本語のテキスト",
+    "emoji 🙂🙂 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "numbers 12345 3.14159 1,000,000", "x  <|endoftext|>  y", "<s>[INST]</s>",
+    "a<think> Unsafe, Violent </think>b", "   ", "def f(x):\n    return x ** 2  # note\n", "ÿ\u200b\xa0\u2028z",
+    "don't it's we'll THEY'RE", "tab\there", "a" * 300,
+)
+
+
+class FastPathUnavailable(Exception):
+    """Why gigatoken cannot stand in for ``tokenizers`` on this tokenizer (the caller falls back)."""
+
+
+def _gigatoken():
+    try:  # optional: gigatoken is a fast path, ``tokenizers`` is always there
+        import gigatoken
+    except ImportError as e:
+        raise FastPathUnavailable(f"gigatoken is not installed ({e})") from None
+    return gigatoken
+
+
+def _leading_spaces(token: str) -> int:
+    """Characters ``tokenizers``' ByteLevel ``process_offsets`` trims from a token's start."""
+    n = 0
+    for ch in token:
+        if ch != "\u0120" and not ch.isspace():
+            break
+        n += 1
+    return n
+
+
+def _trim_rule(post_processor: Optional[dict]) -> Optional[bool]:
+    """None when no ByteLevel post-processor trims offsets, else its ``add_prefix_space``."""
+    if not post_processor:
+        return None
+    procs = post_processor.get("processors", [post_processor]) if post_processor.get("type") == "Sequence" \
+        else [post_processor]
+    for p in procs:
+        if p.get("type") == "ByteLevel" and p.get("trim_offsets", True):
+            return bool(p.get("add_prefix_space", True))
+    return None
+
+
+class FastEncoder:
+    """Ids (and token start offsets) of ``hf`` (a ``tokenizers.Tokenizer`` set up as the caller uses it)."""
+
+    def __init__(self, path: str, hf, guard_special_tokens: bool, refresh_bytes: int = 256 << 20):
+        self._gt = _gigatoken()
+        with open(os.path.join(path, "tokenizer.json"), "rb") as f:
+            cfg = json.loads(f.read())
+        for key in ("truncation", "padding"):
+            if cfg.get(key):
+                raise FastPathUnavailable(f"tokenizer.json sets {key}")
+        gt_cfg = copy.deepcopy(cfg)
+        gt_cfg["post_processor"] = None  # its tokens are added here
+        if guard_special_tokens:
+            gt_cfg["added_tokens"] = [t for t in cfg.get("added_tokens", []) if not t.get("special")]
+        self._json = json.dumps(gt_cfg)
+        self._hf = hf
+        self.refresh_bytes = refresh_bytes
+        self._since_refresh = 0
+        self._tok = self._load()
+        self._prefix, self._suffix = self._specials_around_text(hf)
+        self._empty = hf.encode("", add_special_tokens=True)
+        self._trim = _trim_rule(cfg.get("post_processor"))
+        vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        self._byte_len = np.zeros(vocab_size, dtype=np.int64)
+        self._lead = np.zeros(vocab_size, dtype=np.int64)
+        for i, b in self._tok.vocab.items():
+            if i < vocab_size:
+                self._byte_len[i] = len(b)
+        if self._trim is not None:
+            for i in range(vocab_size):
+                tok = hf.id_to_token(i)
+                self._lead[i] = _leading_spaces(tok) if tok else 0
+        self.offsets_exact = True
+        self._check(hf)
+
+    def _load(self):
+        return self._gt.Tokenizer.from_json(self._json)
+
+    @staticmethod
+    def _specials_around_text(hf) -> tuple[list[int], list[int]]:
+        enc = hf.encode("probe", add_special_tokens=True)
+        bare = hf.encode("probe", add_special_tokens=False).ids
+        mask = enc.special_tokens_mask
+        lead = next((i for i, m in enumerate(mask) if not m), len(mask))
+        trail = len(mask) - next((i for i, m in enumerate(reversed(mask)) if not m), len(mask))
+        prefix, suffix = enc.ids[:lead], enc.ids[trail:]
+        if prefix + bare + suffix != enc.ids:
+            raise FastPathUnavailable("the post-processor does more than add tokens around the text")
+        return prefix, suffix
+
+    def _check(self, hf) -> None:
+        """Refuse (FastPathUnavailable) unless ids agree on the probes; offsets may only downgrade srp."""
+        texts = list(PROBES)
+        ours = self.encode_ids(texts)
+        for text, ids in zip(texts, ours):
+            want = hf.encode(text, add_special_tokens=True).ids
+            if ids.tolist() != want:
+                raise FastPathUnavailable(f"ids differ from tokenizers on {text!r}")
+        for text, got in zip(texts, self.encode_with_starts(texts)):
+            if got[1].tolist() != self._reference_starts(hf, text):
+                self.offsets_exact = False
+                break
+
+    @staticmethod
+    def _reference_starts(hf, text: str) -> list[int]:
+        enc = hf.encode(text, add_special_tokens=True)
+        special = np.asarray(enc.special_tokens_mask, dtype=bool)
+        starts = np.asarray([s for s, _ in enc.offsets], dtype=np.int64)
+        if special.any():
+            first_text = int(np.argmin(special)) if not special.all() else len(starts)
+            idx = np.nonzero(special)[0]
+            starts[idx] = np.where(idx < first_text, -1, len(text))
+        return starts.tolist()
+
+    def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
+        self._since_refresh += sum(map(len, texts))
+        if self._since_refresh > self.refresh_bytes:  # drop the unbounded pretoken cache
+            self._tok, self._since_refresh = self._load(), 0
+        layout = self._tok.encode_batch(list(texts)).layout
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        flat = np.asarray(layout.content.data)
+        return flat[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids (int64, post-processor tokens included) in one array, and each text's length."""
+        flat, offsets = self._batch(texts)
+        lengths = np.diff(offsets)
+        empty = [i for i, t in enumerate(texts) if not t]
+        if not (self._prefix or self._suffix or (empty and self._empty.ids)):
+            return flat.astype(np.int64), lengths
+        parts = []
+        for i, t in enumerate(texts):  # rare: tokenizers that add BOS/EOS around every document
+            body = self._empty.ids if not t else [*self._prefix, *flat[offsets[i]:offsets[i + 1]], *self._suffix]
+            parts.append(np.asarray(body, dtype=np.int64))
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), lengths
+
+    def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        flat, lengths = self.encode_flat(texts)
+        return np.split(flat, np.cumsum(lengths)[:-1]) if len(texts) else []
+
+    def encode_with_starts(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, character offset where each token starts), as ``TextTokenizer.encode_batch`` defines them."""
+        flat, offsets = self._batch(texts)
+        out = []
+        for i, text in enumerate(texts):
+            if not text:
+                ids = np.asarray(self._empty.ids, dtype=np.int64)
+                out.append((ids, np.full(len(ids), -1, dtype=np.int64)))
+                continue
+            ids = flat[offsets[i]:offsets[i + 1]].astype(np.int64)
+            starts = self._starts(text, ids)
+            ids = np.concatenate([np.asarray(self._prefix, np.int64), ids, np.asarray(self._suffix, np.int64)])
+            starts = np.concatenate([np.full(len(self._prefix), -1, np.int64), starts,
+                                     np.full(len(self._suffix), len(text), np.int64)])
+            out.append((ids, starts))
+        return out
+
+    def _starts(self, text: str, ids: np.ndarray) -> np.ndarray:
+        lens = self._byte_len[ids]
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        if self._trim is not None:
+            lead = self._lead[ids]
+            if self._trim and len(lead):  # add_prefix_space keeps one leading space of the first token
+                first = (starts == 0) & (lead == 1)
+                first[0] |= lead[0] == 1
+                lead = np.where(first, 0, lead)
+            starts = np.minimum(starts + lead, ends)
+        if text.isascii():
+            return starts
+        raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        char_of_byte = np.append(np.cumsum((raw & 0xC0) != 0x80) - 1, len(text))
+        return char_of_byte[starts]
