@@ -12,11 +12,14 @@ One document in, at most one token sequence out (plus a role sequence for ``srp`
 
 Injection guard (on by default, every variant): occurrences of the reflection tags in source text
 are neutralized (``ReflectionFormat.neutralize``) and special-token strings are encoded as text,
-so only inserted reflections can ever look like one.
+so only inserted reflections can ever look like one. ``ChunkOutput.guard_changed`` counts the
+documents where it did something (a tag or a special-token string in the text): the only documents
+whose tokens differ from Megatron-LM's.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
@@ -67,6 +70,24 @@ class DocOutput:
     segments_rewritten: int = 0
 
 
+@dataclass
+class PlainBatch:
+    """plain: a chunk's documents per json key as one flat id array and each document's length."""
+
+    flats: list
+    lengths: list
+
+
+@dataclass
+class ChunkOutput:
+    """What one chunk of documents became: a ``PlainBatch`` (plain) or one ``DocOutput`` per document."""
+
+    plain: Optional[PlainBatch] = None
+    docs: Optional[list] = None
+    guard_changed: int = 0
+    """Documents the injection guard changed (a reflection tag or a special-token string in the text)."""
+
+
 def shift_spans(spans: Sequence[tuple[int, int]], points: Sequence[int]) -> list[tuple[int, int]]:
     """Spans after inserting one character at each point (sorted) of the original text."""
     if not points:
@@ -78,21 +99,32 @@ def shift_spans(spans: Sequence[tuple[int, int]], points: Sequence[int]) -> list
 class DocumentEncoder:
     """Turns ``DocInput`` into ``DocOutput``; one per worker process."""
 
-    def __init__(self, tokenizer_model: str, settings: MaterializeSettings):
+    def __init__(self, tokenizer_model: str, settings: MaterializeSettings, backend: str = "auto"):
         self.settings = settings
-        self.tok = TextTokenizer(tokenizer_model, guard_special_tokens=settings.injection_guard)
+        self.tok = TextTokenizer(tokenizer_model, guard_special_tokens=settings.injection_guard, backend=backend)
         self._reflection_ids: dict[Verdict, np.ndarray] = {}
+        fmt = settings.reflection
+        # One scan finds the documents the guard touches (most have neither a tag nor a special string).
+        needles = sorted({fmt.open_tag, fmt.close_tag, *self.tok.special_strings}, key=len, reverse=True)
+        self._guard_scan = re.compile("|".join(map(re.escape, needles)))
 
     def reflection_ids(self, verdict: Verdict) -> np.ndarray:
         if verdict not in self._reflection_ids:
             self._reflection_ids[verdict] = self.tok.encode_control(self.settings.reflection.render(verdict))
         return self._reflection_ids[verdict]
 
-    def _guard(self, text: str) -> tuple[str, list[int]]:
-        if not self.settings.injection_guard:
-            return text, []
+    def _guard(self, text: str) -> tuple[str, list[int], bool]:
+        """(text as tokenized, offsets where U+200B went in, whether the guard changed the document)."""
+        if not self.settings.injection_guard or self._guard_scan.search(text) is None:
+            return text, [], False
         points = self.settings.reflection.neutralize_points(text)
-        return (self.settings.reflection.neutralize(text) if points else text), points
+        return (self.settings.reflection.neutralize(text) if points else text), points, True
+
+    def _guard_all(self, texts) -> tuple[list[str], list[list[int]], np.ndarray]:
+        """Guarded texts, their U+200B offsets, and which documents the guard changed."""
+        guarded = [self._guard(t) for t in texts]
+        changed = np.fromiter((g[2] for g in guarded), dtype=bool, count=len(guarded))
+        return [g[0] for g in guarded], [g[1] for g in guarded], changed
 
     def _finish(self, ids: np.ndarray) -> np.ndarray:
         if self.settings.append_eod and len(ids):
@@ -102,7 +134,7 @@ class DocumentEncoder:
     def _flagged(self, verdict: Verdict) -> bool:
         return verdict.label in self.settings.flagged_labels
 
-    def encode(self, docs: Sequence[DocInput]) -> list[DocOutput]:
+    def encode(self, docs: Sequence[DocInput]) -> ChunkOutput:
         variant = self.settings.variant
         if variant == "plain":
             return self._plain(docs)
@@ -110,16 +142,26 @@ class DocumentEncoder:
             return self._srp(docs)
         return self._edited(docs)
 
-    def _plain(self, docs):
+    def _plain(self, docs) -> ChunkOutput:
         keys = len(docs[0].texts) if docs else 0
-        per_key = [self.tok.encode_ids([self._guard(d.texts[k])[0] for d in docs]) for k in range(keys)]
-        return [DocOutput([self._finish(per_key[k][i]) for k in range(keys)]) for i in range(len(docs))]
+        flats, lengths, changed = [], [], np.zeros(len(docs), dtype=bool)
+        for k in range(keys):
+            texts, _, changed_k = self._guard_all([d.texts[k] for d in docs])
+            changed |= changed_k
+            flat, lens = self.tok.encode_flat(texts)
+            if self.settings.append_eod:  # the end of document after every non-empty one, in one pass
+                ends = np.cumsum(lens)[lens > 0]
+                flat = np.insert(flat, ends, self.tok.eod)
+                lens = lens + (lens > 0)
+            flats.append(flat)
+            lengths.append(lens)
+        return ChunkOutput(plain=PlainBatch(flats, lengths), guard_changed=int(changed.sum()))
 
-    def _srp(self, docs):
-        guarded = [self._guard(d.texts[0]) for d in docs]
-        encoded = self.tok.encode_batch([g[0] for g in guarded])
+    def _srp(self, docs) -> ChunkOutput:
+        texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
+        encoded = self.tok.encode_batch(texts)
         out = []
-        for doc, (text, points), enc in zip(docs, guarded, encoded):
+        for doc, points, enc in zip(docs, all_points, encoded):
             spans = shift_spans(doc.spans, points)
             if len(enc.ids) == 0:  # empty document: nothing to reflect on
                 out.append(DocOutput([self._finish(enc.ids)], np.zeros(0, dtype=np.uint8)))
@@ -143,7 +185,7 @@ class DocumentEncoder:
             if len(role) < len(ids):
                 role = np.append(role, np.uint8(ROLE_TEXT))  # the end-of-document token
             out.append(DocOutput([ids], role, reflection_tokens=n_refl))
-        return out
+        return ChunkOutput(docs=out, guard_changed=int(changed.sum()))
 
     def _edited(self, docs):
         """filter and rewrite: build the new text, then tokenize it like plain."""
@@ -170,8 +212,9 @@ class DocumentEncoder:
             new_text = "".join(pieces)
             texts.append(new_text)
             results.append(DocOutput([], segments_dropped=dropped, segments_rewritten=rewritten))
-        ids = iter(self.tok.encode_ids([self._guard(t)[0] for t in texts]))
+        guarded, _, changed = self._guard_all(texts)
+        ids = iter(self.tok.encode_ids(guarded))
         for r in results:
             if r.tokens == []:
                 r.tokens = [self._finish(next(ids))]
-        return results
+        return ChunkOutput(docs=results, guard_changed=int(changed.sum()))
