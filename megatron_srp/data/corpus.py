@@ -104,6 +104,18 @@ def input_size(path: str) -> int:
     return os.path.getsize(path)
 
 
+def _lines(f, block: int = 16 << 20) -> Iterator[bytes]:
+    """The lines of a binary file without their newline, read in large blocks (iterating the file
+    object line by line costs more than parsing the JSON on long documents)."""
+    rest = b""
+    while chunk := f.read(block):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
 def _raw_rows(path: str, stats: ReadStats) -> Iterator[tuple[int, object]]:
     """(line, parsed row or exception) for each non-blank row of a file; advances ``stats.position``."""
     if path.endswith(".parquet"):
@@ -119,8 +131,8 @@ def _raw_rows(path: str, stats: ReadStats) -> Iterator[tuple[int, object]]:
         return
     gz = path.endswith(".gz")
     with (gzip.open if gz else open)(path, "rb") as f:
-        for line, raw in enumerate(f, start=1):
-            stats.position = f.fileobj.tell() if gz else stats.position + len(raw)
+        for line, raw in enumerate(_lines(f), start=1):
+            stats.position = f.fileobj.tell() if gz else stats.position + len(raw) + 1
             if not raw.strip():
                 continue
             try:

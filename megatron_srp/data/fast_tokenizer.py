@@ -20,7 +20,6 @@ gigatoken tokenizer after every ``refresh_bytes`` of text, so memory stays flat 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Optional, Sequence
@@ -79,7 +78,7 @@ class FastEncoder:
         for key in ("truncation", "padding"):
             if cfg.get(key):
                 raise FastPathUnavailable(f"tokenizer.json sets {key}")
-        gt_cfg = copy.deepcopy(cfg)
+        gt_cfg = dict(cfg)  # shallow: only top-level keys are replaced
         gt_cfg["post_processor"] = None  # its tokens are added here
         if guard_special_tokens:
             gt_cfg["added_tokens"] = [t for t in cfg.get("added_tokens", []) if not t.get("special")]
