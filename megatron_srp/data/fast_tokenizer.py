@@ -13,6 +13,11 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
   the ByteLevel post-processor's ``trim_offsets`` rule applied, mapped from bytes to characters.
 - On load, a probe set (unicode, whitespace runs, special-token strings, tags, digits) is encoded
   both ways; any difference in ids or offsets and the caller falls back to ``tokenizers``.
+- The two libraries classify characters (letter, number, space: the pretokenizer's regex) by
+  different Unicode versions: gigatoken's is newer than tokenizers' Oniguruma. A document with a
+  character this Python's Unicode tables call unassigned (U+16EBB, assigned in Unicode 17, is a
+  letter to gigatoken and punctuation to tokenizers 0.23) is encoded by ``tokenizers`` instead;
+  all other characters carry the same class in both.
 
 gigatoken 0.10.0 caches pretokens without a bound (its issue 36): ``FastEncoder`` builds a fresh
 gigatoken tokenizer after every ``refresh_bytes`` of text, so memory stays flat as a corpus grows.
@@ -22,6 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import unicodedata
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,8 +38,23 @@ PROBES = (
     "Hello world", "  leading and trailing  ", "a\n\nb\tc\r\nd", "héllo wörld, naïve café", "日本語のテキスト",
     "emoji 🙂🙂 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "numbers 12345 3.14159 1,000,000", "x  <|endoftext|>  y", "<s>[INST]</s>",
     "a<think> Unsafe, Violent </think>b", "   ", "def f(x):\n    return x ** 2  # note\n", "ÿ\u200b\xa0\u2028z",
-    "don't it's we'll THEY'RE", "tab\there", "a" * 300,
+    "don't it's we'll THEY'RE", "tab\there", "a" * 300, '    None,\n    "\U00016ebb",',
 )
+
+
+@lru_cache(maxsize=1)
+def unassigned_pattern() -> re.Pattern:
+    """Characters this Python's Unicode tables leave unassigned (planes 4-13 are all unassigned)."""
+    ranges, start = [], None
+    for c in [*range(0x40000), *range(0xE0000, 0xE1000)]:
+        if unicodedata.category(chr(c)) == "Cn":
+            start = c if start is None else start
+            continue
+        if start is not None:
+            ranges.append((start, c - 1))
+            start = None
+    ranges.append((0x40000, 0xDFFFF))
+    return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]")
 
 
 class FastPathUnavailable(Exception):
@@ -100,6 +123,9 @@ class FastEncoder:
             for i in range(vocab_size):
                 tok = hf.id_to_token(i)
                 self._lead[i] = _leading_spaces(tok) if tok else 0
+        self._unassigned = unassigned_pattern()
+        self.reference_documents = 0
+        """Documents encoded by ``tokenizers`` for a character the libraries may classify differently."""
         self.offsets_exact = True
         self._check(hf)
 
@@ -149,8 +175,17 @@ class FastEncoder:
             self._tok, self._since_refresh = self._load(), 0
         layout = self._tok.encode_batch(list(texts)).layout
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-        flat = np.asarray(layout.content.data)
-        return flat[offsets[0]:offsets[-1]], offsets - offsets[0]
+        flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
+        offsets = offsets - offsets[0]
+        unsure = [i for i, t in enumerate(texts) if not t.isascii() and self._unassigned.search(t)]
+        if not unsure:
+            return flat, offsets
+        self.reference_documents += len(unsure)
+        parts = np.split(flat, offsets[1:-1]) if len(texts) > 1 else [flat]
+        for i in unsure:
+            parts[i] = np.asarray(self._hf.encode(texts[i], add_special_tokens=False).ids, dtype=flat.dtype)
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All texts' ids (int64, post-processor tokens included) in one array, and each text's length."""
@@ -169,6 +204,41 @@ class FastEncoder:
     def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         flat, lengths = self.encode_flat(texts)
         return np.split(flat, np.cumsum(lengths)[:-1]) if len(texts) else []
+
+    def encode_flat_with_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_with_starts`` as flat arrays: ids, each token's start in its text, each text's length."""
+        if self._prefix or self._suffix or self._empty.ids:
+            pairs = self.encode_with_starts(texts)
+            lengths = np.fromiter((len(i) for i, _ in pairs), dtype=np.int64, count=len(pairs))
+            if not pairs:
+                return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
+            return np.concatenate([i for i, _ in pairs]), np.concatenate([s for _, s in pairs]), lengths
+        flat, offsets = self._batch(texts)
+        ids = flat.astype(np.int64)
+        lengths = np.diff(offsets)
+        nbytes = self._byte_len[ids]
+        ends = np.cumsum(nbytes)
+        doc_start_byte = np.repeat(np.concatenate([[0], ends])[offsets[:-1]], lengths)
+        starts = ends - nbytes - doc_start_byte
+        ends -= doc_start_byte
+        if self._trim is not None:
+            lead = self._lead[ids]
+            if self._trim and len(lead):
+                first = (starts == 0) & (lead == 1)
+                first[offsets[:-1][lengths > 0]] |= lead[offsets[:-1][lengths > 0]] == 1
+                lead = np.where(first, 0, lead)
+            starts = np.minimum(starts + lead, ends)
+        for i, text in enumerate(texts):
+            if not text.isascii():
+                a, b = offsets[i], offsets[i + 1]
+                starts[a:b] = self._byte_to_char(text)[starts[a:b]]
+        return ids, starts, lengths
+
+    @staticmethod
+    def _byte_to_char(text: str) -> np.ndarray:
+        """Character index of every byte of the text's UTF-8, plus len(text) for the end."""
+        raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        return np.append(np.cumsum((raw & 0xC0) != 0x80) - 1, len(text))
 
     def encode_with_starts(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(ids, character offset where each token starts), as ``TextTokenizer.encode_batch`` defines them."""
@@ -198,8 +268,4 @@ class FastEncoder:
                 first[0] |= lead[0] == 1
                 lead = np.where(first, 0, lead)
             starts = np.minimum(starts + lead, ends)
-        if text.isascii():
-            return starts
-        raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-        char_of_byte = np.append(np.cumsum((raw & 0xC0) != 0x80) - 1, len(text))
-        return char_of_byte[starts]
+        return starts if text.isascii() else self._byte_to_char(text)[starts]

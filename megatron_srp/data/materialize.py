@@ -76,6 +76,8 @@ class PlainBatch:
 
     flats: list
     lengths: list
+    roles: Optional[np.ndarray] = None
+    """srp: the role of every token of ``flats[0]``."""
 
 
 @dataclass
@@ -84,6 +86,7 @@ class ChunkOutput:
 
     plain: Optional[PlainBatch] = None
     docs: Optional[list] = None
+    reflection_tokens: int = 0
     guard_changed: int = 0
     """Documents the injection guard changed (a reflection tag or a special-token string in the text)."""
 
@@ -158,34 +161,39 @@ class DocumentEncoder:
         return ChunkOutput(plain=PlainBatch(flats, lengths), guard_changed=int(changed.sum()))
 
     def _srp(self, docs) -> ChunkOutput:
+        """The chunk's tokens in one array; every reflection inserted with one searchsorted and one insert."""
         texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
-        encoded = self.tok.encode_batch(texts)
-        out = []
-        for doc, points, enc in zip(docs, all_points, encoded):
-            spans = shift_spans(doc.spans, points)
-            if len(enc.ids) == 0:  # empty document: nothing to reflect on
-                out.append(DocOutput([self._finish(enc.ids)], np.zeros(0, dtype=np.uint8)))
+        ids, starts, lengths = self.tok.encode_flat_with_starts(texts)
+        # Token starts made increasing across documents: document i's offsets are shifted by base[i],
+        # which leaves room for its leading (-1) and trailing (len(text)) special tokens.
+        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 2
+        base = np.cumsum(sizes) - sizes + 1
+        gstarts = starts + np.repeat(base, lengths)
+        seg_ends, seg_doc, refl = [], [], []
+        for i, (doc, points) in enumerate(zip(docs, all_points)):
+            if lengths[i] == 0:  # empty document: nothing to reflect on
                 continue
-            # A reflection goes before the first token that starts at or after its segment's end.
-            ends = np.searchsorted(enc.starts, [b for _, b in spans], side="left")
-            pieces, roles, pos, n_refl = [], [], 0, 0
-            for cut, verdict in zip(ends, doc.verdicts):
-                cut = int(cut)
-                pieces.append(enc.ids[pos:cut])
-                roles.append(np.full(cut - pos, ROLE_TEXT, dtype=np.uint8))
-                r = self.reflection_ids(verdict)
-                pieces.append(r)
-                roles.append(np.full(len(r), ROLE_REFLECTION, dtype=np.uint8))
-                n_refl += len(r)
-                pos = cut
-            pieces.append(enc.ids[pos:])
-            roles.append(np.full(len(enc.ids) - pos, ROLE_TEXT, dtype=np.uint8))
-            ids = self._finish(np.concatenate(pieces))
-            role = np.concatenate(roles)
-            if len(role) < len(ids):
-                role = np.append(role, np.uint8(ROLE_TEXT))  # the end-of-document token
-            out.append(DocOutput([ids], role, reflection_tokens=n_refl))
-        return ChunkOutput(docs=out, guard_changed=int(changed.sum()))
+            b0 = int(base[i])
+            seg_ends.extend(b + b0 for _, b in shift_spans(doc.spans, points))
+            seg_doc.extend([i] * len(doc.verdicts))
+            refl.extend(self.reflection_ids(v) for v in doc.verdicts)
+        # A reflection goes before the first token that starts at or after its segment's end.
+        cuts = np.searchsorted(gstarts, np.asarray(seg_ends, dtype=np.int64), side="left")
+        refl_len = np.fromiter(map(len, refl), dtype=np.int64, count=len(refl))
+        at = np.repeat(cuts, refl_len)
+        out = np.insert(ids, at, np.concatenate(refl) if refl else np.zeros(0, np.int64))
+        roles = np.full(len(out), ROLE_TEXT, dtype=np.uint8)
+        roles[at + np.arange(len(at))] = ROLE_REFLECTION
+        # (an insert at a document's end lands before the next one's first token, so it ends this document)
+        added = np.bincount(np.asarray(seg_doc, dtype=np.int64), weights=refl_len, minlength=len(docs))
+        lengths = lengths + added.astype(np.int64)
+        if self.settings.append_eod:
+            ends = np.cumsum(lengths)[lengths > 0]
+            out = np.insert(out, ends, self.tok.eod)
+            roles = np.insert(roles, ends, np.uint8(ROLE_TEXT))
+            lengths = lengths + (lengths > 0)
+        return ChunkOutput(plain=PlainBatch([out], [lengths], roles), guard_changed=int(changed.sum()),
+                           reflection_tokens=int(refl_len.sum()))
 
     def _edited(self, docs):
         """filter and rewrite: build the new text, then tokenize it like plain."""

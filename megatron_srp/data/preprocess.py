@@ -159,6 +159,8 @@ class Writer:
     def add_batch(self, batch) -> None:
         for builder, flat, lengths in zip(self.builders, batch.flats, batch.lengths):
             builder.add_documents(flat, lengths)
+        if self.roles is not None:
+            self.roles.add_documents(batch.roles, batch.lengths[0])
 
     def add(self, out) -> None:
         for builder, ids in zip(self.builders, out.tokens):
@@ -274,6 +276,7 @@ def _write(results, writer, stats, advance) -> None:
             stats.documents_written += len(lengths)
             stats.empty_documents += int(np.sum(lengths == 0))
             stats.tokens += int(np.sum(lengths))
+            stats.reflection_tokens += res.reflection_tokens
             advance()
             continue
         for out in res.docs:

@@ -119,6 +119,16 @@ class TextTokenizer:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), lengths
 
+    def encode_flat_with_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_batch`` as flat arrays: all ids, each token's start in its own text, each text's length."""
+        if self._fast is not None and self._fast.offsets_exact:
+            return self._fast.encode_flat_with_starts(texts)
+        encs = self.encode_batch(texts)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        if not encs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
+        return np.concatenate([e.ids for e in encs]), np.concatenate([e.starts for e in encs]), lengths
+
     def encode_control(self, text: str) -> np.ndarray:
         """Ids of text we insert ourselves (a reflection): registered special tokens map to their ids."""
         return np.asarray(self._control.encode(text, add_special_tokens=False).ids, dtype=np.int64)
