@@ -20,7 +20,9 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
   all other characters carry the same class in both.
 
 gigatoken 0.10.0 caches pretokens without a bound (its issue 36): ``FastEncoder`` builds a fresh
-gigatoken tokenizer after every ``refresh_bytes`` of text, so memory stays flat as a corpus grows.
+gigatoken tokenizer after every ``refresh_bytes`` of text (256 MB; ``SRP_GIGATOKEN_REFRESH_MB``
+changes it, 0 never refreshes: bench/preprocess_rss.py compares), so memory stays flat as a corpus
+grows.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def _trim_rule(post_processor: Optional[dict]) -> Optional[bool]:
 class FastEncoder:
     """Ids (and token start offsets) of ``hf`` (a ``tokenizers.Tokenizer`` set up as the caller uses it)."""
 
-    def __init__(self, path: str, hf, guard_special_tokens: bool, refresh_bytes: int = 256 << 20):
+    def __init__(self, path: str, hf, guard_special_tokens: bool, refresh_bytes: Optional[int] = None):
         self._gt = _gigatoken()
         with open(os.path.join(path, "tokenizer.json"), "rb") as f:
             cfg = json.loads(f.read())
@@ -107,6 +109,8 @@ class FastEncoder:
             gt_cfg["added_tokens"] = [t for t in cfg.get("added_tokens", []) if not t.get("special")]
         self._json = json.dumps(gt_cfg)
         self._hf = hf
+        if refresh_bytes is None:
+            refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 256)) * (1 << 20))
         self.refresh_bytes = refresh_bytes
         self._since_refresh = 0
         self._tok = self._load()
@@ -171,7 +175,7 @@ class FastEncoder:
     def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
         self._since_refresh += sum(map(len, texts))
-        if self._since_refresh > self.refresh_bytes:  # drop the unbounded pretoken cache
+        if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
             self._tok, self._since_refresh = self._load(), 0
         layout = self._tok.encode_batch(list(texts)).layout
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
