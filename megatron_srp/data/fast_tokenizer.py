@@ -45,18 +45,37 @@ PROBES = (
 
 
 @lru_cache(maxsize=1)
-def unassigned_pattern() -> re.Pattern:
-    """Characters this Python's Unicode tables leave unassigned (planes 4-13 are all unassigned)."""
-    ranges, start = [], None
-    for c in [*range(0x40000), *range(0xE0000, 0xE1000)]:
+def unassigned_table() -> np.ndarray:
+    """Per code point: unassigned in this Python's Unicode tables (planes 4-13 are all unassigned)."""
+    table = np.zeros(0x110000, dtype=bool)
+    for c in [*range(0x100, 0x40000), *range(0xE0000, 0xE1000)]:  # U+0000-U+00FF are all assigned
         if unicodedata.category(chr(c)) == "Cn":
-            start = c if start is None else start
-            continue
-        if start is not None:
-            ranges.append((start, c - 1))
-            start = None
-    ranges.append((0x40000, 0xDFFFF))
-    return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]")
+            table[c] = True
+    table[0x40000:0xE0000] = True
+    return table
+
+
+@lru_cache(maxsize=1)
+def suspect_pattern() -> re.Pattern:
+    """Unassigned BMP characters, or any character beyond the BMP (then the table decides)."""
+    bmp = np.nonzero(unassigned_table()[:0x10000])[0]
+    starts, ends = bmp[np.r_[True, np.diff(bmp) > 1]], bmp[np.r_[np.diff(bmp) > 1, True]]
+    ranges = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in zip(starts, ends))
+    # one range for the astral planes: a long list of them makes ``re`` test every character against each
+    return re.compile(f"[{ranges}\U00010000-\U0010ffff]")
+
+
+def has_unassigned(text: str) -> bool:
+    """Whether ``text`` has a character this Python's Unicode tables leave unassigned."""
+    if text.isascii():
+        return False
+    m = suspect_pattern().search(text)
+    if m is None:
+        return False
+    if ord(m.group()) < 0x10000:
+        return True
+    rest = np.frombuffer(text[m.start():].encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return bool(unassigned_table()[rest].any())
 
 
 class FastPathUnavailable(Exception):
@@ -127,7 +146,7 @@ class FastEncoder:
             for i in range(vocab_size):
                 tok = hf.id_to_token(i)
                 self._lead[i] = _leading_spaces(tok) if tok else 0
-        self._unassigned = unassigned_pattern()
+        suspect_pattern()  # built once per process (about 0.1 s), not during the first chunk
         self.reference_documents = 0
         """Documents encoded by ``tokenizers`` for a character the libraries may classify differently."""
         self.offsets_exact = True
@@ -181,7 +200,7 @@ class FastEncoder:
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
         flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
         offsets = offsets - offsets[0]
-        unsure = [i for i, t in enumerate(texts) if not t.isascii() and self._unassigned.search(t)]
+        unsure = [i for i, t in enumerate(texts) if has_unassigned(t)]
         if not unsure:
             return flat, offsets
         self.reference_documents += len(unsure)
