@@ -70,7 +70,8 @@ def main():
     ap.add_argument("--corpus", help="a folder with corpus.jsonl and tokenizer/ (bench/make_corpus.py, make_text_corpus.py)")
     ap.add_argument("--input", help="any jsonl with a text field (instead of --corpus)")
     ap.add_argument("--tokenizer-model", help="Hugging Face tokenizer folder (with --input)")
-    ap.add_argument("--megatron-lm", required=True, help="a Megatron-LM checkout (core_v0.16.1 runs on Python 3.11)")
+    ap.add_argument("--megatron-lm", help="a Megatron-LM checkout (core_v0.16.1 runs on Python 3.11)")
+    ap.add_argument("--skip-megatron-lm", action="store_true", help="only ours and the limit (ratios to the limit)")
     ap.add_argument("--megatron-lm-python", default=sys.executable, help="python that runs Megatron-LM's tool")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -88,6 +89,8 @@ def main():
     common = ["--input", corpus, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok,
               "--append-eod", "--workers", str(args.workers)]
     ours = [py, f"{ROOT}/tools/preprocess_data.py", *common, "--no-progress"]
+    if not args.skip_megatron_lm and not args.megatron_lm:
+        ap.error("give --megatron-lm CHECKOUT (or --skip-megatron-lm)")
     commands = {
         "megatron_lm_plain": ([args.megatron_lm_python, "tools/preprocess_data.py", *common, "--output-prefix",
                                f"{args.out}/mlm"], {**env, "PYTHONPATH": args.megatron_lm}, args.megatron_lm,
@@ -97,6 +100,8 @@ def main():
         "ours_plain_no_guard": ([*ours, "--no-injection-guard", "--output-prefix", f"{args.out}/raw"], env, ROOT,
                                 f"{args.out}/raw_text_document"),
     }
+    if args.skip_megatron_lm:
+        del commands["megatron_lm_plain"]
     if has_labels(corpus):
         ann = os.path.join(args.out, "annotations")
         if not os.path.exists(os.path.join(ann, "annotations.json")):
@@ -121,18 +126,20 @@ def main():
         guard_changed = json.load(f)["guard_changed_documents"]
     report = {"corpus": corpus, "corpus_mb": round(os.path.getsize(corpus) / 1e6, 1), "workers": args.workers,
               "rounds": args.rounds, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
-              "plain_no_guard_byte_identical": same_bytes(commands["megatron_lm_plain"][3],
-                                                          commands["ours_plain_no_guard"][3]),
-              "plain_default_byte_identical": same_bytes(commands["megatron_lm_plain"][3], commands["ours_plain"][3]),
               "guard_changed_documents": guard_changed, "runs": {}}
-    ref = lim = None
+    if not args.skip_megatron_lm:
+        mlm = commands["megatron_lm_plain"][3]
+        report["plain_no_guard_byte_identical"] = same_bytes(mlm, commands["ours_plain_no_guard"][3])
+        report["plain_default_byte_identical"] = same_bytes(mlm, commands["ours_plain"][3])
+    ref = None
     for name, (_, _, _, prefix) in commands.items():
         toks = tokens_of(prefix) if prefix else limit_tokens
         med = statistics.median(walls[name])
         tps = toks / med
         ref = ref or tps
         report["runs"][name] = {"tokens": toks, "walls_s": [round(w, 2) for w in walls[name]], "median_s": round(med, 2),
-                                "tokens_per_s": round(tps), "vs_megatron_lm": round(tps / ref, 2),
+                                "tokens_per_s": round(tps),
+                                "vs_megatron_lm": None if args.skip_megatron_lm else round(tps / ref, 2),
                                 "peak_rss_mib": round(rss[name])}
     lim = report["runs"]["limit_gigatoken_encode_files"]["tokens_per_s"]
     for run_ in report["runs"].values():
