@@ -11,11 +11,9 @@ FineWeb-Edu's); about 8% of documents carry a 'label' of unsafe (for the column 
 import argparse
 import json
 import os
-import sys
+from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 WORDS = ("the of and to a in is that for it as was with be by on not he this are or his from at which but have an "
          "they you were her she there been one all we their has would when if so no its more other what some time "
@@ -61,6 +59,23 @@ def make_docs(n_bytes: int, seed: int = 0):
         i += 1
 
 
+def train_bpe_tokenizer(out_dir: Path, texts, vocab_size: int = 8192) -> Path:
+    """A byte-level BPE trained offline on ``texts``, saved as a Hugging Face tokenizer directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    return out_dir
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -75,9 +90,6 @@ def main():
             f.write(json.dumps(doc) + "\n")
             if len(sample) < 3000:
                 sample.append(doc["text"])
-    from tests.fixtures import train_bpe_tokenizer
-    from pathlib import Path
-
     train_bpe_tokenizer(Path(args.out) / "tokenizer", sample, vocab_size=args.vocab)
     print(f"{path}: {os.path.getsize(path) / 1e6:.1f} MB; tokenizer in {args.out}/tokenizer")
 

@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""Preprocessing throughput, side by side with Megatron-LM's own tools/preprocess_data.py.
+"""Preprocessing throughput on any jsonl, beside Megatron-LM's own tools/preprocess_data.py and the limit.
 
-  python bench/make_corpus.py --out /tmp/bench_corpus --mb 100
+  python bench/make_text_corpus.py --out /tmp/text_corpus --mb 100    # real text (or bench/make_corpus.py)
   git clone --branch core_v0.16.1 --depth 1 https://github.com/NVIDIA/Megatron-LM /tmp/Megatron-LM
   # the peer's own venv: Megatron-LM's tool also imports six and triton (kept out of ours)
   python3.11 -m venv /tmp/mlm-venv && /tmp/mlm-venv/bin/pip install torch==2.13.0 megatron-core==0.16.1 \
       transformers tokenizers six triton numpy psutil
-  .venv/bin/python bench/preprocess.py --corpus /tmp/bench_corpus --megatron-lm /tmp/Megatron-LM \
+  .venv/bin/python bench/preprocess.py --corpus /tmp/text_corpus --megatron-lm /tmp/Megatron-LM \
       --megatron-lm-python /tmp/mlm-venv/bin/python --workers 2 --rounds 3
 
-Runs, alternately and one at a time: Megatron-LM plain, ours plain, ours srp (from annotations made
-once beforehand with the column backend, not timed). Each run is a fresh process; wall time includes
-start-up, as a user sees it. Reports tokens/s (median over rounds), the ratio to Megatron-LM, and
-peak RSS (largest process of the run's tree, from wait4). Checks that plain is byte-identical.
+``--corpus DIR`` is a folder with corpus.jsonl and tokenizer/; or give ``--input FILE.jsonl
+--tokenizer-model DIR``. Runs, alternately and one at a time: Megatron-LM plain, ours plain (default
+flags, injection guard on), ours plain ``--no-injection-guard``, ours srp (from annotations made once
+beforehand with the column backend, not timed; needs a ``label`` field, skipped without one), and
+the limit: gigatoken's ``encode_files`` reading the same jsonl itself (bench/gigatoken_limit.py; no
+guard, no end-of-document ids, nothing written). Each run is a fresh process; wall time includes
+start-up, as a user sees it. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to
+the limit, and peak RSS (largest process of the run's tree, from wait4). Checks byte identity of
+plain with Megatron-LM, with and without the guard, and counts the documents the guard changed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -32,71 +38,112 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(cmd, env, cwd):
     start = time.time()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.time() - start
-    err = proc.stderr.read().decode(errors="replace")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.time() - start
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return wall, usage.ru_maxrss / 1024  # MiB (ru_maxrss is KiB on Linux; max over waited-for children)
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, stdout  # MiB (ru_maxrss: KiB on Linux; max over waited-for children)
 
 
 def tokens_of(prefix):
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    sys.path.insert(0, ROOT)
+    from megatron_srp.data.indexed_writer import read_index
 
-    ds = IndexedDataset(prefix)  # keep it alive: its __del__ closes the mmap under sequence_lengths
-    return int(np.sum(ds.sequence_lengths))
+    return int(np.sum(read_index(f"{prefix}.idx")[0], dtype=np.int64))
+
+
+def has_labels(corpus: str) -> bool:
+    with open(corpus, "rb") as f:
+        return b'"label"' in f.readline()
+
+
+def same_bytes(a: str, b: str) -> bool:
+    return all(open(f"{a}{ext}", "rb").read() == open(f"{b}{ext}", "rb").read() for ext in (".bin", ".idx"))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", required=True, help="output of bench/make_corpus.py")
-    ap.add_argument("--megatron-lm", required=True, help="a Megatron-LM checkout (core_v0.16.1 runs on Python 3.11)")
+    ap.add_argument("--corpus", help="a folder with corpus.jsonl and tokenizer/ (bench/make_corpus.py, make_text_corpus.py)")
+    ap.add_argument("--input", help="any jsonl with a text field (instead of --corpus)")
+    ap.add_argument("--tokenizer-model", help="Hugging Face tokenizer folder (with --input)")
+    ap.add_argument("--megatron-lm", help="a Megatron-LM checkout (core_v0.16.1 runs on Python 3.11)")
+    ap.add_argument("--skip-megatron-lm", action="store_true", help="only ours and the limit (ratios to the limit)")
     ap.add_argument("--megatron-lm-python", default=sys.executable, help="python that runs Megatron-LM's tool")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="/tmp/bench_preprocess")
     args = ap.parse_args()
+    if args.corpus:
+        corpus, tok = os.path.join(args.corpus, "corpus.jsonl"), os.path.join(args.corpus, "tokenizer")
+    elif args.input and args.tokenizer_model:
+        corpus, tok = args.input, args.tokenizer_model
+    else:
+        ap.error("give --corpus DIR, or --input FILE.jsonl and --tokenizer-model DIR")
     os.makedirs(args.out, exist_ok=True)
     py = sys.executable
-    corpus, tok = os.path.join(args.corpus, "corpus.jsonl"), os.path.join(args.corpus, "tokenizer")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAYON_NUM_THREADS": str(args.workers)}
     common = ["--input", corpus, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok,
               "--append-eod", "--workers", str(args.workers)]
-    ann = os.path.join(args.out, "annotations")
-    if not os.path.exists(os.path.join(ann, "annotations.json")):
-        print("annotating once (column backend, not timed) ...", file=sys.stderr)
-        subprocess.run([py, f"{ROOT}/tools/annotate.py", "--input", corpus, "--output", ann, "--tokenizer-model", tok,
-                        "--classifier", "column", "--no-progress"], env=env, check=True)
+    ours = [py, f"{ROOT}/tools/preprocess_data.py", *common, "--no-progress"]
+    if not args.skip_megatron_lm and not args.megatron_lm:
+        ap.error("give --megatron-lm CHECKOUT (or --skip-megatron-lm)")
     commands = {
-        "megatron_lm_plain": ([args.megatron_lm_python, "tools/preprocess_data.py", *common, "--output-prefix", f"{args.out}/mlm"],
-                              {**env, "PYTHONPATH": args.megatron_lm}, args.megatron_lm, f"{args.out}/mlm_text_document"),
-        "ours_plain": ([py, f"{ROOT}/tools/preprocess_data.py", *common, "--no-progress", "--output-prefix",
-                        f"{args.out}/plain"], env, ROOT, f"{args.out}/plain_text_document"),
-        "ours_srp": ([py, f"{ROOT}/tools/preprocess_data.py", *common, "--no-progress", "--annotations", ann,
-                      "--variant", "srp", "--output-prefix", f"{args.out}/srp"], env, ROOT, f"{args.out}/srp_text_document"),
+        "megatron_lm_plain": ([args.megatron_lm_python, "tools/preprocess_data.py", *common, "--output-prefix",
+                               f"{args.out}/mlm"], {**env, "PYTHONPATH": args.megatron_lm}, args.megatron_lm,
+                              f"{args.out}/mlm_text_document"),
+        "ours_plain": ([*ours, "--output-prefix", f"{args.out}/plain", "--stats", f"{args.out}/plain.stats.json"],
+                       env, ROOT, f"{args.out}/plain_text_document"),
+        "ours_plain_no_guard": ([*ours, "--no-injection-guard", "--output-prefix", f"{args.out}/raw"], env, ROOT,
+                                f"{args.out}/raw_text_document"),
     }
+    if args.skip_megatron_lm:
+        del commands["megatron_lm_plain"]
+    if has_labels(corpus):
+        ann = os.path.join(args.out, "annotations")
+        if not os.path.exists(os.path.join(ann, "annotations.json")):
+            print("annotating once (column backend, not timed) ...", file=sys.stderr)
+            subprocess.run([py, f"{ROOT}/tools/annotate.py", "--input", corpus, "--output", ann, "--tokenizer-model",
+                            tok, "--classifier", "column", "--no-progress"], env=env, check=True)
+        commands["ours_srp"] = ([*ours, "--annotations", ann, "--variant", "srp", "--output-prefix", f"{args.out}/srp"],
+                                env, ROOT, f"{args.out}/srp_text_document")
+    commands["limit_gigatoken_encode_files"] = ([py, f"{ROOT}/bench/gigatoken_limit.py", corpus, tok], env, ROOT, None)
     walls = {k: [] for k in commands}
     rss = {k: 0.0 for k in commands}
+    limit_tokens = None
     for r in range(args.rounds):
         for name, (cmd, e, cwd, _) in commands.items():
-            wall, peak = run(cmd, e, cwd)
+            wall, peak, out = run(cmd, e, cwd)
             walls[name].append(wall)
             rss[name] = max(rss[name], peak)
+            if name.startswith("limit"):
+                limit_tokens = json.loads(out)["tokens"]
             print(f"round {r + 1} {name}: {wall:.1f} s, peak RSS {peak:.0f} MiB", file=sys.stderr)
-    identical = all(open(f"{commands['megatron_lm_plain'][3]}{ext}", "rb").read() ==
-                    open(f"{commands['ours_plain'][3]}{ext}", "rb").read() for ext in (".bin", ".idx"))
+    with open(f"{args.out}/plain.stats.json") as f:
+        guard_changed = json.load(f)["guard_changed_documents"]
+    report = {"corpus": corpus, "corpus_mb": round(os.path.getsize(corpus) / 1e6, 1), "workers": args.workers,
+              "rounds": args.rounds, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+              "guard_changed_documents": guard_changed, "runs": {}}
+    if not args.skip_megatron_lm:
+        mlm = commands["megatron_lm_plain"][3]
+        report["plain_no_guard_byte_identical"] = same_bytes(mlm, commands["ours_plain_no_guard"][3])
+        report["plain_default_byte_identical"] = same_bytes(mlm, commands["ours_plain"][3])
     ref = None
-    report = {"corpus_mb": round(os.path.getsize(corpus) / 1e6, 1), "workers": args.workers, "rounds": args.rounds,
-              "plain_byte_identical": identical, "runs": {}}
     for name, (_, _, _, prefix) in commands.items():
-        toks = tokens_of(prefix)
+        toks = tokens_of(prefix) if prefix else limit_tokens
         med = statistics.median(walls[name])
         tps = toks / med
         ref = ref or tps
-        report["runs"][name] = {"tokens": toks, "median_s": round(med, 2), "min_s": round(min(walls[name]), 2),
-                                "max_s": round(max(walls[name]), 2), "tokens_per_s": round(tps),
-                                "vs_megatron_lm": round(tps / ref, 3), "peak_rss_mib": round(rss[name])}
+        report["runs"][name] = {"tokens": toks, "walls_s": [round(w, 2) for w in walls[name]], "median_s": round(med, 2),
+                                "tokens_per_s": round(tps),
+                                "vs_megatron_lm": None if args.skip_megatron_lm else round(tps / ref, 2),
+                                "peak_rss_mib": round(rss[name])}
+    lim = report["runs"]["limit_gigatoken_encode_files"]["tokens_per_s"]
+    for run_ in report["runs"].values():
+        run_["vs_limit"] = round(run_["tokens_per_s"] / lim, 3)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))

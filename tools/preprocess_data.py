@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Tokenize a corpus into Megatron indexed datasets (.bin/.idx): plain, or an SRP variant from annotations.
 
-Megatron-LM's flags work as in its tools/preprocess_data.py (``plain`` output is byte-identical):
+Megatron-LM's flags work as in its tools/preprocess_data.py:
 
   python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \\
       --tokenizer-type HuggingFaceTokenizer --tokenizer-model tokenizer/ --append-eod --workers 2
+
+``plain`` output is byte-identical to Megatron-LM's when no document contains a special-token
+string or a reflection tag, or with --no-injection-guard; --stats counts the documents the guard
+changed (guard_changed_documents).
 
 SRP and the baselines, from the sidecars of tools/annotate.py:
 

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from megatron_srp.data.classify import (Classifier, ClassifierError, ColumnClassifier, SegmentInput, VerdictCache,
                                         classify_cached)
 from megatron_srp.data.corpus import CorpusError, Document, ReadStats, read_documents, text_hash
-from megatron_srp.data.segment import Segmenter, hf_token_offsets, punkt_from_json
+if TYPE_CHECKING:
+    from megatron_srp.data.segment import Segmenter
 from megatron_srp.reflection import Verdict
 
 FORMAT_VERSION = 1
@@ -115,6 +116,9 @@ def _comparable(meta: dict) -> dict:
 
 
 def build_segmenter(settings: AnnotateSettings, backend_tokenizer) -> Segmenter:
+    # here, not at the top: NLTK takes seconds to import, and preprocessing reads sidecars without it
+    from megatron_srp.data.segment import Segmenter, hf_token_offsets, punkt_from_json
+
     splitter = None
     if settings.punkt != "untrained":
         with open(settings.punkt) as f:

@@ -48,6 +48,8 @@ class ReadStats:
     skipped: int = 0
     errors: dict = field(default_factory=dict)
     """error kind -> count (only with on_error=skip)."""
+    position: int = 0
+    """How far into the file reading is, in bytes of the file on disk (progress against ``input_size``)."""
 
     def count(self, kind: str) -> None:
         self.skipped += 1
@@ -97,20 +99,40 @@ def relative_names(paths: Sequence[str]) -> list[str]:
     return [os.path.relpath(os.path.abspath(p), root) for p in paths]
 
 
-def _raw_rows(path: str) -> Iterator[tuple[int, object]]:
-    """(line, parsed row or exception) for each non-blank row of a file."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
+def input_size(path: str) -> int:
+    """Bytes of a corpus file on disk: the unit of ``ReadStats.position`` (progress totals)."""
+    return os.path.getsize(path)
 
-        line = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+
+def _lines(f, block: int = 16 << 20) -> Iterator[bytes]:
+    """The lines of a binary file without their newline, read in large blocks (iterating the file
+    object line by line costs more than parsing the JSON on long documents)."""
+    rest = b""
+    while chunk := f.read(block):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _raw_rows(path: str, stats: ReadStats) -> Iterator[tuple[int, object]]:
+    """(line, parsed row or exception) for each non-blank row of a file; advances ``stats.position``."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq  # only for parquet inputs: pyarrow takes seconds to import
+
+        line, pf = 0, pq.ParquetFile(path)
+        size, rows = input_size(path), max(1, pf.metadata.num_rows)
+        for batch in pf.iter_batches(batch_size=1024):
             for row in batch.to_pylist():
                 line += 1
                 yield line, row
+            stats.position = size * line // rows
         return
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for line, raw in enumerate(f, start=1):
+    gz = path.endswith(".gz")
+    with (gzip.open if gz else open)(path, "rb") as f:
+        for line, raw in enumerate(_lines(f), start=1):
+            stats.position = f.fileobj.tell() if gz else stats.position + len(raw) + 1
             if not raw.strip():
                 continue
             try:
@@ -130,7 +152,7 @@ def read_documents(path: str, json_keys: Sequence[str] = ("text",), id_key: str 
     """Documents of one file, in order. Empty texts are documents too (they tokenize to nothing)."""
     stats = stats if stats is not None else ReadStats()
     stem = Path(path).name
-    for line, row in _raw_rows(path):
+    for line, row in _raw_rows(path, stats):
         problem, kind = None, None
         if isinstance(row, CorpusError):
             problem, kind = row, ("invalid_utf8" if "UTF-8" in str(row) else "malformed_json")

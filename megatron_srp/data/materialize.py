@@ -12,11 +12,14 @@ One document in, at most one token sequence out (plus a role sequence for ``srp`
 
 Injection guard (on by default, every variant): occurrences of the reflection tags in source text
 are neutralized (``ReflectionFormat.neutralize``) and special-token strings are encoded as text,
-so only inserted reflections can ever look like one.
+so only inserted reflections can ever look like one. ``ChunkOutput.guard_changed`` counts the
+documents where it did something (a tag or a special-token string in the text): the only documents
+whose tokens differ from Megatron-LM's.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
@@ -67,6 +70,27 @@ class DocOutput:
     segments_rewritten: int = 0
 
 
+@dataclass
+class PlainBatch:
+    """plain: a chunk's documents per json key as one flat id array and each document's length."""
+
+    flats: list
+    lengths: list
+    roles: Optional[np.ndarray] = None
+    """srp: the role of every token of ``flats[0]``."""
+
+
+@dataclass
+class ChunkOutput:
+    """What one chunk of documents became: a ``PlainBatch`` (plain) or one ``DocOutput`` per document."""
+
+    plain: Optional[PlainBatch] = None
+    docs: Optional[list] = None
+    reflection_tokens: int = 0
+    guard_changed: int = 0
+    """Documents the injection guard changed (a reflection tag or a special-token string in the text)."""
+
+
 def shift_spans(spans: Sequence[tuple[int, int]], points: Sequence[int]) -> list[tuple[int, int]]:
     """Spans after inserting one character at each point (sorted) of the original text."""
     if not points:
@@ -78,21 +102,32 @@ def shift_spans(spans: Sequence[tuple[int, int]], points: Sequence[int]) -> list
 class DocumentEncoder:
     """Turns ``DocInput`` into ``DocOutput``; one per worker process."""
 
-    def __init__(self, tokenizer_model: str, settings: MaterializeSettings):
+    def __init__(self, tokenizer_model: str, settings: MaterializeSettings, backend: str = "auto"):
         self.settings = settings
-        self.tok = TextTokenizer(tokenizer_model, guard_special_tokens=settings.injection_guard)
+        self.tok = TextTokenizer(tokenizer_model, guard_special_tokens=settings.injection_guard, backend=backend)
         self._reflection_ids: dict[Verdict, np.ndarray] = {}
+        fmt = settings.reflection
+        # One scan finds the documents the guard touches (most have neither a tag nor a special string).
+        needles = sorted({fmt.open_tag, fmt.close_tag, *self.tok.special_strings}, key=len, reverse=True)
+        self._guard_scan = re.compile("|".join(map(re.escape, needles)))
 
     def reflection_ids(self, verdict: Verdict) -> np.ndarray:
         if verdict not in self._reflection_ids:
             self._reflection_ids[verdict] = self.tok.encode_control(self.settings.reflection.render(verdict))
         return self._reflection_ids[verdict]
 
-    def _guard(self, text: str) -> tuple[str, list[int]]:
-        if not self.settings.injection_guard:
-            return text, []
+    def _guard(self, text: str) -> tuple[str, list[int], bool]:
+        """(text as tokenized, offsets where U+200B went in, whether the guard changed the document)."""
+        if not self.settings.injection_guard or self._guard_scan.search(text) is None:
+            return text, [], False
         points = self.settings.reflection.neutralize_points(text)
-        return (self.settings.reflection.neutralize(text) if points else text), points
+        return (self.settings.reflection.neutralize(text) if points else text), points, True
+
+    def _guard_all(self, texts) -> tuple[list[str], list[list[int]], np.ndarray]:
+        """Guarded texts, their U+200B offsets, and which documents the guard changed."""
+        guarded = [self._guard(t) for t in texts]
+        changed = np.fromiter((g[2] for g in guarded), dtype=bool, count=len(guarded))
+        return [g[0] for g in guarded], [g[1] for g in guarded], changed
 
     def _finish(self, ids: np.ndarray) -> np.ndarray:
         if self.settings.append_eod and len(ids):
@@ -102,7 +137,7 @@ class DocumentEncoder:
     def _flagged(self, verdict: Verdict) -> bool:
         return verdict.label in self.settings.flagged_labels
 
-    def encode(self, docs: Sequence[DocInput]) -> list[DocOutput]:
+    def encode(self, docs: Sequence[DocInput]) -> ChunkOutput:
         variant = self.settings.variant
         if variant == "plain":
             return self._plain(docs)
@@ -110,40 +145,55 @@ class DocumentEncoder:
             return self._srp(docs)
         return self._edited(docs)
 
-    def _plain(self, docs):
+    def _plain(self, docs) -> ChunkOutput:
         keys = len(docs[0].texts) if docs else 0
-        per_key = [self.tok.encode_ids([self._guard(d.texts[k])[0] for d in docs]) for k in range(keys)]
-        return [DocOutput([self._finish(per_key[k][i]) for k in range(keys)]) for i in range(len(docs))]
+        flats, lengths, changed = [], [], np.zeros(len(docs), dtype=bool)
+        for k in range(keys):
+            texts, _, changed_k = self._guard_all([d.texts[k] for d in docs])
+            changed |= changed_k
+            flat, lens = self.tok.encode_flat(texts)
+            if self.settings.append_eod:  # the end of document after every non-empty one, in one pass
+                ends = np.cumsum(lens)[lens > 0]
+                flat = np.insert(flat, ends, self.tok.eod)
+                lens = lens + (lens > 0)
+            flats.append(flat)
+            lengths.append(lens)
+        return ChunkOutput(plain=PlainBatch(flats, lengths), guard_changed=int(changed.sum()))
 
-    def _srp(self, docs):
-        guarded = [self._guard(d.texts[0]) for d in docs]
-        encoded = self.tok.encode_batch([g[0] for g in guarded])
-        out = []
-        for doc, (text, points), enc in zip(docs, guarded, encoded):
-            spans = shift_spans(doc.spans, points)
-            if len(enc.ids) == 0:  # empty document: nothing to reflect on
-                out.append(DocOutput([self._finish(enc.ids)], np.zeros(0, dtype=np.uint8)))
+    def _srp(self, docs) -> ChunkOutput:
+        """The chunk's tokens in one array; every reflection inserted with one searchsorted and one insert."""
+        texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
+        ids, starts, lengths = self.tok.encode_flat_with_starts(texts)
+        # Token starts made increasing across documents: document i's offsets are shifted by base[i],
+        # which leaves room for its leading (-1) and trailing (len(text)) special tokens.
+        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 2
+        base = np.cumsum(sizes) - sizes + 1
+        gstarts = starts + np.repeat(base, lengths)
+        seg_ends, seg_doc, refl = [], [], []
+        for i, (doc, points) in enumerate(zip(docs, all_points)):
+            if lengths[i] == 0:  # empty document: nothing to reflect on
                 continue
-            # A reflection goes before the first token that starts at or after its segment's end.
-            ends = np.searchsorted(enc.starts, [b for _, b in spans], side="left")
-            pieces, roles, pos, n_refl = [], [], 0, 0
-            for cut, verdict in zip(ends, doc.verdicts):
-                cut = int(cut)
-                pieces.append(enc.ids[pos:cut])
-                roles.append(np.full(cut - pos, ROLE_TEXT, dtype=np.uint8))
-                r = self.reflection_ids(verdict)
-                pieces.append(r)
-                roles.append(np.full(len(r), ROLE_REFLECTION, dtype=np.uint8))
-                n_refl += len(r)
-                pos = cut
-            pieces.append(enc.ids[pos:])
-            roles.append(np.full(len(enc.ids) - pos, ROLE_TEXT, dtype=np.uint8))
-            ids = self._finish(np.concatenate(pieces))
-            role = np.concatenate(roles)
-            if len(role) < len(ids):
-                role = np.append(role, np.uint8(ROLE_TEXT))  # the end-of-document token
-            out.append(DocOutput([ids], role, reflection_tokens=n_refl))
-        return out
+            b0 = int(base[i])
+            seg_ends.extend(b + b0 for _, b in shift_spans(doc.spans, points))
+            seg_doc.extend([i] * len(doc.verdicts))
+            refl.extend(self.reflection_ids(v) for v in doc.verdicts)
+        # A reflection goes before the first token that starts at or after its segment's end.
+        cuts = np.searchsorted(gstarts, np.asarray(seg_ends, dtype=np.int64), side="left")
+        refl_len = np.fromiter(map(len, refl), dtype=np.int64, count=len(refl))
+        at = np.repeat(cuts, refl_len)
+        out = np.insert(ids, at, np.concatenate(refl) if refl else np.zeros(0, np.int64))
+        roles = np.full(len(out), ROLE_TEXT, dtype=np.uint8)
+        roles[at + np.arange(len(at))] = ROLE_REFLECTION
+        # (an insert at a document's end lands before the next one's first token, so it ends this document)
+        added = np.bincount(np.asarray(seg_doc, dtype=np.int64), weights=refl_len, minlength=len(docs))
+        lengths = lengths + added.astype(np.int64)
+        if self.settings.append_eod:
+            ends = np.cumsum(lengths)[lengths > 0]
+            out = np.insert(out, ends, self.tok.eod)
+            roles = np.insert(roles, ends, np.uint8(ROLE_TEXT))
+            lengths = lengths + (lengths > 0)
+        return ChunkOutput(plain=PlainBatch([out], [lengths], roles), guard_changed=int(changed.sum()),
+                           reflection_tokens=int(refl_len.sum()))
 
     def _edited(self, docs):
         """filter and rewrite: build the new text, then tokenize it like plain."""
@@ -170,8 +220,9 @@ class DocumentEncoder:
             new_text = "".join(pieces)
             texts.append(new_text)
             results.append(DocOutput([], segments_dropped=dropped, segments_rewritten=rewritten))
-        ids = iter(self.tok.encode_ids([self._guard(t)[0] for t in texts]))
+        guarded, _, changed = self._guard_all(texts)
+        ids = iter(self.tok.encode_ids(guarded))
         for r in results:
             if r.tokens == []:
                 r.tokens = [self._finish(next(ids))]
-        return results
+        return ChunkOutput(docs=results, guard_changed=int(changed.sum()))

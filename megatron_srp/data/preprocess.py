@@ -1,9 +1,14 @@
 """Tokenize a corpus into Megatron indexed datasets (.bin/.idx): plain, or an SRP variant from annotations.
 
-Megatron-LM's flags work as in its tools/preprocess_data.py (``plain`` output is byte-identical):
+Megatron-LM's flags work as in its tools/preprocess_data.py:
 
   python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \\
       --tokenizer-type HuggingFaceTokenizer --tokenizer-model tokenizer/ --append-eod --workers 2
+
+``plain`` output is byte-identical to Megatron-LM's (same tokenizer and flags) when no document
+contains a special-token string (``<|endoftext|>``, ...) or a reflection tag, or with
+``--no-injection-guard``. Otherwise the guard encodes those strings as text and breaks the tags
+with U+200B, so exactly those documents differ; --stats counts them (guard_changed_documents).
 
 SRP and the baselines, from the sidecars of tools/annotate.py:
 
@@ -11,9 +16,11 @@ SRP and the baselines, from the sidecars of tools/annotate.py:
   ... --annotations annotations/ --variant filter --filter-granularity document
   ... --annotations annotations/ --variant rewrite --rewriter hf --rewriter-arg model=Qwen2.5-7B-Instruct
 
-Outputs appear only when complete (temporary names, then renames; the .idx comes last). Several
-input files are tokenized into per-file parts under PREFIX.parts/ (a rerun skips finished parts),
-then merged in input order.
+Document text is encoded by gigatoken when it is installed and gives tokenizers' ids on the
+tokenizer (checked at start; otherwise tokenizers, and the statistics say which). Outputs appear
+only when complete (temporary names, then renames; the .idx comes last). Several input files are
+tokenized into per-file parts under PREFIX.parts/ (a rerun skips finished parts), then merged in
+input order.
 """
 
 from __future__ import annotations
@@ -25,22 +32,25 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
-from megatron_srp.data import annotations as ann
 from megatron_srp.data.classify import (REWRITERS, ClassifierError, RewriteCache, SegmentInput, build_rewriter,
                                         parse_options)
+from megatron_srp.data.corpus import CorpusError, ReadStats, expand_inputs, input_size, read_documents, relative_names
 from megatron_srp.data.datatrove_steps import add_executor_args
-from megatron_srp.data.corpus import CorpusError, ReadStats, expand_inputs, read_documents, relative_names
-from megatron_srp.data.roles import roles_prefix
+from megatron_srp.data.indexed_writer import IndexedWriter, optimal_dtype
 from megatron_srp.data.materialize import VARIANTS, DocInput, DocumentEncoder, MaterializeSettings
-from megatron_srp.data.tokenizer import TextTokenizer, TokenizerError
+from megatron_srp.data.roles import roles_prefix
+from megatron_srp.data.tokenizer import BACKENDS, TokenizerError
 from megatron_srp.reflection import QWEN3GUARD_CATEGORIES, ReflectionFormat
+
+# Not imported here: torch and Megatron-Core (the .bin/.idx writer is ours, byte-identical), pyarrow
+# (annotations, parquet) and the rewriters; --help and the plain hot path start in well under a second.
 
 
 def get_args(argv=None):
@@ -50,7 +60,8 @@ def get_args(argv=None):
     g.add_argument("--output-prefix", required=True)
     g.add_argument("--tokenizer-type", default="HuggingFaceTokenizer", choices=["HuggingFaceTokenizer"])
     g.add_argument("--tokenizer-model", required=True, help="Hugging Face tokenizer directory (tokenizer.json)")
-    g.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    g.add_argument("--workers", type=int, default=1,
+                   help="CPU cores to tokenize with (gigatoken: threads; tokenizers: processes)")
     g.add_argument("--append-eod", action="store_true")
     g.add_argument("--json-keys", nargs="+", default=["text"])
     g.add_argument("--partitions", type=int, default=1,
@@ -68,13 +79,18 @@ def get_args(argv=None):
     s.add_argument("--reflection", action="append", default=[], metavar="KEY=VALUE",
                    help="reflection format option (open_tag, close_tag, safe_word, register_special_tokens, ...)")
     s.add_argument("--no-injection-guard", action="store_true",
-                   help="keep tags and special-token strings in source text as they are (as Megatron-LM does)")
+                   help="keep tags and special-token strings in source text as they are, as Megatron-LM does. "
+                        "With the guard (default) plain differs from Megatron-LM's bytes exactly in the documents "
+                        "that contain a special-token string or a reflection tag (--stats: guard_changed_documents)")
     b = p.add_argument_group("input checks and outputs")
     b.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     b.add_argument("--max-doc-chars", type=int, default=10_000_000)
     b.add_argument("--id-key", default="id")
     b.add_argument("--stats", help="write statistics (JSON) here")
-    b.add_argument("--chunk-docs", type=int, default=256, help="documents per worker task")
+    b.add_argument("--chunk-docs", type=int, default=4096, help="at most this many documents per encode call")
+    b.add_argument("--chunk-mb", type=float, default=8.0, help="at most this much text (MB) per encode call")
+    b.add_argument("--tokenizer-backend", choices=BACKENDS, default="auto",
+                   help="auto: gigatoken when installed and equal to tokenizers on this tokenizer, else tokenizers")
     b.add_argument("--keep-parts", action="store_true", help="keep PREFIX.parts/ after the merge")
     b.add_argument("--no-progress", action="store_true")
     add_executor_args(p)
@@ -91,6 +107,7 @@ class Stats:
     segments_dropped: int = 0
     segments_rewritten: int = 0
     tokens: int = 0
+    guard_changed_documents: int = 0
     reflection_tokens: int = 0
     labels: dict = field(default_factory=dict)
     categories: dict = field(default_factory=dict)
@@ -112,10 +129,10 @@ class Stats:
 _ENCODER = None
 
 
-def _init_worker(tokenizer_model, settings):
+def _init_worker(tokenizer_model, settings, backend):
     global _ENCODER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _ENCODER = DocumentEncoder(tokenizer_model, settings)
+    _ENCODER = DocumentEncoder(tokenizer_model, settings, backend)
 
 
 def _encode_chunk(chunk):
@@ -129,26 +146,32 @@ def output_prefixes(prefix: str, keys) -> list[str]:
 
 
 class Writer:
-    """IndexedDatasetBuilders on temporary names; ``commit`` renames them (each .idx last)."""
+    """IndexedWriters on temporary names; ``commit`` renames them (each .idx last)."""
 
     def __init__(self, prefixes: list[str], dtype, with_roles: bool):
         self.prefixes = prefixes
         self.tmp = [f"{p}.tmp-{os.getpid()}" for p in prefixes]
         for p in prefixes:
             os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-        self.builders = [IndexedDatasetBuilder(f"{t}.bin", dtype=dtype) for t in self.tmp]
-        self.roles = IndexedDatasetBuilder(f"{roles_prefix(self.tmp[0])}.bin", dtype=np.uint8) if with_roles else None
+        self.builders = [IndexedWriter(f"{t}.bin", dtype) for t in self.tmp]
+        self.roles = IndexedWriter(f"{roles_prefix(self.tmp[0])}.bin", np.uint8) if with_roles else None
+
+    def add_batch(self, batch) -> None:
+        for builder, flat, lengths in zip(self.builders, batch.flats, batch.lengths):
+            builder.add_documents(flat, lengths)
+        if self.roles is not None:
+            self.roles.add_documents(batch.roles, batch.lengths[0])
 
     def add(self, out) -> None:
         for builder, ids in zip(self.builders, out.tokens):
-            builder.add_document(torch.from_numpy(ids), [len(ids)] if len(ids) else [])
+            builder.add_documents(ids, [len(ids)])
         if self.roles is not None:
-            self.roles.add_document(torch.from_numpy(out.roles.astype(np.int64)), [len(out.roles)] if len(out.roles) else [])
+            self.roles.add_documents(out.roles, [len(out.roles)])
 
     def abort(self) -> None:
         """Remove the temporary files of an unfinished output."""
         for b in self.builders + ([self.roles] if self.roles is not None else []):
-            b.data_file.close()
+            b.close()
         for t in self.tmp:
             for path in (f"{t}.bin", f"{t}.idx", f"{roles_prefix(t)}.bin", f"{roles_prefix(t)}.idx"):
                 if os.path.exists(path):
@@ -167,10 +190,12 @@ class Writer:
 
 def _inputs_of(path, shard_name, args, settings, annotations_dir, rewriter, rewrite_cache, stats, read_stats):
     """Chunks of DocInput for one file (annotations matched and rewrites filled in)."""
-    sidecar = None
+    sidecar, limit = None, int(args.chunk_mb * 1e6)
     if settings.variant != "plain":
+        from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
+
         sidecar = ann.ShardAnnotations.read(ann.find_sidecar(annotations_dir, path, shard_name))
-    chunk = []
+    chunk, chars = [], 0
     docs = read_documents(path, args.json_keys, args.id_key, args.on_error, args.max_doc_chars, read_stats)
     for doc in docs:
         stats.documents_in += 1
@@ -183,9 +208,10 @@ def _inputs_of(path, shard_name, args, settings, annotations_dir, rewriter, rewr
                 for c in v.categories:
                     stats.categories[c] = stats.categories.get(c, 0) + 1
         chunk.append(item)
-        if len(chunk) == args.chunk_docs:
+        chars += sum(map(len, item.texts))
+        if len(chunk) == args.chunk_docs or chars >= limit:
             yield _fill_rewrites(chunk, settings, rewriter, rewrite_cache)
-            chunk = []
+            chunk, chars = [], 0
     if chunk:
         yield _fill_rewrites(chunk, settings, rewriter, rewrite_cache)
 
@@ -208,25 +234,52 @@ def _fill_rewrites(chunk, settings, rewriter, rewrite_cache):
     return chunk
 
 
-def _process(path, shard_name, prefixes, args, settings, annotations_dir, rewriter, rewrite_cache, pool, encoder,
-             bar, dtype) -> Stats:
+def _process(path, shard_name, prefixes, job, pool, progress) -> Stats:
+    args, settings = job.args, job.settings
     stats, read_stats = Stats(), ReadStats()
-    writer = Writer(prefixes, dtype, with_roles=settings.variant == "srp")
-    chunks = _inputs_of(path, shard_name, args, settings, annotations_dir, rewriter, rewrite_cache, stats, read_stats)
-    results = pool.imap(_encode_chunk, chunks) if pool is not None else map(encoder.encode, chunks)
+    writer = Writer(prefixes, job.dtype, with_roles=settings.variant == "srp")
+    chunks = _inputs_of(path, shard_name, args, settings, args.annotations, job.rewriter, job.rewrite_cache, stats,
+                        read_stats)
     try:
-        _write(results, writer, stats, bar)
+        if pool is not None:
+            results = pool.imap(_encode_chunk, chunks)
+        else:
+            results = _overlapped(job.encoder.encode, chunks)
+        _write(results, writer, stats, lambda: progress.advance(read_stats.position))
     except BaseException:
         writer.abort()
         raise
     writer.commit()
+    progress.file_done(path)
     stats.skipped_rows, stats.row_errors = read_stats.skipped, dict(read_stats.errors)
     return stats
 
 
-def _write(results, writer, stats, bar) -> None:
-    for outs in results:
-        for out in outs:
+def _overlapped(encode, chunks, ahead: int = 2):
+    """encode(chunk) in a thread, in order, while the next chunks are read (the encoders release the GIL)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as ex:
+        pending = deque()
+        for chunk in chunks:
+            pending.append(ex.submit(encode, chunk))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _write(results, writer, stats, advance) -> None:
+    for res in results:
+        stats.guard_changed_documents += res.guard_changed
+        if res.plain is not None:
+            writer.add_batch(res.plain)
+            lengths = res.plain.lengths[0]
+            stats.documents_written += len(lengths)
+            stats.empty_documents += int(np.sum(lengths == 0))
+            stats.tokens += int(np.sum(lengths))
+            stats.reflection_tokens += res.reflection_tokens
+            advance()
+            continue
+        for out in res.docs:
             if out.tokens[0] is None:
                 stats.documents_dropped += 1
                 stats.segments_dropped += out.segments_dropped
@@ -239,23 +292,41 @@ def _write(results, writer, stats, bar) -> None:
             stats.reflection_tokens += out.reflection_tokens
             stats.segments_dropped += out.segments_dropped
             stats.segments_rewritten += out.segments_rewritten
-        bar.update(sum(len(o.tokens[0]) for o in outs if o.tokens[0] is not None))
-        bar.set_postfix(docs=bar_docs(bar, len(outs)), refresh=False)
+        advance()
 
 
-def bar_docs(bar, n):
-    bar.docs = getattr(bar, "docs", 0) + n
-    return bar.docs
+class Progress:
+    """A bar over the input files' bytes on disk (parquet: rows from its metadata), so it has a total and ETA."""
+
+    def __init__(self, paths, disable: bool, desc: str):
+        self.bar = tqdm(total=sum(input_size(p) for p in paths), unit="B", unit_scale=True, unit_divisor=1024,
+                        disable=disable, dynamic_ncols=True, desc=desc)
+        self.current = 0  # position in the file being read
+
+    def advance(self, position: int) -> None:
+        self.bar.update(position - self.current)
+        self.current = position
+
+    def file_done(self, path: str) -> None:
+        self.bar.update(input_size(path) - self.current)
+        self.current = 0
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, with_roles: bool) -> None:
     """Concatenate per-file parts in order (byte-identical to tokenizing them as one stream)."""
     writer = Writer(final_prefixes, dtype, with_roles)
-    for parts in part_prefixes:
-        for builder, part in zip(writer.builders, parts):
-            builder.add_index(part)
-        if with_roles:
-            writer.roles.add_index(roles_prefix(parts[0]))
+    try:
+        for parts in part_prefixes:
+            for builder, part in zip(writer.builders, parts):
+                builder.add_index(part)
+            if with_roles:
+                writer.roles.add_index(roles_prefix(parts[0]))
+    except BaseException:
+        writer.abort()
+        raise
     writer.commit()
 
 
@@ -281,7 +352,7 @@ class Job:
 
     @property
     def dtype(self):
-        return DType.optimal_dtype(self.encoder.tok.vocab_size)
+        return optimal_dtype(self.encoder.tok.vocab_size)
 
     def part(self, i: int) -> list[str]:
         return output_prefixes(os.path.join(f"{self.args.output_prefix}.parts", f"{i:05d}"), self.args.json_keys)
@@ -295,7 +366,11 @@ def setup(args) -> Job:
     if args.variant == "rewrite" and not args.rewriter:
         raise UsageError("--variant rewrite needs --rewriter (e.g. template, medsafetyworld, hf)")
     inputs = expand_inputs(args.input)
-    manifest = ann.read_manifest(args.annotations) if args.variant != "plain" else {}
+    manifest = {}
+    if args.variant != "plain":
+        from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
+
+        manifest = ann.read_manifest(args.annotations)
     if manifest and manifest["settings"]["json_key"] != args.json_keys[0]:
         raise UsageError(f"annotations were made on field {manifest['settings']['json_key']!r}, "
                          f"but --json-keys is {args.json_keys[0]!r}")
@@ -305,7 +380,11 @@ def setup(args) -> Job:
         variant=args.variant, append_eod=args.append_eod, filter_granularity=args.filter_granularity,
         flagged_labels=tuple(x.strip() for x in args.flagged_labels.split(",") if x.strip()),
         injection_guard=not args.no_injection_guard, reflection=reflection)
-    encoder = DocumentEncoder(args.tokenizer_model, settings)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    # gigatoken's thread pool reads this when it first starts (before any encode call).
+    os.environ.setdefault("RAYON_NUM_THREADS", str(args.workers))
+    encoder = DocumentEncoder(args.tokenizer_model, settings, args.tokenizer_backend)
     for tag in reflection.special_tokens():
         if encoder.tok.token_id(tag) is None:
             raise TokenizerError(f"--reflection register_special_tokens=true but {tag!r} is not a token of "
@@ -320,11 +399,13 @@ def setup(args) -> Job:
 def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
     """Tokenize the given input files; with ``use_parts`` each goes to its own part (finished parts are kept)."""
     args, pool = job.args, None
-    if args.workers > 1 and args.variant != "rewrite":
-        # fork, as Megatron-LM does: workers start at once (nothing to re-import).
+    if args.workers > 1 and args.variant != "rewrite" and job.encoder.tok.backend == "tokenizers":
+        # fork, as Megatron-LM does: workers start at once (nothing to re-import). gigatoken needs no
+        # processes: it encodes on --workers threads without the GIL.
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(args.tokenizer_model, job.settings))
-    bar = tqdm(unit="tok", unit_scale=True, disable=args.no_progress, dynamic_ncols=True, desc=args.variant)
+        pool = ctx.Pool(args.workers, initializer=_init_worker,
+                        initargs=(args.tokenizer_model, job.settings, job.encoder.tok.backend))
+    progress = Progress([job.inputs[i] for i in indices], args.no_progress, args.variant)
     per_file = []
     try:
         for i in indices:
@@ -334,16 +415,16 @@ def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
             if use_parts and os.path.exists(done) and all(os.path.exists(f"{p}.idx") for p in prefixes):
                 with open(done) as f:
                     per_file.append({"input": path, "reused": True, **json.load(f)})
+                progress.file_done(path)
                 continue
-            s = asdict(_process(path, job.names[i], prefixes, args, job.settings, args.annotations, job.rewriter,
-                                job.rewrite_cache, pool, job.encoder, bar, job.dtype))
+            s = asdict(_process(path, job.names[i], prefixes, job, pool, progress))
             if use_parts:
                 with open(f"{done}.tmp", "w") as f:
                     json.dump(s, f)
                 os.replace(f"{done}.tmp", done)
             per_file.append({"input": path, **s})
     finally:
-        bar.close()
+        progress.close()
         if pool is not None:
             pool.close()
             pool.join()
@@ -375,6 +456,8 @@ def report(job: Job, per_file: list[dict], seconds: float) -> dict:
         "outputs": job.finals,
         **asdict(total),
         "reflection_token_share": round(total.reflection_tokens / total.tokens, 6) if total.tokens else 0.0,
+        "tokenizer_backend": job.encoder.tok.backend,
+        "tokenizer_backend_fallback_reason": job.encoder.tok.fallback_reason,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(total.tokens / seconds, 1) if seconds > 0 else None,
         "files": per_file,
@@ -405,7 +488,7 @@ def finish_task(argv) -> None:
     report(job, merge_parts(job), time.time() - start)
 
 
-ERRORS = (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, UsageError, TypeError, ValueError)
+ERRORS = (CorpusError, ClassifierError, TokenizerError, UsageError, TypeError, ValueError)  # AnnotationError: a ValueError
 
 
 def main(argv=None) -> int:

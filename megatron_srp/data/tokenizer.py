@@ -6,6 +6,9 @@ literal special-token string in the text (``<|endoftext|>``) becomes the control
 same ids except for the second point: with ``guard_special_tokens`` (the default) such strings are
 encoded as ordinary text (``tokenizers``' ``encode_special_tokens``), and control ids (end of
 document, registered reflection tags) are only ever inserted by id.
+
+Document text goes through gigatoken (``fast_tokenizer``) when it is installed and gives the same
+ids on this tokenizer; ``tokenizers`` otherwise (``backend`` says which, ``fallback_reason`` why).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from megatron_srp.data.fast_tokenizer import FastEncoder, FastPathUnavailable
+
+BACKENDS = ("auto", "gigatoken", "tokenizers")
 
 
 class TokenizerError(ValueError):
@@ -57,15 +64,33 @@ class Encoded:
 class TextTokenizer:
     """Batch encoding of document text with offsets, plus text-as-control-id encoding for inserts."""
 
-    def __init__(self, path: str, guard_special_tokens: bool = True):
+    def __init__(self, path: str, guard_special_tokens: bool = True, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise TokenizerError(f"unknown tokenizer backend {backend!r} (expected one of {', '.join(BACKENDS)})")
         self.path = path
         self._text = load_backend(path)
         self._text.encode_special_tokens = guard_special_tokens
         self._control = load_backend(path)  # for reflections: registered tags become their ids
         self.eod = eod_token_id(path, self._text)
         self.vocab_size = self._text.get_vocab_size(with_added_tokens=True)
+        self.special_strings = sorted({t.content for t in self._text.get_added_tokens_decoder().values() if t.special})
+        self._fast, self.fallback_reason = None, None
+        if backend != "tokenizers":
+            try:
+                self._fast = FastEncoder(path, self._text, guard_special_tokens)
+            except FastPathUnavailable as e:
+                if backend == "gigatoken":
+                    raise TokenizerError(f"{path}: the gigatoken backend cannot be used: {e}") from None
+                self.fallback_reason = str(e)
+
+    @property
+    def backend(self) -> str:
+        """Which library encodes document text: ``gigatoken`` or ``tokenizers``."""
+        return "gigatoken" if self._fast is not None else "tokenizers"
 
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
+        if self._fast is not None and self._fast.offsets_exact:
+            return [Encoded(ids, starts) for ids, starts in self._fast.encode_with_starts(texts)]
         out = []
         for text, enc in zip(texts, self._text.encode_batch(list(texts), add_special_tokens=True)):
             ids = np.asarray(enc.ids, dtype=np.int64)
@@ -81,8 +106,28 @@ class TextTokenizer:
 
     def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Ids only (the plain variant's fast path)."""
+        if self._fast is not None:
+            return self._fast.encode_ids(texts)
         return [np.asarray(e.ids, dtype=np.int64)
                 for e in self._text.encode_batch(list(texts), add_special_tokens=True)]
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids in one int64 array, and each text's length (no per-document arrays)."""
+        if self._fast is not None:
+            return self._fast.encode_flat(texts)
+        ids = self.encode_ids(texts)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), lengths
+
+    def encode_flat_with_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_batch`` as flat arrays: all ids, each token's start in its own text, each text's length."""
+        if self._fast is not None and self._fast.offsets_exact:
+            return self._fast.encode_flat_with_starts(texts)
+        encs = self.encode_batch(texts)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        if not encs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
+        return np.concatenate([e.ids for e in encs]), np.concatenate([e.starts for e in encs]), lengths
 
     def encode_control(self, text: str) -> np.ndarray:
         """Ids of text we insert ourselves (a reflection): registered special tokens map to their ids."""

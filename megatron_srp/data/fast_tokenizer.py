@@ -1,0 +1,294 @@
+"""gigatoken as the hot loop of preprocessing, giving exactly the ids and offsets of ``tokenizers``.
+
+gigatoken (PyPI ``gigatoken``, MIT) encodes byte-level BPE tokenizers one to two orders of magnitude
+faster than ``tokenizers``. It is used only where it provably gives the same result:
+
+- The injection guard (``tokenizers``' ``encode_special_tokens``: special-token strings in the text
+  are text) is reproduced by loading gigatoken from the tokenizer.json with the *special* added
+  tokens taken out of ``added_tokens``; non-special added tokens still split the text, as in
+  ``tokenizers``.
+- The post-processor's tokens (BOS of Llama-style tokenizers) are added here, as the prefix and
+  suffix ``tokenizers`` puts around a probe text; an empty text takes ``tokenizers``' own answer.
+- Token start offsets (srp inserts reflections by them) come from each token's byte length, with
+  the ByteLevel post-processor's ``trim_offsets`` rule applied, mapped from bytes to characters.
+- On load, a probe set (unicode, whitespace runs, special-token strings, tags, digits) is encoded
+  both ways; any difference in ids or offsets and the caller falls back to ``tokenizers``.
+- The two libraries classify characters (letter, number, space: the pretokenizer's regex) by
+  different Unicode versions: gigatoken's is newer than tokenizers' Oniguruma. A document with a
+  character this Python's Unicode tables call unassigned (U+16EBB, assigned in Unicode 17, is a
+  letter to gigatoken and punctuation to tokenizers 0.23) is encoded by ``tokenizers`` instead;
+  all other characters carry the same class in both.
+
+gigatoken 0.10.0 caches pretokens without a bound (its issue 36): ``FastEncoder`` builds a fresh
+gigatoken tokenizer after every ``refresh_bytes`` of text (256 MB; ``SRP_GIGATOKEN_REFRESH_MB``
+changes it, 0 never refreshes: bench/preprocess_rss.py compares), so memory stays flat as a corpus
+grows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import numpy as np
+
+PROBES = (
+    "Hello world", "  leading and trailing  ", "a\n\nb\tc\r\nd", "héllo wörld, naïve café", "日本語のテキスト",
+    "emoji 🙂🙂 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "numbers 12345 3.14159 1,000,000", "x  <|endoftext|>  y", "<s>[INST]</s>",
+    "a<think> Unsafe, Violent </think>b", "   ", "def f(x):\n    return x ** 2  # note\n", "ÿ\u200b\xa0\u2028z",
+    "don't it's we'll THEY'RE", "tab\there", "a" * 300, '    None,\n    "\U00016ebb",',
+)
+
+
+@lru_cache(maxsize=1)
+def unassigned_table() -> np.ndarray:
+    """Per code point: unassigned in this Python's Unicode tables (planes 4-13 are all unassigned)."""
+    table = np.zeros(0x110000, dtype=bool)
+    for c in [*range(0x100, 0x40000), *range(0xE0000, 0xE1000)]:  # U+0000-U+00FF are all assigned
+        if unicodedata.category(chr(c)) == "Cn":
+            table[c] = True
+    table[0x40000:0xE0000] = True
+    return table
+
+
+@lru_cache(maxsize=1)
+def suspect_pattern() -> re.Pattern:
+    """Unassigned BMP characters, or any character beyond the BMP (then the table decides)."""
+    bmp = np.nonzero(unassigned_table()[:0x10000])[0]
+    starts, ends = bmp[np.r_[True, np.diff(bmp) > 1]], bmp[np.r_[np.diff(bmp) > 1, True]]
+    ranges = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in zip(starts, ends))
+    # one range for the astral planes: a long list of them makes ``re`` test every character against each
+    return re.compile(f"[{ranges}\U00010000-\U0010ffff]")
+
+
+def has_unassigned(text: str) -> bool:
+    """Whether ``text`` has a character this Python's Unicode tables leave unassigned."""
+    if text.isascii():
+        return False
+    m = suspect_pattern().search(text)
+    if m is None:
+        return False
+    if ord(m.group()) < 0x10000:
+        return True
+    rest = np.frombuffer(text[m.start():].encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return bool(unassigned_table()[rest].any())
+
+
+class FastPathUnavailable(Exception):
+    """Why gigatoken cannot stand in for ``tokenizers`` on this tokenizer (the caller falls back)."""
+
+
+def _gigatoken():
+    try:  # optional: gigatoken is a fast path, ``tokenizers`` is always there
+        import gigatoken
+    except ImportError as e:
+        raise FastPathUnavailable(f"gigatoken is not installed ({e})") from None
+    return gigatoken
+
+
+def _leading_spaces(token: str) -> int:
+    """Characters ``tokenizers``' ByteLevel ``process_offsets`` trims from a token's start."""
+    n = 0
+    for ch in token:
+        if ch != "\u0120" and not ch.isspace():
+            break
+        n += 1
+    return n
+
+
+def _trim_rule(post_processor: Optional[dict]) -> Optional[bool]:
+    """None when no ByteLevel post-processor trims offsets, else its ``add_prefix_space``."""
+    if not post_processor:
+        return None
+    procs = post_processor.get("processors", [post_processor]) if post_processor.get("type") == "Sequence" \
+        else [post_processor]
+    for p in procs:
+        if p.get("type") == "ByteLevel" and p.get("trim_offsets", True):
+            return bool(p.get("add_prefix_space", True))
+    return None
+
+
+class FastEncoder:
+    """Ids (and token start offsets) of ``hf`` (a ``tokenizers.Tokenizer`` set up as the caller uses it)."""
+
+    def __init__(self, path: str, hf, guard_special_tokens: bool, refresh_bytes: Optional[int] = None):
+        self._gt = _gigatoken()
+        with open(os.path.join(path, "tokenizer.json"), "rb") as f:
+            cfg = json.loads(f.read())
+        for key in ("truncation", "padding"):
+            if cfg.get(key):
+                raise FastPathUnavailable(f"tokenizer.json sets {key}")
+        gt_cfg = dict(cfg)  # shallow: only top-level keys are replaced
+        gt_cfg["post_processor"] = None  # its tokens are added here
+        if guard_special_tokens:
+            gt_cfg["added_tokens"] = [t for t in cfg.get("added_tokens", []) if not t.get("special")]
+        self._json = json.dumps(gt_cfg)
+        self._hf = hf
+        if refresh_bytes is None:
+            refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 256)) * (1 << 20))
+        self.refresh_bytes = refresh_bytes
+        self._since_refresh = 0
+        self._tok = self._load()
+        self._prefix, self._suffix = self._specials_around_text(hf)
+        self._empty = hf.encode("", add_special_tokens=True)
+        self._trim = _trim_rule(cfg.get("post_processor"))
+        vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        self._byte_len = np.zeros(vocab_size, dtype=np.int64)
+        self._lead = np.zeros(vocab_size, dtype=np.int64)
+        for i, b in self._tok.vocab.items():
+            if i < vocab_size:
+                self._byte_len[i] = len(b)
+        if self._trim is not None:
+            for i in range(vocab_size):
+                tok = hf.id_to_token(i)
+                self._lead[i] = _leading_spaces(tok) if tok else 0
+        suspect_pattern()  # built once per process (about 0.1 s), not during the first chunk
+        self.reference_documents = 0
+        """Documents encoded by ``tokenizers`` for a character the libraries may classify differently."""
+        self.offsets_exact = True
+        self._check(hf)
+
+    def _load(self):
+        return self._gt.Tokenizer.from_json(self._json)
+
+    @staticmethod
+    def _specials_around_text(hf) -> tuple[list[int], list[int]]:
+        enc = hf.encode("probe", add_special_tokens=True)
+        bare = hf.encode("probe", add_special_tokens=False).ids
+        mask = enc.special_tokens_mask
+        lead = next((i for i, m in enumerate(mask) if not m), len(mask))
+        trail = len(mask) - next((i for i, m in enumerate(reversed(mask)) if not m), len(mask))
+        prefix, suffix = enc.ids[:lead], enc.ids[trail:]
+        if prefix + bare + suffix != enc.ids:
+            raise FastPathUnavailable("the post-processor does more than add tokens around the text")
+        return prefix, suffix
+
+    def _check(self, hf) -> None:
+        """Refuse (FastPathUnavailable) unless ids agree on the probes; offsets may only downgrade srp."""
+        texts = list(PROBES)
+        ours = self.encode_ids(texts)
+        for text, ids in zip(texts, ours):
+            want = hf.encode(text, add_special_tokens=True).ids
+            if ids.tolist() != want:
+                raise FastPathUnavailable(f"ids differ from tokenizers on {text!r}")
+        for text, got in zip(texts, self.encode_with_starts(texts)):
+            if got[1].tolist() != self._reference_starts(hf, text):
+                self.offsets_exact = False
+                break
+
+    @staticmethod
+    def _reference_starts(hf, text: str) -> list[int]:
+        enc = hf.encode(text, add_special_tokens=True)
+        special = np.asarray(enc.special_tokens_mask, dtype=bool)
+        starts = np.asarray([s for s, _ in enc.offsets], dtype=np.int64)
+        if special.any():
+            first_text = int(np.argmin(special)) if not special.all() else len(starts)
+            idx = np.nonzero(special)[0]
+            starts[idx] = np.where(idx < first_text, -1, len(text))
+        return starts.tolist()
+
+    def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
+        self._since_refresh += sum(map(len, texts))
+        if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
+            self._tok, self._since_refresh = self._load(), 0
+        layout = self._tok.encode_batch(list(texts)).layout
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
+        offsets = offsets - offsets[0]
+        unsure = [i for i, t in enumerate(texts) if has_unassigned(t)]
+        if not unsure:
+            return flat, offsets
+        self.reference_documents += len(unsure)
+        parts = np.split(flat, offsets[1:-1]) if len(texts) > 1 else [flat]
+        for i in unsure:
+            parts[i] = np.asarray(self._hf.encode(texts[i], add_special_tokens=False).ids, dtype=flat.dtype)
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids (int64, post-processor tokens included) in one array, and each text's length."""
+        flat, offsets = self._batch(texts)
+        lengths = np.diff(offsets)
+        empty = [i for i, t in enumerate(texts) if not t]
+        if not (self._prefix or self._suffix or (empty and self._empty.ids)):
+            return flat.astype(np.int64), lengths
+        parts = []
+        for i, t in enumerate(texts):  # rare: tokenizers that add BOS/EOS around every document
+            body = self._empty.ids if not t else [*self._prefix, *flat[offsets[i]:offsets[i + 1]], *self._suffix]
+            parts.append(np.asarray(body, dtype=np.int64))
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), lengths
+
+    def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        flat, lengths = self.encode_flat(texts)
+        return np.split(flat, np.cumsum(lengths)[:-1]) if len(texts) else []
+
+    def encode_flat_with_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_with_starts`` as flat arrays: ids, each token's start in its text, each text's length."""
+        if self._prefix or self._suffix or self._empty.ids:
+            pairs = self.encode_with_starts(texts)
+            lengths = np.fromiter((len(i) for i, _ in pairs), dtype=np.int64, count=len(pairs))
+            if not pairs:
+                return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
+            return np.concatenate([i for i, _ in pairs]), np.concatenate([s for _, s in pairs]), lengths
+        flat, offsets = self._batch(texts)
+        ids = flat.astype(np.int64)
+        lengths = np.diff(offsets)
+        nbytes = self._byte_len[ids]
+        ends = np.cumsum(nbytes)
+        doc_start_byte = np.repeat(np.concatenate([[0], ends])[offsets[:-1]], lengths)
+        starts = ends - nbytes - doc_start_byte
+        ends -= doc_start_byte
+        if self._trim is not None:
+            lead = self._lead[ids]
+            if self._trim and len(lead):
+                first = (starts == 0) & (lead == 1)
+                first[offsets[:-1][lengths > 0]] |= lead[offsets[:-1][lengths > 0]] == 1
+                lead = np.where(first, 0, lead)
+            starts = np.minimum(starts + lead, ends)
+        for i, text in enumerate(texts):
+            if not text.isascii():
+                a, b = offsets[i], offsets[i + 1]
+                starts[a:b] = self._byte_to_char(text)[starts[a:b]]
+        return ids, starts, lengths
+
+    @staticmethod
+    def _byte_to_char(text: str) -> np.ndarray:
+        """Character index of every byte of the text's UTF-8, plus len(text) for the end."""
+        raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        return np.append(np.cumsum((raw & 0xC0) != 0x80) - 1, len(text))
+
+    def encode_with_starts(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, character offset where each token starts), as ``TextTokenizer.encode_batch`` defines them."""
+        flat, offsets = self._batch(texts)
+        out = []
+        for i, text in enumerate(texts):
+            if not text:
+                ids = np.asarray(self._empty.ids, dtype=np.int64)
+                out.append((ids, np.full(len(ids), -1, dtype=np.int64)))
+                continue
+            ids = flat[offsets[i]:offsets[i + 1]].astype(np.int64)
+            starts = self._starts(text, ids)
+            ids = np.concatenate([np.asarray(self._prefix, np.int64), ids, np.asarray(self._suffix, np.int64)])
+            starts = np.concatenate([np.full(len(self._prefix), -1, np.int64), starts,
+                                     np.full(len(self._suffix), len(text), np.int64)])
+            out.append((ids, starts))
+        return out
+
+    def _starts(self, text: str, ids: np.ndarray) -> np.ndarray:
+        lens = self._byte_len[ids]
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        if self._trim is not None:
+            lead = self._lead[ids]
+            if self._trim and len(lead):  # add_prefix_space keeps one leading space of the first token
+                first = (starts == 0) & (lead == 1)
+                first[0] |= lead[0] == 1
+                lead = np.where(first, 0, lead)
+            starts = np.minimum(starts + lead, ends)
+        return starts if text.isascii() else self._byte_to_char(text)[starts]

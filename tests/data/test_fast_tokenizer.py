@@ -1,0 +1,165 @@
+"""gigatoken gives tokenizers' ids and offsets, guard on and off, and every variant's bytes are unchanged by it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from megatron_srp.data import preprocess as preprocess_tool
+from megatron_srp.data.indexed_writer import IndexedWriter, read_index
+from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
+from megatron_srp.data.tokenizer import TextTokenizer
+from megatron_srp.reflection import Verdict
+from tests.conftest import ROOT, child_env
+from tests.fixtures import labelled_corpus, write_jsonl
+
+pytest.importorskip("gigatoken")
+
+TEXTS = [
+    "", "plain words", "a <|endoftext|> b <s>x</s> and <|endoftext|><|endoftext|>", "<think> Unsafe, Violent </think>",
+    "  héllo  wörld 日本語 🙂 naïve", "   x", " ", "\n\n\tcode(x) -> y  # ok\n", "U+16EBB is new: \U00016ebb!",
+    "emoji at the end 🙂", "ends with spaces   ", "x" * 500, "1234567890 3.14 1,000",
+]
+
+
+def _tokenizer(d: Path, post: str | None) -> Path:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([t["text"] for t in labelled_corpus(40)] + TEXTS * 3, trainer)
+    if post == "trim":  # GPT-2's ByteLevel post-processor: offsets without leading spaces
+        tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    elif post == "bos":  # Llama-style: BOS before every document
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    return d
+
+
+@pytest.fixture(scope="module", params=[None, "trim", "bos"])
+def tok_dir(request, tmp_path_factory):
+    return _tokenizer(tmp_path_factory.mktemp("tok") / str(request.param), request.param)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_ids_and_offsets_equal_tokenizers(tok_dir, guard):
+    fast = TextTokenizer(str(tok_dir), guard, backend="gigatoken")
+    ref = TextTokenizer(str(tok_dir), guard, backend="tokenizers")
+    assert fast.backend == "gigatoken" and ref.backend == "tokenizers"
+    for a, b in zip(fast.encode_batch(TEXTS), ref.encode_batch(TEXTS)):
+        assert a.ids.tolist() == b.ids.tolist()
+        assert a.starts.tolist() == b.starts.tolist()
+    flat, lengths = fast.encode_flat(TEXTS)
+    assert np.split(flat, np.cumsum(lengths)[:-1]) and [x.tolist() for x in np.split(flat, np.cumsum(lengths)[:-1])] \
+        == [x.tolist() for x in ref.encode_ids(TEXTS)]
+    ids, starts, lengths = fast.encode_flat_with_starts(TEXTS)
+    assert ids.tolist() == np.concatenate([e.ids for e in ref.encode_batch(TEXTS)]).tolist()
+    assert starts.tolist() == np.concatenate([e.starts for e in ref.encode_batch(TEXTS)]).tolist()
+    # the guard's meaning: a special-token string is one control id only without it
+    eod = ref.eod
+    assert (eod in fast.encode_ids([TEXTS[2]])[0]) is (not guard)
+
+
+def test_unassigned_characters_go_through_tokenizers(tok_dir):
+    """gigatoken 0.10 calls U+16EBB (Unicode 17) a letter, tokenizers 0.23 punctuation: such documents use tokenizers."""
+    fast = TextTokenizer(str(tok_dir), backend="gigatoken")
+    before = fast._fast.reference_documents  # the start-up probes include U+16EBB
+    fast.encode_ids(["ascii only", "日本語 🙂", "naïve"])
+    assert fast._fast.reference_documents == before
+    fast.encode_ids([TEXTS[8], "\u0378 is unassigned too"])
+    assert fast._fast.reference_documents == before + 2
+
+
+@pytest.mark.parametrize("variant", ["plain", "srp", "filter", "rewrite"])
+@pytest.mark.parametrize("guard", [True, False])
+def test_every_variant_encodes_as_with_tokenizers(tok_dir, variant, guard):
+    settings = MaterializeSettings(variant=variant, injection_guard=guard)
+    fast, ref = DocumentEncoder(str(tok_dir), settings, "gigatoken"), DocumentEncoder(str(tok_dir), settings, "tokenizers")
+    docs = []
+    for i, text in enumerate(TEXTS):
+        cut = len(text) // 2
+        spans = [(0, cut), (cut, len(text))] if text else []
+        verdicts = [Verdict("safe"), Verdict("unsafe", ("Violent",)) if i % 2 else Verdict("safe")][:len(spans)]
+        docs.append(DocInput([text], spans, verdicts, {1: "a safer text"} if i % 2 and spans else None))
+    a, b = fast.encode(docs), ref.encode(docs)
+    # TEXTS[2] spells <|endoftext|> and <s>, TEXTS[3] a <think> tag (filter drops TEXTS[3] before the guard)
+    assert a.guard_changed == b.guard_changed == ((1 if variant == "filter" else 2) if guard else 0)
+    if a.plain is not None:
+        for x, y in zip(a.plain.flats + [a.plain.roles], b.plain.flats + [b.plain.roles]):
+            assert (x is None and y is None) or x.tolist() == y.tolist()
+        assert [x.tolist() for x in a.plain.lengths] == [x.tolist() for x in b.plain.lengths]
+    else:
+        assert [d.tokens[0] is None or d.tokens[0].tolist() for d in a.docs] == \
+            [d.tokens[0] is None or d.tokens[0].tolist() for d in b.docs]
+
+
+def test_writer_bytes_equal_megatron_core(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    import torch
+
+    docs = [np.arange(5), np.zeros(0, np.int64), np.arange(3) + 7, np.zeros(0, np.int64), np.arange(70000) % 65000]
+    for dtype in (np.uint16, np.int32):
+        ref = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=dtype)
+        for d in docs:
+            ref.add_document(torch.from_numpy(d), [len(d)] if len(d) else [])
+        ref.finalize(str(tmp_path / "ref.idx"))
+        ours = IndexedWriter(str(tmp_path / "ours.bin"), dtype)
+        ours.add_documents(np.concatenate(docs[:2]), [5, 0])
+        ours.add_documents(np.concatenate(docs[2:]), [3, 0, 70000])
+        ours.finalize(str(tmp_path / "ours.idx"))
+        for ext in (".bin", ".idx"):
+            assert (tmp_path / f"ours{ext}").read_bytes() == (tmp_path / f"ref{ext}").read_bytes(), (dtype, ext)
+        merged = IndexedWriter(str(tmp_path / "m.bin"), dtype)
+        merged.add_index(str(tmp_path / "ours"))
+        merged.add_index(str(tmp_path / "ours"))
+        merged.finalize(str(tmp_path / "m.idx"))
+        lengths, bounds, _ = read_index(str(tmp_path / "m.idx"))
+        assert lengths.tolist() == [5, 3, 70000] * 2 and bounds.tolist() == [0, 1, 1, 2, 2, 3, 4, 4, 5, 5, 6]
+
+
+def test_stats_count_the_documents_the_guard_changed(tok_dir, tmp_path):
+    rows = [{"id": str(i), "text": t} for i, t in enumerate(TEXTS)]
+    src = write_jsonl(tmp_path / "c.jsonl", rows)
+    for flag, expect in (([], 2), (["--no-injection-guard"], 0)):
+        stats = tmp_path / "s.json"
+        assert preprocess_tool.main(["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
+                                     str(tok_dir), "--append-eod", "--no-progress", "--stats", str(stats), *flag]) == 0
+        out = json.loads(stats.read_text())
+        assert out["guard_changed_documents"] == expect
+        assert out["tokenizer_backend"] == "gigatoken"
+
+
+def test_help_and_plain_preprocessing_never_import_megatron_core(tok_dir, tmp_path):
+    """--help is quick and quiet, and the plain hot path imports neither torch nor Megatron-Core."""
+    src = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS])
+    probe = ("import sys, runpy; sys.argv = sys.argv[1:]; "
+             "rc = 0\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
+             "print('IMPORTED', sorted(m for m in ('torch', 'megatron.core', 'transformer_engine', 'nltk') "
+             "if m in sys.modules)); sys.exit(rc)")
+    for args in (["--help"], ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
+                              str(tok_dir), "--append-eod", "--no-progress"]):
+        proc = subprocess.run([sys.executable, "-c", probe, str(ROOT / "tools" / "preprocess_data.py"), *args],
+                              cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "IMPORTED []" in proc.stdout, proc.stdout[-500:]
+        assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+    assert "guard_changed_documents" in subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "preprocess_data.py"), "--help"], cwd=ROOT, env=child_env(),
+        capture_output=True, text=True).stdout
+
+
+def test_progress_has_a_total(tok_dir, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS * 20])
+    assert preprocess_tool.main(["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
+                                 str(tok_dir), "--append-eod"]) == 0
+    err = capsys.readouterr().err
+    assert "100%" in err, err[-500:]  # a bar without a total shows no percentage (nor an ETA)
