@@ -39,14 +39,15 @@ def write_indexed_dataset(prefix: Path, n_docs: int = 200, seed: int = 0, with_r
     return prefix
 
 
-def train_bpe_tokenizer(out_dir: Path, texts, vocab_size: int = 600, extra_special=()) -> Path:
-    """A byte-level BPE trained offline on ``texts``, saved as a Hugging Face tokenizer directory."""
+def train_bpe_tokenizer(out_dir: Path, texts, vocab_size: int = 600, extra_special=(), across_words=False) -> Path:
+    """A byte-level BPE trained offline on ``texts``, saved as a Hugging Face tokenizer directory.
+    ``across_words``: merges may span words (long repeated texts become few tokens)."""
     import json
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not across_words)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", *extra_special],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

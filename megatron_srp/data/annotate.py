@@ -9,10 +9,10 @@ Rerunning the same command skips finished shards and reuses every cached verdict
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import multiprocessing as mp
 import os
-import queue
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from tqdm import tqdm
 
 from megatron_srp.data import annotations as ann
-from megatron_srp.data.classify import BACKENDS, ClassifierError, VerdictCache, build_classifier, parse_options
+from megatron_srp.data import verdict_log
+from megatron_srp.data.classify import BACKENDS, ClassifierError, build_classifier, parse_options
 from megatron_srp.data.datatrove_steps import add_executor_args
 from megatron_srp.data.corpus import CorpusError, expand_inputs, read_documents, relative_names
 from megatron_srp.data.segment import punkt_to_json, train_punkt
@@ -71,18 +72,64 @@ def _punkt(args, inputs) -> str:
     return os.path.abspath(path)
 
 
-def _worker(job):
-    input_path, output_path, settings, backend, options, progress_q = job
-    classifier = build_classifier(backend, **options)
-    tokenizer = TextTokenizer(settings.tokenizer_model)
-    segmenter = ann.build_segmenter(settings, tokenizer._text)
-    cache = None if backend == "column" else VerdictCache(os.path.join(os.path.dirname(output_path) or ".", ann.CACHE))
+def _shard_cache(backend: str, out_dir: str, output_path: str, rank):
+    """The shard's own verdict log over the merged cache (None for the column backend, which classifies nothing)."""
+    if backend == "column":
+        return None
+    shard_name = os.path.relpath(output_path, out_dir)[:-len(ann.SUFFIX)]
+    return verdict_log.ShardVerdictCache(out_dir, shard_name, rank)
+
+
+def _annotate_one(input_path, output_path, classifier, segmenter, settings, backend, out_dir, rank, progress,
+                  batch_docs):
+    cache = _shard_cache(backend, out_dir, output_path, rank)
     try:
-        return ann.annotate_shard(input_path, output_path, classifier, segmenter, settings, cache,
-                                  on_progress=lambda d, s: progress_q.put((d, s)))
+        return ann.annotate_shard(input_path, output_path, classifier, segmenter, settings, cache, progress,
+                                  batch_docs)
     finally:
         if cache is not None:
             cache.close()
+
+
+def _worker(job):
+    input_path, output_path, settings, backend, options, out_dir, rank, batch_docs, progress_q = job
+    classifier = build_classifier(backend, **options)
+    segmenter = ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model)._text)
+    return _annotate_one(input_path, output_path, classifier, segmenter, settings, backend, out_dir, rank,
+                         lambda d, s: progress_q.put((d, s)), batch_docs)
+
+
+_SAMPLE_BYTES = 1 << 20
+
+
+def _gzip_uncompressed_size(path: str, compressed: int) -> int:
+    """gzip's trailer holds the uncompressed size modulo 2**32; the smallest value at least the compressed
+    size is taken (exact below 4 GiB for a single-member file)."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        size = int.from_bytes(f.read(4), "little")
+    while size < compressed:
+        size += 1 << 32
+    return size
+
+
+def estimate_rows(path: str) -> int:
+    """Rows in a corpus file, for the progress bar's total: parquet metadata (exact), or for jsonl(.gz)
+    the newlines in the first MiB scaled to the (uncompressed) file size (exact when it fits in the MiB)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        sample = f.read(_SAMPLE_BYTES)
+        at_end = not f.read(1)
+    lines = sample.count(b"\n") + (1 if sample and not sample.endswith(b"\n") else 0)
+    if at_end or not sample:
+        return lines
+    size = os.path.getsize(path)
+    total = _gzip_uncompressed_size(path, size) if path.endswith(".gz") else size
+    return round(lines * total / len(sample))
 
 
 @dataclass
@@ -109,56 +156,72 @@ def plan(args) -> Plan:
     return Plan(args, settings, options, classifier, inputs, outputs)
 
 
-def annotate_files(p: Plan, indices) -> list:
+class _Progress:
+    """A bar over documents with a total (estimated from file sizes, exact from parquet metadata) and an ETA;
+    each finished shard replaces its estimate by its true count."""
+
+    def __init__(self, inputs: list, disable: bool):
+        self.estimates = {i: estimate_rows(i) for i in inputs}
+        self.bar = tqdm(total=sum(self.estimates.values()), unit="doc", disable=disable, dynamic_ncols=True,
+                        desc="annotate")
+        self.segments = 0
+
+    def update(self, docs: int, segs: int) -> None:
+        self.segments += segs
+        self.bar.update(docs)
+        self.bar.set_postfix(seg=self.segments, refresh=False)
+
+    def shard_done(self, summary: ann.ShardSummary) -> None:
+        self.bar.total += summary.documents - self.estimates[summary.input]
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def annotate_files(p: Plan, indices, rank=None) -> list:
     """Annotate the given input files (finished sidecars are skipped); returns their summaries."""
     args = p.args
+    indices = list(indices)
     todo = [(p.inputs[i], p.outputs[i]) for i in indices
             if not ann.check_reusable(p.outputs[i], p.settings, p.classifier)]
-    print(f"{len(list(indices))} shard(s), {len(list(indices)) - len(todo)} already annotated; classifier "
+    print(f"{len(indices)} shard(s), {len(indices) - len(todo)} already annotated; classifier "
           f"{p.classifier.name} ({p.classifier.version})", file=sys.stderr)
     summaries = []
-    bar = tqdm(total=None, unit="seg", disable=args.no_progress, dynamic_ncols=True, desc="annotate")
-    docs_done = 0
-
-    def progress(d, s):
-        nonlocal docs_done
-        docs_done += d
-        bar.update(s)
-        bar.set_postfix(docs=docs_done, refresh=False)
-
+    progress = _Progress([i for i, _ in todo], args.no_progress)
     try:
         if args.workers <= 1 or len(todo) <= 1:
-            cache = None if args.classifier == "column" else VerdictCache(os.path.join(args.output, ann.CACHE))
             segmenter = ann.build_segmenter(p.settings, TextTokenizer(p.settings.tokenizer_model)._text)
-            try:
-                for inp, out in todo:
-                    summaries.append(ann.annotate_shard(inp, out, p.classifier, segmenter, p.settings, cache,
-                                                        progress, args.batch_docs))
-            finally:
-                if cache is not None:
-                    cache.close()
+            for inp, out in todo:
+                summaries.append(_annotate_one(inp, out, p.classifier, segmenter, p.settings, args.classifier,
+                                               args.output, rank, progress.update, args.batch_docs))
+                progress.shard_done(summaries[-1])
         else:
             ctx = mp.get_context("spawn")
             with ctx.Manager() as manager:
                 q = manager.Queue()
                 with ctx.Pool(min(args.workers, len(todo))) as pool:
-                    jobs = [(i, o, p.settings, args.classifier, p.options, q) for i, o in todo]
-                    result = pool.map_async(_worker, jobs)
-                    while not result.ready() or not q.empty():
+                    jobs = [(i, o, p.settings, args.classifier, p.options, args.output, rank, args.batch_docs, q)
+                            for i, o in todo]
+                    results = pool.imap_unordered(_worker, jobs)
+                    while len(summaries) < len(jobs):
                         try:
-                            progress(*q.get(timeout=0.2))
-                        except queue.Empty:
-                            continue
-                    summaries = result.get()
+                            summaries.append(results.next(timeout=0.2))
+                            progress.shard_done(summaries[-1])
+                        except mp.TimeoutError:
+                            pass
+                        while not q.empty():
+                            progress.update(*q.get())
+                    while not q.empty():
+                        progress.update(*q.get())
+            order = {i: k for k, (i, _) in enumerate(todo)}
+            summaries.sort(key=lambda s: order[s.input])
     finally:
-        bar.close()
+        progress.close()
     return summaries
 
 
 def write_manifest(p: Plan) -> None:
-    missing = [i for i, o in zip(p.inputs, p.outputs) if not os.path.exists(o)]
-    if missing:
-        raise ann.AnnotationError(f"{len(missing)} shard(s) not annotated yet (first: {missing[0]})")
     ann.write_manifest(p.args.output, {
         "format_version": ann.FORMAT_VERSION,
         "classifier": p.classifier.name,
@@ -171,18 +234,29 @@ def write_manifest(p: Plan) -> None:
     })
 
 
+def finish(p: Plan) -> dict:
+    """Every shard annotated: fold the shards' verdict logs into the merged cache, then write the manifest."""
+    missing = [i for i, o in zip(p.inputs, p.outputs) if not os.path.exists(o)]
+    if missing:
+        raise ann.AnnotationError(f"{len(missing)} shard(s) not annotated yet (first: {missing[0]})")
+    merged = verdict_log.merge_logs(p.args.output)
+    write_manifest(p)
+    return merged
+
+
 def run_task(argv, rank: int, world_size: int) -> None:
     """datatrove task ``rank``: annotate files[rank::world_size]."""
     p = plan(get_args(argv))
-    annotate_files(p, range(rank, len(p.inputs), world_size))
+    annotate_files(p, range(rank, len(p.inputs), world_size), rank)
 
 
 def finish_task(argv) -> None:
-    """datatrove's last step: check every sidecar exists, write the manifest."""
-    write_manifest(plan(get_args(argv)))
+    """datatrove's last step: check every sidecar exists, merge the verdict logs, write the manifest."""
+    finish(plan(get_args(argv)))
 
 
-ERRORS = (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, TypeError, ValueError)
+ERRORS = (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, verdict_log.VerdictLogError, TypeError,
+          ValueError)
 
 
 def main(argv=None) -> int:
@@ -194,7 +268,7 @@ def main(argv=None) -> int:
 
             return run_with_datatrove("annotate", argv if argv is not None else sys.argv[1:], args, len(p.inputs))
         summaries = annotate_files(p, range(len(p.inputs)))
-        write_manifest(p)
+        merged = finish(p)
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -206,5 +280,6 @@ def main(argv=None) -> int:
         for k, v in s.labels.items():
             labels[k] = labels.get(k, 0) + v
     totals["labels"] = labels
+    totals["verdict_cache"] = merged
     print(json.dumps(totals))
     return 0

@@ -6,7 +6,8 @@ metadata (classifier name and version, taxonomy, tokenizer, budget, context wind
 variant is later built from these files, so the classifier runs once per corpus.
 
 Resumable at two levels: a finished sidecar (renamed into place only when complete) is skipped,
-and inside an interrupted shard every verdict already computed is in the sqlite cache.
+and inside an interrupted shard every verdict already computed is in that shard's verdict log
+(``megatron_srp.data.verdict_log``: one writer per file, so tasks may run on any number of nodes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from megatron_srp.data.classify import (Classifier, ClassifierError, ColumnClassifier, SegmentInput, VerdictCache,
                                         classify_cached)
+from megatron_srp.data.verdict_log import MERGED, ShardVerdictCache
 from megatron_srp.data.corpus import CorpusError, Document, ReadStats, read_documents, text_hash
 if TYPE_CHECKING:
     from megatron_srp.data.segment import Segmenter
@@ -30,7 +32,7 @@ from megatron_srp.reflection import Verdict
 FORMAT_VERSION = 1
 SUFFIX = ".annotations.parquet"
 MANIFEST = "annotations.json"
-CACHE = "verdicts.sqlite"
+CACHE = MERGED
 PUNKT = "punkt.json"
 _META_KEY = b"megatron_srp"
 
@@ -158,7 +160,7 @@ def _column_segments(classifier: ColumnClassifier, doc: Document, path: str) -> 
 
 
 def annotate_shard(input_path: str, output_path: str, classifier: Classifier, segmenter: Segmenter,
-                   settings: AnnotateSettings, cache: Optional[VerdictCache],
+                   settings: AnnotateSettings, cache: Optional[ShardVerdictCache | VerdictCache],
                    on_progress: Callable[[int, int], None] = lambda docs, segs: None,
                    batch_docs: int = 64) -> ShardSummary:
     """Annotate one input file into ``output_path`` (written to a temp name, renamed when complete)."""

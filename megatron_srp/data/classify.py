@@ -170,10 +170,10 @@ def cache_key(classifier: Classifier, item: SegmentInput) -> str:
 
 
 class VerdictCache:
-    """sqlite table content-hash -> verdict, shared by every shard of an annotation run.
+    """sqlite table content-hash -> verdict for processes on one host (WAL mode: not on a network file system).
 
-    A rerun (after a crash, or over overlapping shards) classifies nothing twice. sqlite makes
-    concurrent writers from several worker processes safe.
+    ``tools/annotate.py`` does not use it: its tasks may span nodes, so each shard has a log of its
+    own and the finishing step merges them (``megatron_srp.data.verdict_log``).
     """
 
     def __init__(self, path: str):

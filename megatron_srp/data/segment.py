@@ -19,12 +19,30 @@ from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTr
 TokenOffsets = Callable[[list[str]], list[list[tuple[int, int]]]]
 
 
+class _LazyOffsets:
+    """An encoding's token offsets, built only when indexed: packing needs just the count, and only a
+    sentence over the budget is cut at offsets (building every offset list cost most of the segmenter)."""
+
+    __slots__ = ("_enc", "_offsets")
+
+    def __init__(self, enc):
+        self._enc, self._offsets = enc, None
+
+    def __len__(self) -> int:
+        return len(self._enc)
+
+    def __getitem__(self, i):
+        if self._offsets is None:
+            self._offsets = self._enc.offsets
+        return self._offsets[i]
+
+
 def hf_token_offsets(tokenizer) -> TokenOffsets:
     """Offsets from a ``tokenizers.Tokenizer`` (or a transformers fast tokenizer's backend)."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
 
-    def offsets(texts: list[str]) -> list[list[tuple[int, int]]]:
-        return [list(enc.offsets) for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    def offsets(texts: list[str]) -> list:
+        return [_LazyOffsets(enc) for enc in backend.encode_batch(texts, add_special_tokens=False)]
 
     return offsets
 

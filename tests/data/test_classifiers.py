@@ -1,31 +1,42 @@
 """Model-backed classifier backends on tiny real models built in the test (no downloads).
 
 The Qwen3Guard test trains a tiny Qwen3 for a few seconds to answer in Qwen3Guard-Gen's format
-(``Safety: Unsafe`` / ``Categories: Violent`` when the moderated turn mentions a weapon), so prompt
-building through the chat template, left-padded batching, generation and parsing run for real.
+(``Safety: Unsafe`` / ``Categories: Violent`` when the moderated turn mentions a weapon, plus
+``Refusal: No`` when it moderates a response). Its fixture tokenizer carries Qwen3Guard-Gen's own
+chat template as the model ships it (``megatron_srp/data/classifiers/qwen3guard_template.py``), so
+prompt building, left-padded batching, generation and parsing run for real on the real prompt.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from megatron_srp.data.classify import ClassifierError, SegmentInput, build_classifier, classify_cached
-from megatron_srp.data.classifiers.qwen3guard import GuardOutputError, guard_messages, parse_guard_output
+from megatron_srp.data.classifiers.qwen3guard import (GuardAnswer, GuardOutputError, guard_messages,
+                                                      parse_guard_answer, parse_guard_output,
+                                                      qwen3guard_longest_answers)
+from megatron_srp.data.classifiers.qwen3guard_template import (LEVELS, PROMPT_CATEGORIES, QWEN3GUARD_GEN_CHAT_TEMPLATE,
+                                                               REFUSALS, RESPONSE_CATEGORIES)
 from megatron_srp.reflection import Verdict
 from tests.fixtures import train_bpe_tokenizer, write_jsonl
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>guard\n{% endif %}")
 NOUNS = "garden river teacher recipe lesson planet music bridge market school forest window letter".split()
 VERBS = "describes visits paints explains opens finds follows builds reads writes".split()
 HARM = "weapon bomb knife".split()
 UNSAFE_ANSWER = "Safety: Unsafe\nCategories: Violent"
 SAFE_ANSWER = "Safety: Safe\nCategories: None"
+GUARD_SPECIAL = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def _answer(harmful: bool, response: bool) -> str:
+    """What the tiny guard is trained to say: the template asks for a refusal line on responses only."""
+    return (UNSAFE_ANSWER if harmful else SAFE_ANSWER) + ("\nRefusal: No" if response else "")
 
 
 def _sentence(rng, harmful: bool) -> str:
@@ -35,24 +46,37 @@ def _sentence(rng, harmful: bool) -> str:
     return " ".join(words) + "."
 
 
+def _guard_tokenizer(tok_dir):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"), eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    tok.chat_template = QWEN3GUARD_GEN_CHAT_TEMPLATE
+    return tok
+
+
 def _item(rng, harmful: bool, with_context: bool) -> SegmentInput:
     return SegmentInput(" " + _sentence(rng, harmful), _sentence(rng, False) if with_context else "")
 
 
 @pytest.fixture(scope="module")
 def tiny_guard(tmp_path_factory):
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     d = tmp_path_factory.mktemp("guard")
     rng = random.Random(0)
-    texts = [_sentence(rng, h) for h in [True, False] * 100] + [UNSAFE_ANSWER, SAFE_ANSWER] * 20
-    tok_dir = train_bpe_tokenizer(d / "guard", texts, vocab_size=400, extra_special=["<|im_start|>", "<|im_end|>"])
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"), eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>")
-    tok.chat_template = CHAT_TEMPLATE
+    import jinja2
+
+    policy = [jinja2.Template(QWEN3GUARD_GEN_CHAT_TEMPLATE).render(messages=m) for m in
+              ([{"role": "user", "content": "x"}], [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])]
+    texts = ([_sentence(rng, h) for h in [True, False] * 100] + policy * 20
+             + [_answer(h, r) for h in (True, False) for r in (True, False)] * 20)
+    # merges across words: the guard's ~2.6 KB policy preamble becomes ~50 tokens, so training takes seconds
+    tok_dir = train_bpe_tokenizer(d / "guard", texts, vocab_size=1500, extra_special=GUARD_SPECIAL, across_words=True)
+    tok = _guard_tokenizer(tok_dir)
     torch.manual_seed(0)
     cfg = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
                       tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = Qwen3ForCausalLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -63,7 +87,7 @@ def tiny_guard(tmp_path_factory):
             prompt = tok.apply_chat_template(guard_messages(_item(rng, harmful, ctx)), tokenize=False,
                                              add_generation_prompt=True)
             p = tok(prompt, add_special_tokens=False)["input_ids"]
-            a = tok((UNSAFE_ANSWER if harmful else SAFE_ANSWER) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            a = tok(_answer(harmful, ctx) + "<|im_end|>", add_special_tokens=False)["input_ids"]
             batch.append((p + a, [-100] * len(p) + a))
         n = max(len(x) for x, _ in batch)
         ids = torch.tensor([x + [tok.pad_token_id] * (n - len(x)) for x, _ in batch])
@@ -77,6 +101,66 @@ def tiny_guard(tmp_path_factory):
     model.save_pretrained(d / "guard")
     tok.save_pretrained(d / "guard")
     return d / "guard"
+
+
+def _template_block(prompt: str, name: str) -> list[str]:
+    m = re.search(f"<BEGIN {name}>\n(.*?)\n<END {name}>", prompt, re.S)
+    return m.group(1).split("\n") if m else []
+
+
+def test_the_shipped_template_renders_both_tasks(tiny_guard):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_guard)
+    prompt = tok.apply_chat_template(guard_messages(SegmentInput(" b.")), tokenize=False, add_generation_prompt=True)
+    response = tok.apply_chat_template(guard_messages(SegmentInput(" b.", "a.")), tokenize=False,
+                                       add_generation_prompt=True)
+    assert "USER: " + " b." + "\n\n<END CONVERSATION>" in prompt and "ASSISTANT" not in prompt.split("<BEGIN CONV")[1]
+    assert "USER: a.\n\nASSISTANT:  b.\n\n<END CONVERSATION>" in response
+    assert "THE LAST **USER's query**" in prompt and "THE LAST **ASSISTANT's response**" in response
+    for p in (prompt, response):
+        assert p.startswith("<|im_start|>user\n# Task:\n") and p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # the taxonomy the parser knows is the one the template offers, per task
+    assert tuple(c.rstrip(".") for c in _template_block(prompt, "UNSAFE CONTENT CATEGORIES")) == PROMPT_CATEGORIES
+    assert tuple(c.rstrip(".") for c in _template_block(response, "UNSAFE CONTENT CATEGORIES")) == RESPONSE_CATEGORIES
+    assert _template_block(prompt, "REFUSAL POLICY") == [] and len(_template_block(response, "REFUSAL POLICY")) == 2
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 2 and tok.convert_tokens_to_ids("<think>") in ids
+
+
+ANSWERS = [(level, cats, refusal) for level in LEVELS
+           for cats in [(), *((c,) for c in PROMPT_CATEGORIES), PROMPT_CATEGORIES, ("Jailbreak", "PII")]
+           for refusal in (None, *REFUSALS) if not (level == "Safe" and cats)]
+
+
+@pytest.mark.parametrize("level,cats,refusal", ANSWERS)
+def test_parser_reads_every_answer_the_template_allows(level, cats, refusal):
+    text = f"Safety: {level}\nCategories: {', '.join(cats) or 'None'}" + (f"\nRefusal: {refusal}" if refusal else "")
+    want = GuardAnswer(Verdict(level.lower(), tuple(cats)), None if refusal is None else refusal == "Yes")
+    assert parse_guard_answer(text) == want
+
+
+def test_max_new_tokens_fits_the_longest_answer(tmp_path):
+    """An untrained guard whose tokenizer splits at words (as Qwen's does): the budget is measured with it."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = _guard_tokenizer(train_bpe_tokenizer(tmp_path / "g", [_sentence(random.Random(i), False) for i in range(50)],
+                                               vocab_size=300, extra_special=GUARD_SPECIAL))
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(tmp_path / "g")
+    tok.save_pretrained(tmp_path / "g")
+    guard = build_classifier("qwen3guard", model=str(tmp_path / "g"), device="cpu")
+    lengths = {a: len(tok(a, add_special_tokens=False)["input_ids"]) for a in qwen3guard_longest_answers(PROMPT_CATEGORIES)}
+    longest = max(lengths, key=lengths.get)
+    assert guard.max_new_tokens == lengths[longest] + 2 and f"greedy{guard.max_new_tokens}" in guard.version
+    assert longest.startswith("Safety: Controversial\nCategories: Violent, ") and "Jailbreak\nRefusal: " in longest
+    # the former fixed budget of 32 tokens cuts this answer: categories are lost; the computed one keeps all
+    ids = tok(longest, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 32
+    assert len(parse_guard_output(tok.decode(ids[:32])).categories) < len(PROMPT_CATEGORIES)
+    assert parse_guard_answer(tok.decode(ids[:guard.max_new_tokens])) == GuardAnswer(
+        Verdict("controversial", PROMPT_CATEGORIES), longest.endswith("Yes"))
+    assert build_classifier("qwen3guard", model=str(tmp_path / "g"), device="cpu", max_new_tokens=7).max_new_tokens == 7
 
 
 def test_parser_on_recorded_guard_answers():
@@ -106,7 +190,7 @@ def test_qwen3guard_backend_classifies_and_batches(tiny_guard):
                 or "knife" in it.segment else Verdict("safe") for it in items]
     batched = build_classifier("qwen3guard", model=str(tiny_guard), device="cpu", batch_size=16)
     single = build_classifier("qwen3guard", model=str(tiny_guard), device="cpu", batch_size=1)
-    assert batched.engine == "transformers" and "greedy32" in batched.version
+    assert batched.engine == "transformers" and batched.batch_size == 16
     raw_batched = batched.generate(items)
     raw_single = [single.generate([it])[0] for it in items]
     assert raw_batched == raw_single  # left padding changes nothing
@@ -125,7 +209,7 @@ def test_qwen3guard_needs_a_chat_template(tiny_guard, tmp_path):
     (bare / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(ClassifierError, match="no chat template"):
         build_classifier("qwen3guard", model=str(bare), device="cpu")
-    (tmp_path / "t.jinja").write_text(CHAT_TEMPLATE)
+    (tmp_path / "t.jinja").write_text(QWEN3GUARD_GEN_CHAT_TEMPLATE)
     c = build_classifier("qwen3guard", model=str(bare), device="cpu", chat_template=str(tmp_path / "t.jinja"))
     assert c.classify([SegmentInput(" the knife opens the window.")]) == [Verdict("unsafe", ("Violent",))]
 
@@ -139,7 +223,10 @@ def test_annotate_with_qwen3guard_end_to_end(tiny_guard, tmp_path):
         sents = [_sentence(rng, i % 2 == 1 and j == 1) for j in range(3)]
         docs.append({"id": f"d{i}", "text": " ".join(sents)})
     write_jsonl(tmp_path / "in" / "shard.jsonl", docs)
-    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "ann"), "--tokenizer-model", str(tiny_guard),
+    # the target tokenizer splits at words, so an 8-token budget makes one sentence a segment
+    target = train_bpe_tokenizer(tmp_path / "target", [_sentence(random.Random(i), i % 2 == 0) for i in range(200)],
+                                 vocab_size=500)
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "ann"), "--tokenizer-model", str(target),
             "--segment-tokens", "8", "--context-chars", "0", "--classifier", "qwen3guard",
             "--classifier-arg", f"model={tiny_guard}", "--classifier-arg", "device=cpu", "--no-progress"]
     assert annotate.main(args) == 0

@@ -13,13 +13,20 @@ response moderation); a segment at the start of a document is moderated alone as
 (prompt moderation). The guard's tokenizer carries its policy in its chat template; a model
 without a chat template is refused (pass ``chat_template=PATH`` to supply one).
 
-Engines: ``transformers`` (CPU or GPU, left-padded batches) and ``vllm`` (when installed);
-``auto`` takes vLLM when it imports and a GPU exists.
+Engines: ``transformers`` (CPU or GPU, left-padded batches) and ``vllm`` (offline batching with
+automatic prefix caching, so the guard's policy preamble, the same few hundred tokens at the head of
+every prompt, is computed once and its KV blocks reused); ``auto`` takes vLLM when it imports and a
+GPU exists. Both are given the same token ids.
+
+``max_new_tokens`` defaults to the token count of the longest answer the guard can give (every
+category of its taxonomy listed, the longest level, the refusal line), measured with the guard's
+own tokenizer, plus a closing newline and the end-of-turn token: an answer is never cut short.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from megatron_srp.data.classify import Classifier, ClassifierError, SegmentInput
@@ -28,6 +35,7 @@ from megatron_srp.reflection import CONTROVERSIAL, QWEN3GUARD_CATEGORIES, SAFE, 
 
 _LEVEL = re.compile(r"Safety:\s*(Safe|Unsafe|Controversial)\b", re.IGNORECASE)
 _CATEGORIES = re.compile(r"Categories:\s*([^\n]*)", re.IGNORECASE)
+_REFUSAL = re.compile(r"Refusal:\s*(Yes|No)\b", re.IGNORECASE)
 _LEVELS = {"safe": SAFE, "unsafe": UNSAFE, "controversial": CONTROVERSIAL}
 
 
@@ -35,8 +43,17 @@ class GuardOutputError(ClassifierError):
     """The guard's answer does not contain a safety level."""
 
 
-def parse_guard_output(text: str, taxonomy: Sequence[str] = QWEN3GUARD_CATEGORIES) -> Verdict:
-    """``"Safety: Unsafe\\nCategories: Violent, PII"`` -> ``Verdict("unsafe", ("Violent", "PII"))``.
+@dataclass(frozen=True)
+class GuardAnswer:
+    """Everything a Qwen3Guard-Gen answer says: level, categories, and (response moderation) the refusal."""
+
+    verdict: Verdict
+    refusal: Optional[bool] = None
+    """``Refusal: Yes`` -> True, ``No`` -> False; None when the line is absent (prompt moderation)."""
+
+
+def parse_guard_answer(text: str, taxonomy: Sequence[str] = QWEN3GUARD_CATEGORIES) -> GuardAnswer:
+    """``"Safety: Unsafe\\nCategories: Violent, PII\\nRefusal: No"`` -> verdict unsafe (Violent, PII), refusal False.
 
     Categories are matched against ``taxonomy`` case-insensitively and kept in the guard's order;
     ``None`` and unknown names are dropped; a Safe verdict never carries categories.
@@ -45,8 +62,10 @@ def parse_guard_output(text: str, taxonomy: Sequence[str] = QWEN3GUARD_CATEGORIE
     if m is None:
         raise GuardOutputError(f"no 'Safety: Safe|Unsafe|Controversial' in the guard's output {text[:200]!r}")
     label = _LEVELS[m.group(1).lower()]
+    refusal = _REFUSAL.search(text, m.end())
+    refused = None if refusal is None else refusal.group(1).lower() == "yes"
     if label == SAFE:
-        return Verdict(SAFE)
+        return GuardAnswer(Verdict(SAFE), refused)
     cats = []
     c = _CATEGORIES.search(text, m.end())
     if c:
@@ -56,7 +75,19 @@ def parse_guard_output(text: str, taxonomy: Sequence[str] = QWEN3GUARD_CATEGORIE
             name = by_lower.get(part.strip().rstrip(".").lower())
             if name is not None and name not in cats:
                 cats.append(name)
-    return Verdict(label, tuple(cats))
+    return GuardAnswer(Verdict(label, tuple(cats)), refused)
+
+
+def parse_guard_output(text: str, taxonomy: Sequence[str] = QWEN3GUARD_CATEGORIES) -> Verdict:
+    """The verdict of a Qwen3Guard-Gen answer (see ``parse_guard_answer``)."""
+    return parse_guard_answer(text, taxonomy).verdict
+
+
+def qwen3guard_longest_answers(taxonomy: Sequence[str]) -> list[str]:
+    """Candidates for the longest answer: each level with every category, with and without a refusal line."""
+    cats = ", ".join(taxonomy) or "None"
+    return [f"Safety: {level}\nCategories: {cats}{refusal}" for level in ("Safe", "Unsafe", "Controversial")
+            for refusal in ("", "\nRefusal: Yes", "\nRefusal: No")]
 
 
 def guard_messages(item: SegmentInput) -> list[dict]:
@@ -67,9 +98,11 @@ def guard_messages(item: SegmentInput) -> list[dict]:
 
 class Qwen3GuardClassifier(Classifier):
     """Options (``--classifier-arg KEY=VALUE``): model (a local directory or hub id the machine has
-    cached), revision, device (auto|cpu|cuda[:N]), dtype (auto|fp32|bf16), batch_size, max_new_tokens,
-    engine (auto|transformers|vllm), on_unparsed (error|unsafe|safe: what an answer without a level
-    becomes), chat_template (a jinja file that replaces the tokenizer's)."""
+    cached), revision, device (auto|cpu|cuda[:N]), dtype (auto|fp32|bf16), batch_size (segments per
+    engine call; default 16 with transformers, 1024 with vLLM), max_new_tokens (default: the longest
+    answer's length, see the module text), engine (auto|transformers|vllm), on_unparsed
+    (error|unsafe|safe: what an answer without a level becomes), chat_template (a jinja file that
+    replaces the tokenizer's), gpu_memory_utilization and max_model_len (vLLM)."""
 
     name = "qwen3guard"
     default_model = "Qwen/Qwen3Guard-Gen-0.6B"
@@ -77,15 +110,15 @@ class Qwen3GuardClassifier(Classifier):
     uses_chat_template = True
 
     def __init__(self, model: Optional[str] = None, revision: Optional[str] = None,
-                 device: str = "auto", dtype: str = "auto", batch_size: int = 16, max_new_tokens: int = 32,
-                 engine: str = "auto", on_unparsed: str = "error", chat_template: Optional[str] = None,
-                 taxonomy: Optional[Sequence[str]] = None):
+                 device: str = "auto", dtype: str = "auto", batch_size: Optional[int] = None,
+                 max_new_tokens: Optional[int] = None, engine: str = "auto", on_unparsed: str = "error",
+                 chat_template: Optional[str] = None, taxonomy: Optional[Sequence[str]] = None,
+                 gpu_memory_utilization: float = 0.9, max_model_len: Optional[int] = None):
         if on_unparsed not in ("error", "unsafe", "safe"):
             raise ClassifierError(f"on_unparsed={on_unparsed!r}: choose error, unsafe or safe")
         model = model or self.default_model
         self.categories = tuple(taxonomy or self.default_taxonomy)
-        self.batch_size, self.max_new_tokens, self.on_unparsed = int(batch_size), int(max_new_tokens), on_unparsed
-        self.version = f"{_hf.model_version(model, revision)}|greedy{self.max_new_tokens}"
+        self.on_unparsed = on_unparsed
         self.tokenizer = _hf.load_tokenizer(model, revision, padding_side="left")
         if chat_template:
             with open(chat_template) as f:
@@ -93,32 +126,50 @@ class Qwen3GuardClassifier(Classifier):
         if self.uses_chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise ClassifierError(f"{model}: the tokenizer has no chat template (the {self.name} guard's carries "
                                   f"its safety policy); pass --classifier-arg chat_template=FILE")
+        self.max_new_tokens = int(max_new_tokens) if max_new_tokens else self.answer_budget()
+        self.version = f"{_hf.model_version(model, revision)}|greedy{self.max_new_tokens}"
         self.engine = _hf.pick_engine(engine, device)
+        self.batch_size = int(batch_size) if batch_size else (1024 if self.engine == "vllm" else 16)
         if self.engine == "vllm":
-            from vllm import LLM, SamplingParams
+            from vllm import LLM, SamplingParams  # optional GPU dependency, imported only when chosen
 
-            self._llm = LLM(model=model, revision=revision, dtype="auto", trust_remote_code=False)
+            # Every prompt starts with the same policy preamble: prefix caching computes it once.
+            self._llm = LLM(model=model, revision=revision, dtype="auto", trust_remote_code=False,
+                            enable_prefix_caching=True, gpu_memory_utilization=float(gpu_memory_utilization),
+                            max_model_len=max_model_len)
             self._sampling = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
         else:
             from transformers import AutoModelForCausalLM
 
             self.model, self.device = _hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
 
+    def longest_answers(self) -> list[str]:
+        return qwen3guard_longest_answers(self.categories)
+
+    def answer_budget(self) -> int:
+        """Tokens of the longest possible answer in the guard's tokenizer, plus a newline and end of turn."""
+        return 2 + max(len(self.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in self.longest_answers())
+
     def prompts(self, items: Sequence[SegmentInput]) -> list[str]:
         return [self.tokenizer.apply_chat_template(guard_messages(it), tokenize=False, add_generation_prompt=True)
                 for it in items]
+
+    def prompt_ids(self, items: Sequence[SegmentInput]) -> list[list[int]]:
+        """Token ids of each prompt (the template's text holds the special tokens; nothing is added)."""
+        return self.tokenizer(self.prompts(items), add_special_tokens=False)["input_ids"]
 
     def parse(self, text: str, item: SegmentInput) -> Verdict:
         return parse_guard_output(text, self.categories)
 
     def generate(self, items: Sequence[SegmentInput]) -> list[str]:
         """The guard's raw answers, one per item."""
-        prompts = self.prompts(items)
+        ids = self.prompt_ids(items)
         if self.engine == "vllm":
-            return [o.outputs[0].text for o in self._llm.generate(prompts, self._sampling, use_tqdm=False)]
+            outputs = self._llm.generate([{"prompt_token_ids": p} for p in ids], self._sampling, use_tqdm=False)
+            return [o.outputs[0].text for o in outputs]
         import torch
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)
@@ -165,6 +216,9 @@ class LlamaGuardClassifier(Qwen3GuardClassifier):
     name = "llamaguard"
     default_model = "meta-llama/Llama-Guard-3-1B"
     default_taxonomy = LLAMA_GUARD_3_CATEGORIES
+
+    def longest_answers(self) -> list[str]:
+        return ["unsafe\n" + ",".join(f"S{i}" for i in range(1, len(self.categories) + 1))]
 
     def parse(self, text: str, item: SegmentInput) -> Verdict:
         return parse_llama_guard_output(text, self.categories)
@@ -218,6 +272,10 @@ class WildGuardClassifier(Qwen3GuardClassifier):
 
     def prompts(self, items: Sequence[SegmentInput]) -> list[str]:
         return [wildguard_prompt(it) for it in items]
+
+    def longest_answers(self) -> list[str]:
+        return [f"Harmful request: {a}\nResponse refusal: {b}\nHarmful response: {b}" for a in ("yes", "no")
+                for b in ("yes", "no", "N/A")]
 
     def parse(self, text: str, item: SegmentInput) -> Verdict:
         return parse_wildguard_output(text, judge_response=bool(item.context.strip()))
