@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 # Everything installs into .venv (Python 3.11, megatron-core 0.16.1, CPU torch 2.13.0).
-# `make test` also runs the training, checkpoint and dataset tests on megatron-core 0.19.2 under
-# Python 3.12 (the NGC line), in a venv cached outside the checkout (first build: ~2 min, 1.4 GB).
+# `make test` also runs a representative subset of the training, checkpoint, dataset and export tests
+# (tests/conftest.py:MCORE_MATRIX) on megatron-core 0.19.2 under Python 3.12 (the NGC line), in a
+# venv cached outside the checkout (first build: ~2 min, 1.4 GB).
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -52,7 +53,7 @@ $(VENV312)/.installed:
 
 test-mcore019: $(VENV312)/.installed
 	$(VENV312)/bin/python -c "import megatron.core as m, sys; print('megatron-core', m.__version__, 'python', sys.version.split()[0])"
-	PYTHONPATH=$(CURDIR) $(VENV312)/bin/python -m pytest -q $(PYTEST_ARGS) tests/training tests/data tests/export
+	PYTHONPATH=$(CURDIR) $(VENV312)/bin/python -m pytest -q -m mcore_matrix $(PYTEST_ARGS) tests/training tests/data tests/export
 
 bench: install
 	$(PY) bench/cpu_step.py --compare

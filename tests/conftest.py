@@ -13,11 +13,48 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+# The tests that the megatron-core 0.19.2 leg runs (`make test-mcore019`: `-m mcore_matrix`): one
+# of each way the project calls Megatron-Core, not every case of each. Model building and the
+# parallel layouts (TP, interleaved PP, DP with the distributed optimizer), checkpoint save / resume /
+# layout change and its optimizer formats, schedules, datasets and role sidecars, the start-up
+# warnings filtered by text, the run's processes, and export through dist_checkpointing. The full
+# suite runs on 0.16.1. Node ids match by prefix.
+MCORE_MATRIX = (
+    "tests/training/test_layout.py",
+    "tests/training/test_parallel_layouts.py::test_two_process_layout_matches_single_process[tp2]",
+    "tests/training/test_parallel_layouts.py::test_two_process_layout_matches_single_process[dp2_distributed_optimizer]",
+    "tests/training/test_parallel_layouts.py::test_two_process_layout_matches_single_process[pp2_virtual2]",
+    "tests/training/test_pretrain_cli.py::test_save_init_before_the_overrides_starts_without_backend_warnings",
+    "tests/training/test_data_and_metrics.py::test_metrics_record_every_field",
+    "tests/training/test_data_and_metrics.py::test_role_sidecar_gives_separate_losses",
+    "tests/training/test_data_and_metrics.py::test_weighted_blend_of_two_datasets",
+    "tests/training/test_data_and_metrics.py::test_logged_learning_rate_follows_the_schedule[WSD]",
+    "tests/training/test_data_and_metrics.py::test_missing_dataset_is_a_clear_error_before_the_model_is_built",
+    "tests/training/test_resume.py::test_stop_and_resume_equals_uninterrupted",
+    "tests/training/test_resume.py::test_checkpoint_resumes_in_a_one_process_layout[dp2-distributed-optimizer-at-dp1]",
+    "tests/training/test_resume.py::test_run_stopped_at_3_and_resumed_equals_6_straight_steps[bf16]",
+    "tests/training/test_resume.py::test_extending_a_finished_wsd_run_follows_the_recipe_schedule",
+    "tests/training/test_resume.py::test_damaged_latest_checkpoint_falls_back_naming_the_file",
+    "tests/training/test_resume.py::test_sigkill_after_a_save_leaves_no_process_of_the_run",
+    "tests/data/test_role_dataset.py",
+    "tests/data/test_tokenizer_info.py",
+    "tests/data/test_pipeline.py::test_plain_is_byte_identical_to_megatron_lms_procedure",
+    "tests/data/test_pipeline.py::test_outputs_train_through_gpt_dataset",
+    "tests/data/test_fast_tokenizer.py",
+    "tests/export/test_convert.py::test_export_matches_megatron_logits_and_generates[gqa_tied_tp2]",
+    "tests/export/test_convert.py::test_hf_to_megatron_to_hf_is_bit_identical[qwen3-True]",
+)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+    config.addinivalue_line("markers", "mcore_matrix: also run on megatron-core 0.19.2 (see MCORE_MATRIX)")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(MCORE_MATRIX):
+            item.add_marker(pytest.mark.mcore_matrix)
     try:
         import torch
 
