@@ -14,50 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, child_env, free_port
-from tests.fixtures import SAFE_SENTENCES, train_bpe_tokenizer
+from tests.export.helpers import FROM_HF, MODELS, TO_HF, tool
 from tests.training import runner
-
-TO_HF = str(ROOT / "tools" / "convert_to_hf.py")
-FROM_HF = str(ROOT / "tools" / "convert_from_hf.py")
-
-# name -> overrides of tiny_cpu (4 layers, hidden 64, GQA 4 heads / 2 groups, vocab 512)
-MODELS = {
-    "gqa_tied_tp2": ["parallel.tensor_model_parallel_size=2"],
-    # vocab 500 is padded to 512 inside Megatron: the export must trim it
-    "untied_padded_vocab_pp2": ["parallel.pipeline_model_parallel_size=2", "model.vocab_size=500",
-                                "model.share_embeddings_and_output_weights=false"],
-    "qk_layernorm_tp2": ["parallel.tensor_model_parallel_size=2", "model.qk_layernorm=true",
-                         "model.share_embeddings_and_output_weights=false"],
-}
-
-
-def tool(*args, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, *map(str, args), "--no-progress"], cwd=ROOT, env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return train_bpe_tokenizer(tmp_path_factory.mktemp("tok"), SAFE_SENTENCES * 10, vocab_size=400)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Each model trained 5 steps with 2 gloo processes; returns name -> checkpoint dir."""
-    out = {}
-
-    def get(name):
-        if name not in out:
-            d = tmp_path_factory.mktemp(name)
-            runner.run(d, MODELS[name] + ["training.train_iters=6"], nproc=2)
-            out[name] = d / "ckpt"
-        return out[name]
-
-    return get
-
 
 @pytest.mark.parametrize("name", MODELS)
 def test_export_matches_megatron_logits_and_generates(trained, tokenizer, tmp_path, name):
