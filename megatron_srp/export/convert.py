@@ -141,11 +141,30 @@ def staged_output(output: str, overwrite: bool):
         shutil.rmtree(tmp, ignore_errors=True)  # gone already once published
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str) -> None:
+    """Give ``root`` and everything in it the modes a plain mkdir / open would have given: mkdtemp makes
+    0700 folders, and a shared filesystem's group must be able to read an export."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o666 & ~mask)
+
+
 def publish(tmp: str, output: str, report: Optional[dict]) -> None:
     """Write the parity report; rename to ``output`` when it passed, else to OUTPUT.parity-failed and raise."""
     if report is not None:
         with open(os.path.join(tmp, PARITY_FILE), "w") as f:
             json.dump(report, f, indent=2)
+    apply_umask(tmp)
     target = output if report is None or report["passed"] else f"{output}.parity-failed"
     if os.path.exists(target):
         shutil.rmtree(target)
@@ -158,7 +177,8 @@ def publish(tmp: str, output: str, report: Optional[dict]) -> None:
 
 def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokenizer: Optional[str] = None,
           dtype: str = "auto", verify: bool = True, parity: ParitySettings = ParitySettings(),
-          max_shard_bytes: int = 2 << 30, overwrite: bool = False, progress: bool = True) -> dict:
+          max_shard_bytes: int = 2 << 30, overwrite: bool = False, progress: bool = True,
+          chat_template: str = hf_files.DEFAULT_TEMPLATE) -> dict:
     ckpt = TorchDistCheckpoint(checkpoint, iteration)
     recipe = ckpt.recipe
     shape = mapping.shape_from_recipe(recipe)
@@ -173,7 +193,7 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
         tok_src = None
     output = os.path.abspath(output)
     with staged_output(output, overwrite) as tmp:
-        token_ids = hf_files.copy_tokenizer(tok_src, tmp, shape.vocab_size) if tok_src else {}
+        token_ids = hf_files.copy_tokenizer(tok_src, tmp, shape.vocab_size, chat_template) if tok_src else {}
         writer = hf_files.ShardedSafetensorsWriter(tmp, max_shard_bytes)
         keys = mapping.megatron_keys(shape)
         for key in tqdm(keys, desc="convert", unit="tensor", disable=not progress):
@@ -331,13 +351,14 @@ def run_cli(convert, **kwargs) -> int:
     """What both command-line tools do around a conversion: exit 0 and the result as JSON, 2 on bad input
     (the message names it), 3 when the parity check failed."""
     from megatron_srp.config import RecipeError
+    from megatron_srp.posttrain.chat_template import ChatTemplateError
 
     try:
         result = convert(**kwargs)
     except ParityError as e:
         print(f"parity check failed: {e}", file=sys.stderr)
         return 3
-    except (CheckpointError, RecipeError, FileExistsError, FileNotFoundError) as e:
+    except (CheckpointError, RecipeError, ChatTemplateError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

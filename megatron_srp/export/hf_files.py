@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
@@ -10,6 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from megatron_srp.export.mapping import Shape, UnsupportedModel
+from megatron_srp.posttrain import chat_template as chat_templates
+
+log = logging.getLogger(__name__)
+DEFAULT_TEMPLATE = chat_templates.DEFAULT_NAME
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 
@@ -48,13 +53,26 @@ def write_config(out_dir: str, recipe, shape: Shape, dtype: torch.dtype, token_i
     return data
 
 
+def set_chat_template(tok, spec: str, src: str) -> None:
+    """The export's chat template, checked to keep reflections (``keep`` without one: none, with a warning)."""
+    if spec == chat_templates.KEEP and not tok.chat_template:
+        log.warning("--chat-template keep: %s has no chat template; post-training and evaluation will need one "
+                    "(chat_template=srp)", src)
+        return
+    try:
+        chat_templates.apply(tok, spec, where="--chat-template")
+    except chat_templates.ChatTemplateError as e:
+        raise UnsupportedModel(str(e)) from None
+
+
 def write_generation_config(out_dir: str, token_ids: dict) -> None:
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump({k: v for k, v in token_ids.items() if v is not None}, f, indent=2)
 
 
-def copy_tokenizer(src: str, out_dir: str, vocab_size: int) -> dict:
-    """Save the tokenizer beside the model (readable by transformers 4.x and 5.x); returns its ids."""
+def copy_tokenizer(src: str, out_dir: str, vocab_size: int, chat_template: str = DEFAULT_TEMPLATE) -> dict:
+    """Save the tokenizer beside the model (readable by transformers 4.x and 5.x) with the chat template
+    ``chat_template`` (a built-in name, a file, or ``keep``); returns its ids."""
     from transformers import AutoTokenizer
 
     try:
@@ -63,6 +81,7 @@ def copy_tokenizer(src: str, out_dir: str, vocab_size: int) -> dict:
         raise UnsupportedModel(f"--tokenizer {src}: cannot load a tokenizer: {e}") from e
     if len(tok) > vocab_size:
         raise UnsupportedModel(f"--tokenizer {src} has {len(tok)} tokens but the model's vocab_size is {vocab_size}")
+    set_chat_template(tok, chat_template, src)
     tok.save_pretrained(out_dir)
     cfg_path = os.path.join(out_dir, "tokenizer_config.json")
     with open(cfg_path) as f:

@@ -8,6 +8,7 @@ The recipe comes from the ``recipe.yaml`` saved beside the shards (plain YAML, n
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 import torch
@@ -19,11 +20,25 @@ from megatron_srp.config import Recipe, RecipeError, load_recipe
 from megatron_srp.training.checkpointing import CheckpointError, resolve_load_dir
 
 
+_ITER_DIR = re.compile(r"^iter_(\d{7})$")
+
+
+def resolve_checkpoint(ckpt_dir: str, iteration: Optional[int] = None) -> tuple[str, int]:
+    """(iteration folder, iteration) of a run folder (its tracker's or the requested iteration), or of an
+    ``iter_NNNNNNN`` folder given directly, as Megatron-LM and Megatron-Bridge users pass it."""
+    m = _ITER_DIR.match(os.path.basename(os.path.normpath(ckpt_dir)))
+    if m is None:
+        return resolve_load_dir(ckpt_dir, iteration)
+    if iteration is not None and iteration != int(m.group(1)):
+        raise CheckpointError(f"{ckpt_dir} is iteration {int(m.group(1))}, but --iteration {iteration} was asked for")
+    return os.path.normpath(ckpt_dir), int(m.group(1))
+
+
 class TorchDistCheckpoint:
     def __init__(self, ckpt_dir: str, iteration: Optional[int] = None):
         if not os.path.isdir(ckpt_dir):
             raise CheckpointError(f"{ckpt_dir}: no such directory")
-        self.path, self.iteration = resolve_load_dir(ckpt_dir, iteration)
+        self.path, self.iteration = resolve_checkpoint(ckpt_dir, iteration)
         if not os.path.isfile(os.path.join(self.path, ".metadata")):
             raise CheckpointError(f"{self.path}: not a torch_dist checkpoint (no .metadata)")
         recipe_file = os.path.join(self.path, "recipe.yaml")
