@@ -28,6 +28,7 @@ from megatron_srp.export import hf_files, mapping
 from megatron_srp.export.megatron_side import load_weights, logits, megatron_model, round_params_to
 from megatron_srp.export.torch_dist_reader import TorchDistCheckpoint
 from megatron_srp.training.checkpointing import CheckpointError
+from megatron_srp.training.megatron_lm_args import megatron_lm_common
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -179,7 +180,7 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
           dtype: str = "auto", verify: bool = True, parity: ParitySettings = ParitySettings(),
           max_shard_bytes: int = 2 << 30, overwrite: bool = False, progress: bool = True,
           chat_template: str = hf_files.DEFAULT_TEMPLATE) -> dict:
-    ckpt = TorchDistCheckpoint(checkpoint, iteration)
+    ckpt = TorchDistCheckpoint(checkpoint, iteration, tokenizer)
     recipe = ckpt.recipe
     shape = mapping.shape_from_recipe(recipe)
     check_shapes(ckpt, shape)
@@ -306,7 +307,8 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
                 "consumed_valid_samples": 0, "opt_param_scheduler": None, "weights_only": True,
                 "layout": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
                            "data_parallel_size": 1},
-                "recipe": recipe.to_dict(), "format_version": ck.FORMAT_VERSION}, target)
+                "recipe": recipe.to_dict(), "format_version": ck.FORMAT_VERSION,
+                **megatron_lm_common(recipe)}, target)
             with open(os.path.join(target, "recipe.yaml"), "w") as f:
                 f.write(recipe.to_yaml())
             if verify:

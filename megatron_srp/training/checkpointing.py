@@ -32,6 +32,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_srp.config import Recipe
+from megatron_srp.training.megatron_lm_args import megatron_lm_common
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ def save_checkpoint(recipe: Recipe, ckpt_dir: str, iteration: int, model, optimi
     state["layout"] = _layout()
     state["recipe"] = recipe.to_dict()
     state["format_version"] = FORMAT_VERSION
+    state.update(megatron_lm_common(recipe))  # args + checkpoint_version: what Megatron-LM's tools read
     dist_checkpointing.save(state, target)
     torch.distributed.barrier()
 
