@@ -7,12 +7,14 @@
 --checkpoint is a run folder (its latest_checkpointed_iteration.txt, or --iteration) or one
 iter_NNNNNNN folder in it, ours or Megatron-LM's (without a recipe.yaml the model is read from the
 `args` Megatron-LM saves in common.pt). Writes LlamaForCausalLM (Qwen3ForCausalLM with
-qk-layernorm) as safetensors, config.json, generation_config.json, the tokenizer (--tokenizer, or
-the recipe's data.tokenizer_model) with a chat template (default: srp, which keeps reflections;
-tools/posttrain.py and tools/evaluate.py then need no flag), the recipe and a model card. Then runs
-the Megatron model and the converted model on the same tokens: the output appears only when their
-logits agree (report: OUTPUT/parity.json); otherwise the files go to OUTPUT.parity-failed/ and the
-exit code is 3. Bad input or a damaged checkpoint: exit 2 naming the file. Runs on a CPU.
+qk-layernorm) as safetensors, config.json, the tokenizer (--tokenizer, or the recipe's
+data.tokenizer_model) with a chat template (default: srp, which keeps reflections;
+tools/posttrain.py and tools/evaluate.py then need no flag), generation_config.json (eos ids, the
+reflection format, the stop behaviour), the recipe, and a model card with metadata (base model,
+datasets, license, reflection format, parity figures). Then runs the Megatron model and the
+converted model on the same tokens: the output appears only when their logits agree (report:
+OUTPUT/parity.json); otherwise the files go to OUTPUT.parity-failed/ and the exit code is 3. Bad
+input or a damaged checkpoint: exit 2 naming the file. Files follow the umask. Runs on a CPU.
 """
 
 import argparse
@@ -42,6 +44,9 @@ def main(argv=None) -> int:
                    help="chat template written with the tokenizer: srp (default: User:/Assistant: turns that keep "
                         "reflections verbatim, for base models), a Jinja file, or keep (the tokenizer's own); "
                         "refused (exit 2) if it drops or opens reflections")
+    p.add_argument("--license", metavar="ID",
+                   help="license in the model card's metadata (e.g. apache-2.0; default: the base model's, if its "
+                        "card is here, else none)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                    help="weights dtype (auto: bf16 if the recipe trained in bf16, else fp32)")
     from megatron_srp.export.convert import add_parity_args, parity_from_args, run_cli, to_hf
@@ -57,7 +62,7 @@ def main(argv=None) -> int:
 
     return run_cli(to_hf, checkpoint=args.checkpoint, output=args.output, iteration=args.iteration,
                    tokenizer=args.tokenizer, dtype=args.dtype, verify=not args.no_verify,
-                   parity=parity_from_args(args), chat_template=args.chat_template,
+                   parity=parity_from_args(args), chat_template=args.chat_template, license=args.license,
                    max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
                    progress=not args.no_progress)
 

@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from megatron_srp.config import Recipe, load_recipe, padded_vocab_size
-from megatron_srp.export import hf_files, mapping
+from megatron_srp.export import hf_files, mapping, model_card
+from megatron_srp.export.model_card import PARITY_FILE
 from megatron_srp.export.megatron_side import load_weights, logits, megatron_model, round_params_to
 from megatron_srp.export.torch_dist_reader import TorchDistCheckpoint
 from megatron_srp.training.checkpointing import CheckpointError
@@ -32,7 +33,6 @@ from megatron_srp.training.megatron_lm_args import megatron_lm_common
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PARITY_FILE = "parity.json"
 
 
 class ParityError(RuntimeError):
@@ -179,7 +179,7 @@ def publish(tmp: str, output: str, report: Optional[dict]) -> None:
 def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokenizer: Optional[str] = None,
           dtype: str = "auto", verify: bool = True, parity: ParitySettings = ParitySettings(),
           max_shard_bytes: int = 2 << 30, overwrite: bool = False, progress: bool = True,
-          chat_template: str = hf_files.DEFAULT_TEMPLATE) -> dict:
+          chat_template: str = hf_files.DEFAULT_TEMPLATE, license: Optional[str] = None) -> dict:
     ckpt = TorchDistCheckpoint(checkpoint, iteration, tokenizer)
     recipe = ckpt.recipe
     shape = mapping.shape_from_recipe(recipe)
@@ -204,7 +204,7 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
             del stacked
         files = writer.close()
         hf_files.write_config(tmp, recipe, shape, out_dtype, token_ids)
-        hf_files.write_generation_config(tmp, token_ids)
+        model_card.write_generation_config(tmp, token_ids)
         with open(os.path.join(tmp, "recipe.yaml"), "w") as f:
             f.write(recipe.to_yaml())
         report = None
@@ -219,7 +219,8 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
             report = compare(meg, hf_logits(tmp, tokens, shape.vocab_size, parity.compute_dtype(out_dtype)),
                              parity, out_dtype)
             report.update(direction="megatron->hf", checkpoint=ckpt.path)
-        hf_files.write_model_card(tmp, recipe, ckpt.iteration, ckpt.path, report, hf_files.architecture(shape))
+        model_card.write_model_card(tmp, recipe, ckpt.iteration, ckpt.path, report, hf_files.architecture(shape),
+                                    chat_template if tok_src else "none (no tokenizer written)", license)
         publish(tmp, output, report)
     return {"output": output, "iteration": ckpt.iteration, "architecture": hf_files.architecture(shape),
             "dtype": str(out_dtype).removeprefix("torch."), "files": files, "parity": report}
@@ -328,6 +329,7 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
             report.update(direction="hf->megatron", source=os.path.abspath(hf_dir))
         with open(os.path.join(tmp, "recipe.yaml"), "w") as f:
             f.write(recipe.to_yaml())
+        model_card.record_source(tmp, hf_dir)
         with open(os.path.join(tmp, ck.TRACKER), "w") as f:
             f.write("0\n")
         publish(tmp, output, report)
