@@ -87,9 +87,13 @@ def _random_hf_model(path: Path, arch: str, tokenizer: Path, tied: bool):
 def test_hf_to_megatron_to_hf_is_bit_identical(tokenizer, tmp_path, arch, tied):
     src = _random_hf_model(tmp_path / "src", arch, tokenizer, tied)
     ckpt = tmp_path / "ckpt"
-    tool(FROM_HF, "--hf", src, "--output", ckpt, "--recipe", runner.TINY, "parallel.tensor_model_parallel_size=2")
+    # overrides before, between and after the flags
+    tool(FROM_HF, "training.seed=7", "--hf", src, "parallel.tensor_model_parallel_size=2", "--output", ckpt,
+         "--recipe", runner.TINY, "name=from_hf")
     parity = json.loads((ckpt / "parity.json").read_text())
     assert parity["passed"] and parity["top1_agreement"] == 1.0, parity
+    saved = (ckpt / "recipe.yaml").read_text()
+    assert "seed: 7" in saved and "tensor_model_parallel_size: 2" in saved and "name: from_hf" in saved
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
     back = tmp_path / "back"
     tool(TO_HF, "--checkpoint", ckpt, "--output", back, "--dtype", "fp32")
