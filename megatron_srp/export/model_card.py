@@ -97,7 +97,8 @@ def write_model_card(out_dir: str, recipe, iteration: int, source: str, parity: 
              ("mock data" if recipe.data.mock else "-")),
             ("data variant", data_variant(recipe)), ("reflection loss", recipe.data.reflection_loss),
             ("layers x hidden", f"{recipe.model.num_layers} x {recipe.model.hidden_size}"),
-            ("vocab", recipe.model.vocab_size), ("license", data.license or "not set (tools/convert_to_hf.py --license)"),
+            ("vocab", recipe.model.vocab_size),
+            ("license", data.license or "not set (tools/convert_to_hf.py --license)"),
             ("chat template", chat_template)]
     if parity is not None:
         rows.append(("logit parity", f"max abs diff {parity['max_abs_diff']:.3g}, top-1 agreement "

@@ -153,7 +153,8 @@ def load_tokenizer(model_dir: str, chat_template: Optional[str] = None, fmt=None
                                  "keeps reflections) or chat_template=FILE.jinja")
     if fmt is not None:
         try:
-            templates.check(tok, fmt, f"chat_template {chat_template}" if chat_template else f"{model_dir}: chat template")
+            where = f"chat_template {chat_template}" if chat_template else f"{model_dir}: chat template"
+            templates.check(tok, fmt, where)
         except templates.ChatTemplateError as e:
             raise PosttrainDataError(str(e)) from None
     if tok.pad_token_id is None:

@@ -144,7 +144,8 @@ def recipe_from_args(a, where: str, tokenizer_len: Optional[int] = None) -> Reci
         "position_embedding_type": getattr(a, "position_embedding_type", "learned_absolute"),
         "rotary_base": float(getattr(a, "rotary_base", 10000)),
         "share_embeddings_and_output_weights": not getattr(a, "untie_embeddings_and_output_weights", False),
-        "add_bias_linear": bool(getattr(a, "add_bias_linear", True)), "qk_layernorm": bool(getattr(a, "qk_layernorm", False)),
+        "add_bias_linear": bool(getattr(a, "add_bias_linear", True)),
+        "qk_layernorm": bool(getattr(a, "qk_layernorm", False)),
         "init_method_std": float(getattr(a, "init_method_std", 0.02)),
     }
     tok = getattr(a, "tokenizer_model", None)
@@ -156,5 +157,6 @@ def recipe_from_args(a, where: str, tokenizer_len: Optional[int] = None) -> Reci
         raise ArgsError(f"{where}: Megatron-LM args give an invalid recipe: {e}") from None
     if padded_vocab_size(recipe) != int(a.padded_vocab_size):
         raise ArgsError(f"{where}: vocab size {model['vocab_size']} pads to {padded_vocab_size(recipe)}, but the "
-                        f"checkpoint's padded_vocab_size is {a.padded_vocab_size} (pass the tokenizer it was trained with)")
+                        f"checkpoint's padded_vocab_size is {a.padded_vocab_size} (pass the tokenizer it was "
+                        "trained with)")
     return recipe
