@@ -74,10 +74,12 @@ class ArgsError(RecipeError):
 
 
 def load_common(path: str) -> dict:
-    """``path/common.pt`` read safely; a damaged file or a refused global is named."""
+    """The common (non-tensor) state of a torch_dist folder, read safely: ``common.pt`` (megatron-core <
+    0.19), else the ``common_state`` object inside the shards (0.19+, which Megatron-Core itself reads with
+    weights_only=True). A damaged file or a refused global is named."""
     file = os.path.join(path, "common.pt")
     if not os.path.isfile(file):
-        raise ArgsError(f"{file}: missing (not a torch_dist checkpoint of Megatron-LM or megatron-srp)")
+        return _load_common_in_shards(path)
     try:
         # allowlisted at import (add_safe_globals): torch's safe_globals() context would remove the
         # listed globals again on exit, even those Megatron-Core had registered before
@@ -88,6 +90,16 @@ def load_common(path: str) -> dict:
     if not isinstance(common, dict):
         raise ArgsError(f"{file}: holds a {type(common).__name__}, not a dict")
     return common
+
+
+def _load_common_in_shards(path: str) -> dict:
+    from megatron.core import dist_checkpointing
+
+    try:
+        return dist_checkpointing.load_common_state_dict(path)
+    except Exception as e:  # no common state at all, or damaged shards: name the folder and the cause
+        raise ArgsError(f"{path}: no readable common.pt or common_state (not a torch_dist checkpoint of "
+                        f"Megatron-LM or megatron-srp, or a damaged one): {type(e).__name__}: {e}") from e
 
 
 def _refusals(a) -> list[str]:
