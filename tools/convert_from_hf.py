@@ -5,7 +5,8 @@
       --recipe recipes/smollm2_1p7b_fineweb_edu_srp_h100_bf16.yaml parallel.tensor_model_parallel_size=2
 
 The recipe gives the training settings (default: recipes/smollm2_1p7b_base.yaml); its model section
-is taken from the Hugging Face config.json, and overrides follow as for tools/pretrain.py. The
+is taken from the Hugging Face config.json, and overrides follow as for tools/pretrain.py (before,
+between or after the flags). The
 checkpoint holds global tensors, so it loads under any TP/PP layout; it is weights-only:
 `tools/pretrain.py RECIPE checkpoint.load=OUTPUT` continues pretraining from it with a fresh
 optimizer. The Megatron model is reloaded from the written files and its logits compared with the
@@ -30,9 +31,7 @@ def main(argv=None) -> int:
     add_parity_args(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-
-
+    args = p.parse_intermixed_args(argv)  # overrides before or after the flags
     return run_cli(from_hf, hf_dir=args.hf, output=args.output, base_recipe=args.recipe, overrides=args.overrides,
                    verify=not args.no_verify,
                    parity=parity_from_args(args),

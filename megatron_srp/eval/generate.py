@@ -192,8 +192,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--engine", default="transformers", choices=["auto", "transformers", "vllm"],
                    help="vllm (GPU) decodes with vLLM; auto takes it when installed and on a GPU")
+    p.add_argument("--chat-template", metavar="NAME|FILE", help="srp (built in) or a Jinja file replaces the model's")
     a = p.parse_args(argv)
     model, tok = load_generator(a.model, a.device, a.engine)
+    if a.chat_template:
+        from megatron_srp.posttrain.chat_template import resolve
+
+        tok.chat_template = resolve(a.chat_template)
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not a.raw:
         prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,

@@ -141,6 +141,9 @@ class Suite:
     """Generation batch size."""
     device: str = "cpu"
     """cpu or cuda."""
+    chat_template: Optional[str] = None
+    """Chat template of the prompts: null uses the model's own (an export of tools/convert_to_hf.py carries
+    srp); a built-in name (srp) or a Jinja file replaces it, also for the finetuning attacks."""
     engine: str = "transformers"
     """Generation engine: transformers, vllm (GPU; GCG and finetuning still use transformers), or auto
     (vLLM when it is installed and the device is cuda)."""
@@ -218,10 +221,15 @@ class Runner:
         # -- everything that can fail, before generation --
         from megatron_srp.eval.generate import check_model_dir
 
+        from megatron_srp.posttrain.chat_template import ChatTemplateError, resolve
+
         try:
-            check_model_dir(model_dir, chat_template=True)
+            check_model_dir(model_dir, chat_template=suite.chat_template is None)
+            self.template = resolve(suite.chat_template) if suite.chat_template else None
         except FileNotFoundError as e:
-            raise SuiteError(str(e)) from None
+            raise SuiteError(f"{e}; set chat_template=srp (built in: keeps reflections) or a Jinja file") from None
+        except ChatTemplateError as e:
+            raise SuiteError(f"chat_template: {e}") from None
         self.cls_rows = [read_rows(t.data, [t.text_key, t.label_key], f"classification[{t.name}]")
                          for t in suite.classification]
         for t, rows in zip(suite.classification, self.cls_rows):
@@ -347,6 +355,8 @@ class Runner:
         from megatron_srp.eval.generate import load_generator
 
         model, tok = load_generator(model_dir, self.suite.device, self.engine)
+        if self.template:
+            tok.chat_template = self.template
         report: dict = {}
         if self.cls_rows:
             report["classification"] = self.classification(model, tok)
@@ -365,7 +375,7 @@ class Runner:
         report: dict = {"suite": asdict(self.suite), "model": self.model_dir, **self.evaluate(self.model_dir)}
         for attack, pairs in zip(self.suite.finetune_attacks, self.ft_pairs):
             final = train_sft(self.model_dir, pairs, os.path.join(out_dir, f"finetune_{attack.name}"),
-                              attack.training, quiet=True)
+                              attack.training, quiet=True, chat_template=self.suite.chat_template)
             report.setdefault("finetune_attacks", {})[attack.name] = {"n_pairs": len(pairs), **self.evaluate(final)}
         return report
 

@@ -24,14 +24,15 @@ import torch
 from tqdm import tqdm
 
 from megatron_srp.config import Recipe, load_recipe, padded_vocab_size
-from megatron_srp.export import hf_files, mapping
+from megatron_srp.export import hf_files, mapping, model_card
+from megatron_srp.export.model_card import PARITY_FILE
 from megatron_srp.export.megatron_side import load_weights, logits, megatron_model, round_params_to
 from megatron_srp.export.torch_dist_reader import TorchDistCheckpoint
 from megatron_srp.training.layout import CheckpointError
+from megatron_srp.training.megatron_lm_args import megatron_lm_common
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PARITY_FILE = "parity.json"
 
 
 class ParityError(RuntimeError):
@@ -141,11 +142,30 @@ def staged_output(output: str, overwrite: bool):
         shutil.rmtree(tmp, ignore_errors=True)  # gone already once published
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str) -> None:
+    """Give ``root`` and everything in it the modes a plain mkdir / open would have given: mkdtemp makes
+    0700 folders, and a shared filesystem's group must be able to read an export."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o666 & ~mask)
+
+
 def publish(tmp: str, output: str, report: Optional[dict]) -> None:
     """Write the parity report; rename to ``output`` when it passed, else to OUTPUT.parity-failed and raise."""
     if report is not None:
         with open(os.path.join(tmp, PARITY_FILE), "w") as f:
             json.dump(report, f, indent=2)
+    apply_umask(tmp)
     target = output if report is None or report["passed"] else f"{output}.parity-failed"
     if os.path.exists(target):
         shutil.rmtree(target)
@@ -158,8 +178,9 @@ def publish(tmp: str, output: str, report: Optional[dict]) -> None:
 
 def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokenizer: Optional[str] = None,
           dtype: str = "auto", verify: bool = True, parity: ParitySettings = ParitySettings(),
-          max_shard_bytes: int = 2 << 30, overwrite: bool = False, progress: bool = True) -> dict:
-    ckpt = TorchDistCheckpoint(checkpoint, iteration)
+          max_shard_bytes: int = 2 << 30, overwrite: bool = False, progress: bool = True,
+          chat_template: str = hf_files.DEFAULT_TEMPLATE, license: Optional[str] = None) -> dict:
+    ckpt = TorchDistCheckpoint(checkpoint, iteration, tokenizer)
     recipe = ckpt.recipe
     shape = mapping.shape_from_recipe(recipe)
     check_shapes(ckpt, shape)
@@ -173,7 +194,7 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
         tok_src = None
     output = os.path.abspath(output)
     with staged_output(output, overwrite) as tmp:
-        token_ids = hf_files.copy_tokenizer(tok_src, tmp, shape.vocab_size) if tok_src else {}
+        token_ids = hf_files.copy_tokenizer(tok_src, tmp, shape.vocab_size, chat_template) if tok_src else {}
         writer = hf_files.ShardedSafetensorsWriter(tmp, max_shard_bytes)
         keys = mapping.megatron_keys(shape)
         for key in tqdm(keys, desc="convert", unit="tensor", disable=not progress):
@@ -183,7 +204,7 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
             del stacked
         files = writer.close()
         hf_files.write_config(tmp, recipe, shape, out_dtype, token_ids)
-        hf_files.write_generation_config(tmp, token_ids)
+        model_card.write_generation_config(tmp, token_ids)
         with open(os.path.join(tmp, "recipe.yaml"), "w") as f:
             f.write(recipe.to_yaml())
         report = None
@@ -198,7 +219,8 @@ def to_hf(checkpoint: str, output: str, iteration: Optional[int] = None, tokeniz
             report = compare(meg, hf_logits(tmp, tokens, shape.vocab_size, parity.compute_dtype(out_dtype)),
                              parity, out_dtype)
             report.update(direction="megatron->hf", checkpoint=ckpt.path)
-        hf_files.write_model_card(tmp, recipe, ckpt.iteration, ckpt.path, report, hf_files.architecture(shape))
+        model_card.write_model_card(tmp, recipe, ckpt.iteration, ckpt.path, report, hf_files.architecture(shape),
+                                    chat_template if tok_src else "none (no tokenizer written)", license)
         publish(tmp, output, report)
     return {"output": output, "iteration": ckpt.iteration, "architecture": hf_files.architecture(shape),
             "dtype": str(out_dtype).removeprefix("torch."), "files": files, "parity": report}
@@ -279,7 +301,8 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
                        and not (shape.tied and k == mapping.OUTPUT)]
             if missing:
                 raise CheckpointError(f"internal: parameters not filled from the Hugging Face model: {missing}")
-            target = ck.write_weights_only(tmp, model.sharded_state_dict(), recipe, dist_checkpointing.save)
+            target = ck.write_weights_only(tmp, model.sharded_state_dict(), recipe, dist_checkpointing.save,
+                                           extra=megatron_lm_common(recipe))
             if verify:
                 tokens = parity_tokens(shape.vocab_size, recipe.model.seq_length, parity)
                 with torch.no_grad():
@@ -295,6 +318,7 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
             report = compare(meg, hf_logits(hf_dir, tokens, shape.vocab_size, parity.compute_dtype(weights_dtype)),
                              parity, weights_dtype)
             report.update(direction="hf->megatron", source=os.path.abspath(hf_dir))
+        model_card.record_source(tmp, hf_dir)
         ck.commit(tmp, 0, recipe.to_yaml())
         publish(tmp, output, report)
     return {"output": output, "recipe": recipe.name, "parity": report,
@@ -319,13 +343,14 @@ def run_cli(convert, **kwargs) -> int:
     """What both command-line tools do around a conversion: exit 0 and the result as JSON, 2 on bad input
     (the message names it), 3 when the parity check failed."""
     from megatron_srp.config import RecipeError
+    from megatron_srp.posttrain.chat_template import ChatTemplateError
 
     try:
         result = convert(**kwargs)
     except ParityError as e:
         print(f"parity check failed: {e}", file=sys.stderr)
         return 3
-    except (CheckpointError, RecipeError, FileExistsError, FileNotFoundError) as e:
+    except (CheckpointError, RecipeError, ChatTemplateError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

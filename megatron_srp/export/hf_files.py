@@ -1,8 +1,10 @@
-"""The files of a Hugging Face model directory: config, generation config, tokenizer, safetensors, card."""
+"""The files of a Hugging Face model directory: config, tokenizer, safetensors (the card and generation
+config: model_card.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
@@ -10,6 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from megatron_srp.export.mapping import Shape, UnsupportedModel
+from megatron_srp.posttrain import chat_template as chat_templates
+
+log = logging.getLogger(__name__)
+DEFAULT_TEMPLATE = chat_templates.DEFAULT_NAME
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 
@@ -48,13 +54,21 @@ def write_config(out_dir: str, recipe, shape: Shape, dtype: torch.dtype, token_i
     return data
 
 
-def write_generation_config(out_dir: str, token_ids: dict) -> None:
-    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump({k: v for k, v in token_ids.items() if v is not None}, f, indent=2)
+def set_chat_template(tok, spec: str, src: str) -> None:
+    """The export's chat template, checked to keep reflections (``keep`` without one: none, with a warning)."""
+    if spec == chat_templates.KEEP and not tok.chat_template:
+        log.warning("--chat-template keep: %s has no chat template; post-training and evaluation will need one "
+                    "(chat_template=srp)", src)
+        return
+    try:
+        chat_templates.apply(tok, spec, where="--chat-template")
+    except chat_templates.ChatTemplateError as e:
+        raise UnsupportedModel(str(e)) from None
 
 
-def copy_tokenizer(src: str, out_dir: str, vocab_size: int) -> dict:
-    """Save the tokenizer beside the model (readable by transformers 4.x and 5.x); returns its ids."""
+def copy_tokenizer(src: str, out_dir: str, vocab_size: int, chat_template: str = DEFAULT_TEMPLATE) -> dict:
+    """Save the tokenizer beside the model (readable by transformers 4.x and 5.x) with the chat template
+    ``chat_template`` (a built-in name, a file, or ``keep``); returns its ids."""
     from transformers import AutoTokenizer
 
     try:
@@ -63,6 +77,7 @@ def copy_tokenizer(src: str, out_dir: str, vocab_size: int) -> dict:
         raise UnsupportedModel(f"--tokenizer {src}: cannot load a tokenizer: {e}") from e
     if len(tok) > vocab_size:
         raise UnsupportedModel(f"--tokenizer {src} has {len(tok)} tokens but the model's vocab_size is {vocab_size}")
+    set_chat_template(tok, chat_template, src)
     tok.save_pretrained(out_dir)
     cfg_path = os.path.join(out_dir, "tokenizer_config.json")
     with open(cfg_path) as f:
@@ -194,26 +209,3 @@ def data_variant(recipe) -> str:
     if any(os.path.exists(f"{p}.idx") for p in prefixes):
         return "no reflections (plain, filter or rewrite)"
     return "unknown (the data files are not on this machine)"
-
-
-def write_model_card(out_dir: str, recipe, iteration: int, source: str, parity: Optional[dict], arch: str) -> None:
-    data = ", ".join(recipe.data.data_path) if recipe.data.data_path else ("mock data" if recipe.data.mock else "-")
-    lines = [
-        f"# {recipe.name} (step {iteration})", "",
-        f"Converted by megatron-srp's `tools/convert_to_hf.py` from the torch_dist checkpoint `{source}`.", "",
-        "| | |", "|---|---|",
-        f"| architecture | `{arch}` |",
-        f"| recipe | `{recipe.name}` |",
-        f"| step | {iteration} |",
-        f"| data | {data} |",
-        f"| data variant | {data_variant(recipe)} |",
-        f"| reflection loss | {recipe.data.reflection_loss} |",
-        f"| layers x hidden | {recipe.model.num_layers} x {recipe.model.hidden_size} |",
-        f"| vocab | {recipe.model.vocab_size} |",
-    ]
-    if parity is not None:
-        lines.append(f"| logit parity | max abs diff {parity['max_abs_diff']:.3g}, top-1 agreement "
-                     f"{parity['top1_agreement']:.4f} ({'passed' if parity['passed'] else 'FAILED'}) |")
-    lines += ["", "The recipe it was trained with is `recipe.yaml` beside this card."]
-    with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")

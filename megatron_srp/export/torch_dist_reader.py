@@ -2,12 +2,15 @@
 
 Only the tensors asked for are read (``torch.distributed.checkpoint`` with ``no_dist=True``), so
 converting a model needs the memory of its largest stacked tensor, not of the whole checkpoint.
-The recipe comes from the ``recipe.yaml`` saved beside the shards (plain YAML, nothing unpickled).
+The recipe comes from the ``recipe.yaml`` saved beside the shards (plain YAML, nothing unpickled), or,
+for a checkpoint Megatron-LM wrote, from the ``args`` in its common.pt (read with weights_only=True).
+Damaged files (a truncated shard, an unreadable .metadata or common.pt) are named.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 import torch
@@ -16,25 +19,35 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from megatron_srp.config import Recipe, RecipeError, load_recipe
+from megatron_srp.training import megatron_lm_args
 from megatron_srp.training.layout import CheckpointError, resolve_load_dir
 
 
+_ITER_DIR = re.compile(r"^iter_(\d{7})$")
+
+
+def resolve_checkpoint(ckpt_dir: str, iteration: Optional[int] = None) -> tuple[str, int]:
+    """(iteration folder, iteration) of a run folder (its tracker's or the requested iteration), or of an
+    ``iter_NNNNNNN`` folder given directly, as Megatron-LM and Megatron-Bridge users pass it."""
+    m = _ITER_DIR.match(os.path.basename(os.path.normpath(ckpt_dir)))
+    if m is None:
+        return resolve_load_dir(ckpt_dir, iteration)
+    if iteration is not None and iteration != int(m.group(1)):
+        raise CheckpointError(f"{ckpt_dir} is iteration {int(m.group(1))}, but --iteration {iteration} was asked for")
+    return os.path.normpath(ckpt_dir), int(m.group(1))
+
+
 class TorchDistCheckpoint:
-    def __init__(self, ckpt_dir: str, iteration: Optional[int] = None):
+    def __init__(self, ckpt_dir: str, iteration: Optional[int] = None, tokenizer: Optional[str] = None):
         if not os.path.isdir(ckpt_dir):
             raise CheckpointError(f"{ckpt_dir}: no such directory")
-        self.path, self.iteration = resolve_load_dir(ckpt_dir, iteration)
+        self.path, self.iteration = resolve_checkpoint(ckpt_dir, iteration)
         if not os.path.isfile(os.path.join(self.path, ".metadata")):
             raise CheckpointError(f"{self.path}: not a torch_dist checkpoint (no .metadata)")
-        recipe_file = os.path.join(self.path, "recipe.yaml")
-        if not os.path.isfile(recipe_file):
-            raise CheckpointError(f"{self.path}: no recipe.yaml (was it written by tools/pretrain.py?)")
-        try:
-            self.recipe: Recipe = load_recipe(recipe_file)
-        except RecipeError as e:
-            raise CheckpointError(f"{recipe_file}: {e}") from e
-        self._reader = FileSystemReader(self.path)
-        meta = self._reader.read_metadata()
+        self.recipe: Recipe = read_recipe(self.path, tokenizer)
+        meta = read_metadata(self.path)
+        check_shard_files(self.path, meta)
+        self._files = shard_files_by_key(meta)
         self.tensors: dict[str, TensorStorageMetadata] = {
             k: v for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
@@ -48,5 +61,72 @@ class TorchDistCheckpoint:
         if key not in self.tensors:
             raise CheckpointError(f"{self.path}: no tensor {key!r}")
         out = {key: torch.empty(self.shape(key), dtype=self.dtype(key))}
-        dcp.load(out, storage_reader=FileSystemReader(self.path), no_dist=True)
+        try:
+            dcp.load(out, storage_reader=FileSystemReader(self.path), no_dist=True)
+        except Exception as e:  # a damaged shard fails inside torch.load/dcp with any error type: name the files
+            files = ", ".join(os.path.join(self.path, f) for f in self._files.get(key, ["?"]))
+            raise CheckpointError(f"{files}: cannot read tensor {key!r} (damaged checkpoint file): "
+                                  f"{type(e).__name__}: {e}") from e
         return out[key]
+
+
+def read_recipe(path: str, tokenizer: Optional[str] = None) -> Recipe:
+    """Our ``recipe.yaml`` beside the shards, or else one built from the ``args`` Megatron-LM keeps in
+    common.pt (``tokenizer``, when given, tells the unpadded vocabulary size if the args do not)."""
+    recipe_file = os.path.join(path, "recipe.yaml")
+    if os.path.isfile(recipe_file):
+        try:
+            return load_recipe(recipe_file)
+        except RecipeError as e:
+            raise CheckpointError(f"{recipe_file}: {e}") from e
+    try:
+        args = megatron_lm_args.load_common(path).get("args")
+        if args is None:
+            raise CheckpointError(f"{path}: no recipe.yaml and no Megatron-LM 'args' in common.pt: neither a "
+                                  "megatron-srp nor a Megatron-LM checkpoint")
+        return megatron_lm_args.recipe_from_args(args, os.path.join(path, "common.pt"), tokenizer_length(tokenizer))
+    except megatron_lm_args.ArgsError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def tokenizer_length(tokenizer: Optional[str]) -> Optional[int]:
+    if not tokenizer or not os.path.isdir(tokenizer):
+        return None
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False))
+
+
+def read_metadata(path: str):
+    """The ``.metadata`` of a torch_dist folder; a damaged one is named."""
+    try:
+        return FileSystemReader(path).read_metadata()
+    except Exception as e:  # unpickling a truncated file raises EOFError, UnpicklingError, ...
+        raise CheckpointError(f"{os.path.join(path, '.metadata')}: damaged checkpoint file, cannot be read: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def shard_files_by_key(meta) -> dict[str, list[str]]:
+    """Tensor key -> the ``.distcp`` files holding its pieces."""
+    out: dict[str, set] = {}
+    for index, info in meta.storage_data.items():
+        out.setdefault(index.fqn, set()).add(info.relative_path)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def check_shard_files(path: str, meta) -> None:
+    """Every ``.distcp`` file the metadata names exists and is as long as the byte ranges it must hold:
+    a truncated or partly copied shard is named before anything is converted."""
+    need: dict[str, int] = {}
+    for info in meta.storage_data.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    problems = []
+    for name, size in sorted(need.items()):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            problems.append(f"{file}: missing")
+        elif os.path.getsize(file) < size:
+            problems.append(f"{file}: {os.path.getsize(file)} bytes, but .metadata places data up to byte {size} "
+                            "(truncated or partly copied)")
+    if problems:
+        raise CheckpointError("damaged checkpoint:\n  " + "\n  ".join(problems))

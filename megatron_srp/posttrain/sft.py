@@ -78,6 +78,11 @@ class SFTRecipe:
     """Budget of a response segment (sentence-aligned), in tokens of the model's tokenizer."""
     max_length: int = 1024
     """Tokens per example (longer ones are cut)."""
+    chat_template: Optional[str] = None
+    """Chat template: null keeps the model's own (an export of tools/convert_to_hf.py carries srp); a
+    built-in name (srp: User:/Assistant: turns that keep reflections verbatim) or a Jinja file replaces it
+    and is saved with the final model. With reflections, a template that drops or opens reflections is
+    refused."""
     training: SFTTrainingSettings = field(default_factory=SFTTrainingSettings)
     """Optimisation."""
 
@@ -127,22 +132,38 @@ class _Collator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def load_tokenizer(model_dir: str):
+def load_tokenizer(model_dir: str, chat_template: Optional[str] = None, fmt=None):
+    """The model's tokenizer with ``chat_template`` (None: its own); with a reflection format ``fmt``, the
+    template must keep reflections (``chat_template.check``)."""
     from transformers import AutoTokenizer
+
+    from megatron_srp.posttrain import chat_template as templates
 
     if not os.path.isfile(os.path.join(model_dir, "tokenizer_config.json")) and not os.path.isfile(
             os.path.join(model_dir, "tokenizer.json")):
         raise PosttrainDataError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    if chat_template:
+        try:
+            tok.chat_template = templates.resolve(chat_template)
+        except templates.ChatTemplateError as e:
+            raise PosttrainDataError(f"chat_template: {e}") from None
     if tok.chat_template is None:
-        raise PosttrainDataError(f"{model_dir}: the tokenizer has no chat template")
+        raise PosttrainDataError(f"{model_dir}: the tokenizer has no chat template; set chat_template=srp (built in: "
+                                 "keeps reflections) or chat_template=FILE.jinja")
+    if fmt is not None:
+        try:
+            where = f"chat_template {chat_template}" if chat_template else f"{model_dir}: chat template"
+            templates.check(tok, fmt, where)
+        except templates.ChatTemplateError as e:
+            raise PosttrainDataError(str(e)) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def train_sft(model_dir: str, examples: Sequence[dict], output_dir: str, settings: SFTTrainingSettings,
-              max_length: int = 1024, quiet: bool = False) -> str:
+              max_length: int = 1024, quiet: bool = False, chat_template: Optional[str] = None) -> str:
     """Finetune ``model_dir`` on chat ``examples``; returns ``OUTPUT/final`` (written last, atomically)."""
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
@@ -150,7 +171,7 @@ def train_sft(model_dir: str, examples: Sequence[dict], output_dir: str, setting
     final = os.path.join(output_dir, "final")
     if os.path.isfile(os.path.join(final, "config.json")):
         return final  # finished earlier
-    tok = load_tokenizer(model_dir)
+    tok = load_tokenizer(model_dir, chat_template)
     rows = [tokenize_chat(tok, ex["messages"], max_length) for ex in examples]
     rows = [r for r in rows if any(lab != -100 for lab in r["labels"])]
     if not rows:
@@ -228,7 +249,9 @@ def build_examples(r: SFTRecipe, tokenizer) -> list[dict]:
 def run_recipe(r: SFTRecipe) -> str:
     if not r.model:
         raise PosttrainDataError("model: the Hugging Face model directory to post-train is not set")
-    tok = load_tokenizer(r.model)
+    from megatron_srp.reflection import DEFAULT
+
+    tok = load_tokenizer(r.model, r.chat_template, DEFAULT if r.reflections else None)
     examples = build_examples(r, tok)
     os.makedirs(r.output_dir, exist_ok=True)
     from megatron_srp.posttrain.data import write_jsonl
@@ -236,4 +259,4 @@ def run_recipe(r: SFTRecipe) -> str:
     write_jsonl(examples, os.path.join(r.output_dir, "examples.jsonl"))
     with open(os.path.join(r.output_dir, "recipe.json"), "w") as f:
         json.dump(asdict(r), f, indent=1)
-    return train_sft(r.model, examples, r.output_dir, r.training, r.max_length)
+    return train_sft(r.model, examples, r.output_dir, r.training, r.max_length, chat_template=r.chat_template)

@@ -31,6 +31,7 @@ from megatron_srp.training.integrity import DamagedCheckpointError, check_iterat
 # Re-exported: callers of this module name these as checkpointing.X.
 from megatron_srp.training.layout import (FORMAT_VERSION, CheckpointError, completed_iterations,  # noqa: F401
                                           iter_dir, prune, read_tracker, resolve_load_dir)
+from megatron_srp.training.megatron_lm_args import megatron_lm_common
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ def save_checkpoint(recipe: Recipe, ckpt_dir: str, iteration: int, model, optimi
     state["layout"] = _parallel_layout()
     state["recipe"] = recipe.to_dict()
     state["format_version"] = FORMAT_VERSION
+    state.update(megatron_lm_common(recipe))  # args + checkpoint_version: what Megatron-LM's tools read
     dist_checkpointing.save(state, target)
     torch.distributed.barrier()
 

@@ -142,12 +142,13 @@ def weights_only_state(model_state: dict, recipe_dict: dict, iteration: int = 0)
 
 
 def write_weights_only(ckpt_dir: str, model_state: dict, recipe, save: Callable[[dict, str], None],
-                       iteration: int = 0) -> str:
+                       iteration: int = 0, extra: Optional[dict] = None) -> str:
     """Save a one-process model as a weights-only iteration and its recipe.yaml; commit with
     :func:`commit` once the caller has checked it. ``save`` is ``dist_checkpointing.save`` (passed in
-    so this module needs no Megatron-Core). Returns the iteration folder."""
+    so this module needs no Megatron-Core); ``extra`` joins the common state (Megatron-LM's ``args``).
+    Returns the iteration folder."""
     target = prepare_iteration_dir(ckpt_dir, iteration)
-    save(weights_only_state(model_state, recipe.to_dict(), iteration), target)
+    save({**weights_only_state(model_state, recipe.to_dict(), iteration), **(extra or {})}, target)
     write_iteration_recipe(ckpt_dir, iteration, recipe.to_yaml())
     return target
 

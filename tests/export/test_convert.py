@@ -14,50 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, child_env, free_port
-from tests.fixtures import SAFE_SENTENCES, train_bpe_tokenizer
+from tests.export.helpers import FROM_HF, MODELS, TO_HF, tool
 from tests.training import runner
-
-TO_HF = str(ROOT / "tools" / "convert_to_hf.py")
-FROM_HF = str(ROOT / "tools" / "convert_from_hf.py")
-
-# name -> overrides of tiny_cpu (4 layers, hidden 64, GQA 4 heads / 2 groups, vocab 512)
-MODELS = {
-    "gqa_tied_tp2": ["parallel.tensor_model_parallel_size=2"],
-    # vocab 500 is padded to 512 inside Megatron: the export must trim it
-    "untied_padded_vocab_pp2": ["parallel.pipeline_model_parallel_size=2", "model.vocab_size=500",
-                                "model.share_embeddings_and_output_weights=false"],
-    "qk_layernorm_tp2": ["parallel.tensor_model_parallel_size=2", "model.qk_layernorm=true",
-                         "model.share_embeddings_and_output_weights=false"],
-}
-
-
-def tool(*args, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, *map(str, args), "--no-progress"], cwd=ROOT, env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return train_bpe_tokenizer(tmp_path_factory.mktemp("tok"), SAFE_SENTENCES * 10, vocab_size=400)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Each model trained 5 steps with 2 gloo processes; returns name -> checkpoint dir."""
-    out = {}
-
-    def get(name):
-        if name not in out:
-            d = tmp_path_factory.mktemp(name)
-            runner.run(d, MODELS[name] + ["training.train_iters=6"], nproc=2)
-            out[name] = d / "ckpt"
-        return out[name]
-
-    return get
-
 
 @pytest.mark.parametrize("name", MODELS)
 def test_export_matches_megatron_logits_and_generates(trained, tokenizer, tmp_path, name):
@@ -78,6 +36,7 @@ def test_export_matches_megatron_logits_and_generates(trained, tokenizer, tmp_pa
     assert weights["model.embed_tokens.weight"].shape == (vocab, 64)
     assert ("lm_head.weight" in weights) == (not tied)
     assert "step 6" in (out / "README.md").read_text()
+    check_card_and_generation_config(out, parity)
 
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
@@ -87,6 +46,24 @@ def test_export_matches_megatron_logits_and_generates(trained, tokenizer, tmp_pa
     with torch.no_grad():
         first = model(**prompt).logits[0, -1].argmax()
     assert gen[0, prompt["input_ids"].shape[1]] == first
+
+
+def check_card_and_generation_config(out: Path, parity: dict) -> None:
+    """The card's metadata (huggingface_hub reads it back) and the reflection-aware generation config."""
+    from huggingface_hub import ModelCard
+    from transformers import AutoTokenizer, GenerationConfig
+
+    card = ModelCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert {"megatron-srp", "safety-reflection"} <= set(meta["tags"]) and meta["pipeline_tag"] == "text-generation"
+    assert meta["parity"]["max_abs_diff"] == parity["max_abs_diff"] and meta["parity"]["passed"] is True
+    assert meta["reflection_format"]["open_tag"] == "<think>" and meta["reflection_format"]["example"] == \
+        "<think> Unsafe, Violent </think>"
+    assert meta["chat_template_name"] == "srp" and "base_model" not in meta  # trained from scratch
+    assert "guarded_generate" in card.text
+    gen = GenerationConfig.from_pretrained(out)
+    assert gen.eos_token_id == AutoTokenizer.from_pretrained(out).eos_token_id
+    assert "close tag does not" in gen.reflection_stop
 
 
 def _random_hf_model(path: Path, arch: str, tokenizer: Path, tied: bool):
@@ -110,9 +87,13 @@ def _random_hf_model(path: Path, arch: str, tokenizer: Path, tied: bool):
 def test_hf_to_megatron_to_hf_is_bit_identical(tokenizer, tmp_path, arch, tied):
     src = _random_hf_model(tmp_path / "src", arch, tokenizer, tied)
     ckpt = tmp_path / "ckpt"
-    tool(FROM_HF, "--hf", src, "--output", ckpt, "--recipe", runner.TINY, "parallel.tensor_model_parallel_size=2")
+    # overrides before, between and after the flags
+    tool(FROM_HF, "training.seed=7", "--hf", src, "parallel.tensor_model_parallel_size=2", "--output", ckpt,
+         "--recipe", runner.TINY, "name=from_hf")
     parity = json.loads((ckpt / "parity.json").read_text())
     assert parity["passed"] and parity["top1_agreement"] == 1.0, parity
+    saved = (ckpt / "recipe.yaml").read_text()
+    assert "seed: 7" in saved and "tensor_model_parallel_size: 2" in saved and "name: from_hf" in saved
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
     back = tmp_path / "back"
     tool(TO_HF, "--checkpoint", ckpt, "--output", back, "--dtype", "fp32")
@@ -125,7 +106,10 @@ def test_hf_to_megatron_to_hf_is_bit_identical(tokenizer, tmp_path, arch, tied):
 
 
 def test_converted_checkpoint_continues_pretraining_at_tp2(tokenizer, tmp_path):
-    src = _random_hf_model(tmp_path / "src", "llama", tokenizer, tied=False)
+    # laid out as the Hugging Face hub cache keeps a download, with the license in its card
+    src = _random_hf_model(tmp_path / "models--HuggingFaceTB--SmolLM2-tiny" / "snapshots" / "0a1b", "llama",
+                           tokenizer, tied=False)
+    (src / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
     ckpt = tmp_path / "ckpt"
     tool(FROM_HF, "--hf", src, "--output", ckpt, "--recipe", runner.TINY, "--no-verify")
     recipe = ckpt / "recipe.yaml"
@@ -149,6 +133,15 @@ def test_converted_checkpoint_continues_pretraining_at_tp2(tokenizer, tmp_path):
         assert math.isclose(losses[1][step], losses[2][step], rel_tol=1e-5)
     # the converted weights were used: a random-init model of this vocab starts near ln(450)
     assert losses[1][1] != pytest.approx(math.log(450), abs=1e-3)
+
+    # the export of the continued run names its base model and inherits its license
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "hf"
+    tool(TO_HF, "--checkpoint", tmp_path / "tp1" / "ckpt", "--output", out, "--no-verify")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-tiny" and card.data.license == "apache-2.0"
+    assert "| base model | HuggingFaceTB/SmolLM2-tiny |" in card.text
 
 
 def test_bad_inputs_are_named(trained, tokenizer, tmp_path):
@@ -214,6 +207,10 @@ def test_model_card_names_the_data_variant(tmp_path):
         return data_variant(load_recipe(runner.TINY, ["data.mock=false", f"data.data_path=[{','.join(paths)}]"]))
 
     assert data_variant(load_recipe(runner.TINY)) == "mock data"
+    from megatron_srp.export.model_card import card_data
+
+    blend = load_recipe(runner.TINY, ["data.mock=false", f"data.data_path=[0.5,{srp},0.5,{plain}]"])
+    assert card_data(blend, "LlamaForCausalLM", None, "srp", "mit").datasets == [str(srp), str(plain)]
     assert variant(str(srp)).startswith("srp")
     assert variant(str(plain)) == "no reflections (plain, filter or rewrite)"
     assert variant("0.5", str(srp), "0.5", str(plain)).startswith("a blend with srp data (1 of 2")
