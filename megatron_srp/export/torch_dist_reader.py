@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from megatron_srp.config import Recipe, RecipeError, load_recipe
 from megatron_srp.training import megatron_lm_args
+from megatron_srp.training.integrity import check_iteration_files
 from megatron_srp.training.layout import CheckpointError, resolve_load_dir
 
 
@@ -45,8 +46,8 @@ class TorchDistCheckpoint:
         if not os.path.isfile(os.path.join(self.path, ".metadata")):
             raise CheckpointError(f"{self.path}: not a torch_dist checkpoint (no .metadata)")
         self.recipe: Recipe = read_recipe(self.path, tokenizer)
+        check_iteration_files(self.path)  # names a missing or cut-short file before anything is read
         meta = read_metadata(self.path)
-        check_shard_files(self.path, meta)
         self._files = shard_files_by_key(meta)
         self.tensors: dict[str, TensorStorageMetadata] = {
             k: v for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
@@ -112,21 +113,3 @@ def shard_files_by_key(meta) -> dict[str, list[str]]:
     for index, info in meta.storage_data.items():
         out.setdefault(index.fqn, set()).add(info.relative_path)
     return {k: sorted(v) for k, v in out.items()}
-
-
-def check_shard_files(path: str, meta) -> None:
-    """Every ``.distcp`` file the metadata names exists and is as long as the byte ranges it must hold:
-    a truncated or partly copied shard is named before anything is converted."""
-    need: dict[str, int] = {}
-    for info in meta.storage_data.values():
-        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
-    problems = []
-    for name, size in sorted(need.items()):
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            problems.append(f"{file}: missing")
-        elif os.path.getsize(file) < size:
-            problems.append(f"{file}: {os.path.getsize(file)} bytes, but .metadata places data up to byte {size} "
-                            "(truncated or partly copied)")
-    if problems:
-        raise CheckpointError("damaged checkpoint:\n  " + "\n  ".join(problems))

@@ -31,9 +31,11 @@ from megatron_srp.training.integrity import DamagedCheckpointError, check_iterat
 # Re-exported: callers of this module name these as checkpointing.X.
 from megatron_srp.training.layout import (FORMAT_VERSION, CheckpointError, completed_iterations,  # noqa: F401
                                           iter_dir, prune, read_tracker, resolve_load_dir)
-from megatron_srp.training.megatron_lm_args import megatron_lm_common
+from megatron_srp.training.megatron_lm_args import allow_common_state_globals, megatron_lm_common
 
 log = logging.getLogger(__name__)
+# A resume reads common state through Megatron-Core's loader (torch.load, weights_only=True).
+allow_common_state_globals()
 
 # Fault injection for tests of interrupted saves: "ITERATION:SECONDS" sleeps after that
 # iteration's shards are written and before the tracker commits them, so a SIGKILL lands mid-save.

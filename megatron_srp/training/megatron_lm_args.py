@@ -23,21 +23,23 @@ from megatron_srp.config import Recipe, RecipeError, padded_vocab_size, recipe_f
 CHECKPOINT_VERSION = 3.0
 
 
-def _safe_globals() -> list:
-    """What a Megatron-LM common.pt holds besides plain containers: the args Namespace, and enums."""
+def allow_common_state_globals() -> None:
+    """Allowlist for torch.load(weights_only=True) what a Megatron-LM common state holds besides plain
+    containers: the args Namespace and, when Megatron-Core is installed, its attention enums (imported
+    here, at load time, so that importing this module needs no Megatron-Core). Idempotent."""
     found = [argparse.Namespace]
-    try:  # optional: only present with Megatron-Core, whose enums Megatron-LM's args may hold
+    try:  # optional: Megatron-LM's args may hold these enums
         from megatron.core.transformer.enums import AttnBackend, AttnMaskType
 
         found += [AttnBackend, AttnMaskType]
     except ImportError:
         pass
-    return found
+    torch.serialization.add_safe_globals(found)
 
 
 # Megatron-Core's own loader (dist_checkpointing.load_common_state_dict) uses torch.load's default,
-# weights_only=True: our saves now carry a Namespace, so it must be allowlisted for resuming too.
-torch.serialization.add_safe_globals(_safe_globals())
+# weights_only=True: our saves carry a Namespace, so it is allowlisted for resuming too.
+torch.serialization.add_safe_globals([argparse.Namespace])
 
 
 def megatron_lm_common(recipe: Recipe) -> dict:
@@ -77,11 +79,12 @@ def load_common(path: str) -> dict:
     """The common (non-tensor) state of a torch_dist folder, read safely: ``common.pt`` (megatron-core <
     0.19), else the ``common_state`` object inside the shards (0.19+, which Megatron-Core itself reads with
     weights_only=True). A damaged file or a refused global is named."""
+    allow_common_state_globals()
     file = os.path.join(path, "common.pt")
     if not os.path.isfile(file):
         return _load_common_in_shards(path)
     try:
-        # allowlisted at import (add_safe_globals): torch's safe_globals() context would remove the
+        # allowlisted with add_safe_globals: torch's safe_globals() context would remove the
         # listed globals again on exit, even those Megatron-Core had registered before
         common = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated: EOFError / RuntimeError; a refused global: UnpicklingError
