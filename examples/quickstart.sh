@@ -2,7 +2,7 @@
 # From a jsonl corpus to an evaluated model, every stage through the project's own tools, no file
 # edited by hand. The README's quickstart shows these commands; CI runs this script as it is.
 #
-#   bash examples/quickstart.sh [WORK_DIR]        # default runs/quickstart; about 5 minutes on 2 cores
+#   bash examples/quickstart.sh [WORK_DIR]        # default runs/quickstart; about 40 s on 2 cores
 #
 # Replace step 0 by your own corpus (FineWeb-Edu shards, jsonl or parquet) and your base model's
 # tokenizer, and `--classifier column` by `--classifier qwen3guard --classifier-arg model=DIR`.
