@@ -32,13 +32,17 @@ def single_process_recipe(recipe: Recipe) -> Recipe:
 @contextmanager
 def megatron_model(recipe: Recipe) -> Iterator[torch.nn.Module]:
     """A freshly initialised GPTModel chunk for ``recipe`` at TP = PP = 1 (process group set up and torn down)."""
-    from megatron_srp.training import distributed
-    from megatron_srp.training.model import build_model_chunk, build_transformer_config
+    from megatron_srp.training.quiet import missing_kernel_warnings_ignored
+
+    with missing_kernel_warnings_ignored():  # Megatron-Core's import-time fallback warnings, nothing else
+        from megatron_srp.training import distributed
+        from megatron_srp.training.model import build_model_chunk, build_transformer_config
 
     r = single_process_recipe(recipe)
     env = distributed.setup(r)
     try:
-        model = build_model_chunk(r, build_transformer_config(r, env.on_cpu), env.on_cpu)
+        with missing_kernel_warnings_ignored():
+            model = build_model_chunk(r, build_transformer_config(r, env.on_cpu), env.on_cpu)
         if not env.on_cpu:
             model.cuda(torch.cuda.current_device())
         model.eval()
@@ -53,7 +57,10 @@ def load_weights(model: torch.nn.Module, iter_path: str) -> None:
     """Megatron's own loading path: ``dist_checkpointing.load`` of the model's sharded state dict."""
     from megatron.core import dist_checkpointing
 
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, iter_path)
+    from megatron_srp.training.quiet import checkpoint_read_warnings_ignored
+
+    with checkpoint_read_warnings_ignored():
+        loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, iter_path)
     model.load_state_dict(loaded["model"], strict=True)
 
 

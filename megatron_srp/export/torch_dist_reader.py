@@ -10,7 +10,6 @@ Damaged files (a truncated shard, an unreadable .metadata or common.pt) are name
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional
 
 import torch
@@ -21,21 +20,26 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from megatron_srp.config import Recipe, RecipeError, load_recipe
 from megatron_srp.training import megatron_lm_args
 from megatron_srp.training.integrity import check_iteration_files
-from megatron_srp.training.layout import CheckpointError, resolve_load_dir
-
-
-_ITER_DIR = re.compile(r"^iter_(\d{7})$")
+from megatron_srp.training.quiet import checkpoint_read_warnings_ignored
+from megatron_srp.training.layout import (CheckpointError, iter_dir, read_tracker, resolve_load_dir,
+                                          split_iteration_dir, tracker_path)
 
 
 def resolve_checkpoint(ckpt_dir: str, iteration: Optional[int] = None) -> tuple[str, int]:
     """(iteration folder, iteration) of a run folder (its tracker's or the requested iteration), or of an
-    ``iter_NNNNNNN`` folder given directly, as Megatron-LM and Megatron-Bridge users pass it."""
-    m = _ITER_DIR.match(os.path.basename(os.path.normpath(ckpt_dir)))
-    if m is None:
+    ``iter_NNNNNNN`` folder given directly, as Megatron-LM and Megatron-Bridge users pass it. A folder
+    newer than its run's tracker is a save that never completed: refused."""
+    run_dir, it = split_iteration_dir(ckpt_dir)
+    if it is None:
         return resolve_load_dir(ckpt_dir, iteration)
-    if iteration is not None and iteration != int(m.group(1)):
-        raise CheckpointError(f"{ckpt_dir} is iteration {int(m.group(1))}, but --iteration {iteration} was asked for")
-    return os.path.normpath(ckpt_dir), int(m.group(1))
+    if iteration is not None and iteration != it:
+        raise CheckpointError(f"{ckpt_dir} is iteration {it}, but --iteration {iteration} was asked for")
+    committed = read_tracker(run_dir)
+    if committed is not None and it > committed:
+        raise CheckpointError(f"{ckpt_dir}: iteration {it} is newer than the last completed save ({committed}, "
+                              f"{tracker_path(run_dir)}): a save that did not finish; convert "
+                              f"{iter_dir(run_dir, committed)} instead")
+    return os.path.normpath(ckpt_dir), it
 
 
 class TorchDistCheckpoint:
@@ -46,8 +50,7 @@ class TorchDistCheckpoint:
         if not os.path.isfile(os.path.join(self.path, ".metadata")):
             raise CheckpointError(f"{self.path}: not a torch_dist checkpoint (no .metadata)")
         self.recipe: Recipe = read_recipe(self.path, tokenizer)
-        check_iteration_files(self.path)  # names a missing or cut-short file before anything is read
-        meta = read_metadata(self.path)
+        meta = check_iteration_files(self.path)  # names a missing or cut-short file before anything is read
         self._files = shard_files_by_key(meta)
         self.tensors: dict[str, TensorStorageMetadata] = {
             k: v for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
@@ -63,7 +66,8 @@ class TorchDistCheckpoint:
             raise CheckpointError(f"{self.path}: no tensor {key!r}")
         out = {key: torch.empty(self.shape(key), dtype=self.dtype(key))}
         try:
-            dcp.load(out, storage_reader=FileSystemReader(self.path), no_dist=True)
+            with checkpoint_read_warnings_ignored():  # a single-process read, on purpose
+                dcp.load(out, storage_reader=FileSystemReader(self.path), no_dist=True)
         except Exception as e:  # a damaged shard fails inside torch.load/dcp with any error type: name the files
             files = ", ".join(os.path.join(self.path, f) for f in self._files.get(key, ["?"]))
             raise CheckpointError(f"{files}: cannot read tensor {key!r} (damaged checkpoint file): "
@@ -96,15 +100,6 @@ def tokenizer_length(tokenizer: Optional[str]) -> Optional[int]:
     from transformers import AutoTokenizer
 
     return len(AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False))
-
-
-def read_metadata(path: str):
-    """The ``.metadata`` of a torch_dist folder; a damaged one is named."""
-    try:
-        return FileSystemReader(path).read_metadata()
-    except Exception as e:  # unpickling a truncated file raises EOFError, UnpicklingError, ...
-        raise CheckpointError(f"{os.path.join(path, '.metadata')}: damaged checkpoint file, cannot be read: "
-                              f"{type(e).__name__}: {e}") from e
 
 
 def shard_files_by_key(meta) -> dict[str, list[str]]:

@@ -32,6 +32,7 @@ from megatron_srp.training.integrity import DamagedCheckpointError, check_iterat
 from megatron_srp.training.layout import (FORMAT_VERSION, CheckpointError, completed_iterations,  # noqa: F401
                                           iter_dir, prune, read_tracker, resolve_load_dir)
 from megatron_srp.training.megatron_lm_args import allow_common_state_globals, megatron_lm_common
+from megatron_srp.training.quiet import checkpoint_read_warnings_ignored
 
 log = logging.getLogger(__name__)
 # A resume reads common state through Megatron-Core's loader (torch.load, weights_only=True).
@@ -300,7 +301,8 @@ def load_checkpoint(recipe: Recipe, ckpt_dir: str, model, optimizer, finetune: b
     if load_rng:
         state["rng_state"] = _rng_sharded_object(None)
     try:
-        loaded = dist_checkpointing.load(state, path)
+        with checkpoint_read_warnings_ignored():
+            loaded = dist_checkpointing.load(state, path)
     except (EOFError, pickle.UnpicklingError) as e:  # damage the file checks cannot see
         raise DamagedCheckpointError(f"{path}: a shard is unreadable ({type(e).__name__}: {e})") from e
 

@@ -37,10 +37,6 @@ def allow_common_state_globals() -> None:
     torch.serialization.add_safe_globals(found)
 
 
-# Megatron-Core's own loader (dist_checkpointing.load_common_state_dict) uses torch.load's default,
-# weights_only=True: our saves carry a Namespace, so it is allowlisted for resuming too.
-torch.serialization.add_safe_globals([argparse.Namespace])
-
 
 def megatron_lm_common(recipe: Recipe) -> dict:
     """The entries Megatron-LM expects in a checkpoint's common state: ``args`` and ``checkpoint_version``."""

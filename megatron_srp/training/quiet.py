@@ -1,8 +1,11 @@
-"""Megatron-Core's import-time warnings about optional kernels, filtered where it is imported.
+"""Warnings about choices this project makes on purpose, filtered where they arise.
 
 Without Transformer Engine and Apex, importing Megatron-Core warns four to six times that it falls
 back to PyTorch implementations. The trainer says once, in one line, what that changes (see
-``backend_note``); these exact messages are ignored during the import and nothing else is.
+``backend_note``); these exact messages are ignored during the import and nothing else is. Reading a
+checkpoint warns three more times about APIs Megatron-Core itself calls (ShardedTensor,
+``load_state_dict``) and about a single-process read, which the converter does on purpose: ignored
+around those reads only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,22 @@ FALLBACK_WARNINGS = (
     r"Apex is not installed\. Falling back to Torch Norm",
     r"MimoModelConfig is experimental",
 )
+
+
+CHECKPOINT_READ_WARNINGS = (
+    r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to load in a single",
+    r"`load_state_dict` is deprecated and will be removed in future versions",
+    r"Please use DTensor instead and we are deprecating ShardedTensor",
+)
+
+
+@contextmanager
+def checkpoint_read_warnings_ignored():
+    """Read a torch_dist checkpoint (Megatron-Core's loader or torch's dcp) inside this block."""
+    with warnings.catch_warnings():
+        for message in CHECKPOINT_READ_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 @contextmanager

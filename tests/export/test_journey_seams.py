@@ -5,6 +5,7 @@ follow the umask, and the tools take flags and overrides in any order."""
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -27,7 +28,13 @@ def run(*cmd, timeout=300):
 
 def test_default_export_posttrains_and_evaluates_without_flags(trained, tokenizer, tmp_path):
     hf = tmp_path / "hf"
-    tool(TO_HF, "--checkpoint", trained("gqa_tied_tp2"), "--output", hf, "--tokenizer", tokenizer)
+    env = child_env()
+    env.pop("PYTHONWARNINGS")  # what a user sees: Megatron-Core's fallback warnings are filtered at import
+    p = subprocess.run([sys.executable, TO_HF, "--checkpoint", str(trained("gqa_tied_tp2")), "--output", str(hf),
+                        "--tokenizer", str(tokenizer), "--no-progress"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Falling back to" not in p.stderr and "UserWarning" not in p.stderr, p.stderr[-3000:]
     rows = [{"prompt": "Where is the map?", "response": "A map shows roads and towns.", "request_label": "safe",
              "segments": [{"text": "A map shows roads and towns.", "label": "safe"}]}] * 4
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
@@ -97,6 +104,12 @@ def test_iteration_folder_converts_under_the_umask(trained, tokenizer, tmp_path)
     assert f"torch_dist checkpoint `{ckpt / 'iter_0000006'}`" in (out / "README.md").read_text()
     p = tool(TO_HF, "--checkpoint", ckpt / "iter_0000006", "--iteration", "5", "--output", tmp_path / "x", check=False)
     assert p.returncode == 2 and "is iteration 6, but --iteration 5" in p.stderr, p.stderr[-2000:]
+    # an iteration folder newer than the tracker is a save that never completed: refused
+    run_dir = tmp_path / "run"
+    shutil.copytree(ckpt, run_dir)
+    shutil.copytree(run_dir / "iter_0000006", run_dir / "iter_0000009")
+    p = tool(TO_HF, "--checkpoint", run_dir / "iter_0000009", "--output", tmp_path / "z", check=False)
+    assert p.returncode == 2 and "newer than the last completed save (6" in p.stderr, p.stderr[-2000:]
     # a wrong template file is refused before anything is written
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for m in messages %}{{ m.content.split('</think>')[-1] }}{% endfor %}")
