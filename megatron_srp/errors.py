@@ -2,7 +2,9 @@
 
 Every error a user can fix (a bad flag, recipe, input file, corpus, annotation or checkpoint) derives
 from ``SRPError``; each tool prints its message and exits 2 through ``exit_2_on_user_error``. Errors of
-the code itself (a bug) keep their traceback.
+the code itself (a bug) keep their traceback. Not user errors, so not ``SRPError``: a failed parity check
+(``export.convert.ParityError``, exit 3), a failed MedSafetyWorld stage (``StageError``, exit 1, names
+its log) and ``FastPathUnavailable`` (caught inside the tokenizer).
 """
 
 from __future__ import annotations
