@@ -336,6 +336,8 @@ class Trainer:
 
 def pretrain(recipe: Recipe, save_init: bool = False) -> str:
     """Entry point used by tools/pretrain.py (and tests)."""
+    if save_init and not recipe.checkpoint.dir:  # before any process group or model exists
+        raise RecipeError("--save-init needs checkpoint.dir")
     # Installed first: a Slurm signal during start-up must not be lost (or kill the process).
     exit_req = ExitRequest(recipe.training.exit_duration_minutes).install()
     try:
@@ -344,8 +346,6 @@ def pretrain(recipe: Recipe, save_init: bool = False) -> str:
         with missing_kernel_warnings_ignored():
             trainer = Trainer(recipe)
         if save_init:
-            if not recipe.checkpoint.dir:
-                raise RecipeError("--save-init needs checkpoint.dir")
             trainer.save()
             return "saved initial weights"
         return trainer.train(exit_req)
