@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import sysconfig
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SUFFIXES = (".py", ".md", ".rst", ".txt")
 

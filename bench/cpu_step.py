@@ -54,7 +54,6 @@ def hf_step_fn(shape: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    sys.path.insert(0, str(ROOT))
     from megatron_srp.config import load_recipe
 
     r = load_recipe(RECIPE, SHAPES[shape])
@@ -100,7 +99,6 @@ def megatron_step_fn(shape: str):
     """One training step of ours, in this process (Trainer.train_step on GPTDataset batches)."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29531")
-    sys.path.insert(0, str(ROOT))
     from megatron_srp.config import load_recipe
     from megatron_srp.training.data import build_datasets
     from megatron_srp.training.trainer import Trainer

@@ -19,12 +19,10 @@ import argparse
 import json
 import os
 import site
-import sys
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_corpus import train_bpe_tokenizer  # noqa: E402  (bench/ is not a package)
+from make_corpus import train_bpe_tokenizer  # bench/ is not a package: a script's folder is on sys.path
 
 SUFFIXES = (".py", ".md", ".rst", ".txt", ".pyi", ".c", ".h", ".cpp", ".rs", ".toml", ".cfg", ".json", ".yaml")
 

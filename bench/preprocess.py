@@ -50,7 +50,6 @@ def run(cmd, env, cwd):
 
 
 def tokens_of(prefix):
-    sys.path.insert(0, ROOT)
     from megatron_srp.data.indexed_writer import read_index
 
     return int(np.sum(read_index(f"{prefix}.idx")[0], dtype=np.int64))

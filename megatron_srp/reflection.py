@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Optional
 
+from megatron_srp.errors import SRPError
+
 SAFE, UNSAFE, CONTROVERSIAL = "safe", "unsafe", "controversial"
 Label = Literal["safe", "unsafe", "controversial"]
 
@@ -38,7 +40,7 @@ QWEN3GUARD_CATEGORIES = (
 ZERO_WIDTH_SPACE = "\u200b"
 
 
-class ReflectionParseError(ValueError):
+class ReflectionParseError(SRPError, ValueError):
     """Text that looks like a reflection but does not follow the format."""
 
 

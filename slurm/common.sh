@@ -69,6 +69,8 @@ srp_init() {
   fi
   # Tracebacks and step lines reach the log when they happen, not when a buffer fills.
   export PYTHONUNBUFFERED=1
+  # The tools import megatron_srp from this checkout, installed or not (a container need not hold it).
+  export PYTHONPATH=$SRP_ROOT${PYTHONPATH:+:$PYTHONPATH}
   SRP_CONTAINER_OPTS=()
   if [[ -n ${SRP_CONTAINER_IMAGE:-} ]]; then
     local mounts="$SRP_ROOT:$SRP_ROOT${SRP_CONTAINER_MOUNTS:+,$SRP_CONTAINER_MOUNTS}"

@@ -13,10 +13,8 @@ the merge in input order), so the output is byte-identical to a single-process r
 
 import argparse
 import importlib
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TOOLS = {"annotate": "megatron_srp.data.annotate", "preprocess": "megatron_srp.data.preprocess"}
 

@@ -1,18 +1,10 @@
 #!/usr/bin/env python3
-"""Segment a corpus and classify every segment once: one annotation sidecar (parquet) per input shard.
+"""The path-run form of `python -m megatron_srp.cli.annotate` (installed as `srp-annotate`); the code and
+its --help are in megatron_srp/cli/annotate.py."""
 
-  python tools/annotate.py --input 'data/fineweb_edu/*.jsonl.gz' --output annotations/ \\
-      --tokenizer-model tokenizer/ --classifier qwen3guard --classifier-arg model=Qwen3Guard-Gen-0.6B
-
-Rerunning the same command skips finished shards and reuses every cached verdict.
-"""
-
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_srp.data.annotate import main  # noqa: E402
+from megatron_srp.cli.annotate import main
 
 if __name__ == "__main__":
     sys.exit(main())

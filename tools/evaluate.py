@@ -1,65 +1,10 @@
 #!/usr/bin/env python3
-"""Safety evaluation of a Hugging Face model: classification by the model's own reflection,
-harmful requests under prefilling / template / GCG attacks, finetuning attacks, over-refusal,
-lm-eval utility.
+"""The path-run form of `python -m megatron_srp.cli.evaluate` (installed as `srp-evaluate`); the code and
+its --help are in megatron_srp/cli/evaluate.py."""
 
-    python tools/evaluate.py recipes/eval/safety_cpu.yaml --model hf/tiny --output runs/eval/tiny
-    python tools/evaluate.py SUITE.yaml --model DIR judge=guard judge_args.model=/models/Qwen3Guard-Gen-0.6B
-    python tools/evaluate.py --describe                          # every suite key
-
-Overrides are ``key.sub=value`` and may come before or after the flags. Prompts use the model's own
-chat template (an export of tools/convert_to_hf.py carries srp); --chat-template / chat_template=
-replaces it. Writes OUTPUT/report.json and OUTPUT/report.md. Every input is checked before
-generation starts (exit 2 with the file or field named).
-"""
-
-import argparse
-import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", nargs="?", help="suite YAML")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.add_argument("--model", help="Hugging Face model directory")
-    p.add_argument("--output", help="report directory (default runs/eval/<suite name>)")
-    p.add_argument("--chat-template", metavar="NAME|FILE",
-                   help="same as chat_template=NAME|FILE: srp (built in) or a Jinja file replaces the model's template")
-    p.add_argument("--describe", action="store_true", help="list every suite key with its default and meaning")
-    a = p.parse_intermixed_args(argv)
-    from megatron_srp.eval.suite import Suite
-
-    if a.describe:
-        from megatron_srp.posttrain.describe import describe
-
-        print(describe(Suite))
-        return 0
-    if not a.suite or not a.model:
-        p.error("a suite path and --model are required")
-    from megatron_srp.config import RecipeError, load_config
-    from megatron_srp.eval.suite import Runner, SuiteError, markdown
-
-    overrides = list(a.overrides) + ([f"chat_template={a.chat_template}"] if a.chat_template else [])
-    try:
-        suite = load_config(Suite, a.suite, overrides)
-        runner = Runner(suite, a.model)
-    except (RecipeError, SuiteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = a.output or os.path.join("runs", "eval", suite.name)
-    os.makedirs(out, exist_ok=True)
-    report = runner.run(out)
-    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", markdown(report))):
-        with open(os.path.join(out, name + ".tmp"), "w") as f:
-            f.write(text)
-        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
-    print(markdown(report))
-    return 0
-
+from megatron_srp.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

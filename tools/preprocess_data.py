@@ -1,32 +1,10 @@
 #!/usr/bin/env python3
-"""Tokenize a corpus into Megatron indexed datasets (.bin/.idx): plain, or an SRP variant from annotations.
+"""The path-run form of `python -m megatron_srp.cli.preprocess_data` (installed as `srp-preprocess-data`); the code and
+its --help are in megatron_srp/cli/preprocess_data.py."""
 
-Megatron-LM's flags work as in its tools/preprocess_data.py:
-
-  python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \\
-      --tokenizer-type HuggingFaceTokenizer --tokenizer-model tokenizer/ --append-eod --workers 2
-
-``plain`` output is byte-identical to Megatron-LM's when no document contains a special-token
-string or a reflection tag, or with --no-injection-guard; --stats counts the documents the guard
-changed (guard_changed_documents).
-
-SRP and the baselines, from the sidecars of tools/annotate.py:
-
-  ... --annotations annotations/ --variant srp       # + data/corpus_text_document.roles.bin/.idx
-  ... --annotations annotations/ --variant filter --filter-granularity document
-  ... --annotations annotations/ --variant rewrite --rewriter hf --rewriter-arg model=Qwen2.5-7B-Instruct
-
-Outputs appear only when complete (temporary names, then renames; the .idx comes last). Several
-input files are tokenized into per-file parts under PREFIX.parts/ (a rerun skips finished parts),
-then merged in input order.
-"""
-
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_srp.data.preprocess import main  # noqa: E402
+from megatron_srp.cli.preprocess_data import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,67 +1,10 @@
 #!/usr/bin/env python3
-"""Pretrain a GPT model on Megatron-Core from a YAML recipe.
+"""The path-run form of `python -m megatron_srp.cli.pretrain` (installed as `srp-pretrain`); the code and
+its --help are in megatron_srp/cli/pretrain.py."""
 
-    python tools/pretrain.py recipes/tiny_cpu.yaml training.train_iters=50
-    torchrun --nproc-per-node 2 tools/pretrain.py recipes/tiny_cpu.yaml parallel.tensor_model_parallel_size=2
-
-Overrides are ``key.sub=value`` (values parsed as YAML). A run resumes automatically from
-``checkpoint.dir``. SIGTERM / SIGUSR1 save at the next step and exit 0.
-"""
-
-import argparse
-import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", nargs="?", help="recipe YAML")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    parser.add_argument("--save-init", action="store_true",
-                        help="save the freshly initialised model as iteration 0 in checkpoint.dir and exit")
-    parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
-    parser.add_argument("--describe", action="store_true", help="list every recipe key with its meaning")
-    # Intermixed: flags may come before, between or after the key.sub=value overrides.
-    args = parser.parse_intermixed_args(argv)
-
-    from megatron_srp.config import RecipeError, describe, load_recipe
-
-    if args.describe:
-        print(describe())
-        return 0
-    if not args.recipe:
-        parser.error("a recipe path is required")
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as e:
-        print(f"recipe error: {e}", file=sys.stderr)
-        return 2
-    if args.print_recipe:
-        print(recipe.to_yaml())
-        return 0
-
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s r{rank}] %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("megatron.core", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from megatron_srp.training.quiet import missing_kernel_warnings_ignored
-
-    with missing_kernel_warnings_ignored():  # the trainer logs what a missing Transformer Engine changes
-        from megatron_srp.training.checkpointing import CheckpointError
-        from megatron_srp.training.trainer import pretrain
-
-    try:
-        reason = pretrain(recipe, save_init=args.save_init)
-    except (RecipeError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    logging.getLogger("megatron_srp").info("finished: %s", reason)
-    return 0
-
+from megatron_srp.cli.pretrain import main
 
 if __name__ == "__main__":
     sys.exit(main())

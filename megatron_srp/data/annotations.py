@@ -25,6 +25,7 @@ from megatron_srp.data.classify import (Classifier, ClassifierError, ColumnClass
                                         classify_cached)
 from megatron_srp.data.verdict_log import MERGED, ShardVerdictCache
 from megatron_srp.data.corpus import CorpusError, Document, ReadStats, read_documents, text_hash
+from megatron_srp.errors import SRPError
 if TYPE_CHECKING:
     from megatron_srp.data.segment import Segmenter
 from megatron_srp.reflection import Verdict
@@ -47,7 +48,7 @@ SCHEMA = pa.schema([
 ])
 
 
-class AnnotationError(ValueError):
+class AnnotationError(SRPError, ValueError):
     pass
 
 

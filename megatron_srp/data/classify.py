@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from megatron_srp.errors import SRPError
 from megatron_srp.reflection import SAFE, Verdict
 
 
@@ -31,7 +32,7 @@ class SegmentInput:
     context: str = ""
 
 
-class ClassifierError(RuntimeError):
+class ClassifierError(SRPError, RuntimeError):
     """A backend that cannot be built or that returned something unusable."""
 
 

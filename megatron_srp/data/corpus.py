@@ -18,11 +18,13 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import orjson
 
+from megatron_srp.errors import SRPError
+
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 OnError = Literal["fail", "skip"]
 
 
-class CorpusError(ValueError):
+class CorpusError(SRPError, ValueError):
     """A corpus row or file that cannot be used; the message names the file and line."""
 
 

@@ -47,6 +47,7 @@ from megatron_srp.data.indexed_writer import IndexedWriter, optimal_dtype
 from megatron_srp.data.materialize import VARIANTS, DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.roles import roles_prefix
 from megatron_srp.data.tokenizer import BACKENDS, TokenizerError
+from megatron_srp.errors import SRPError
 from megatron_srp.reflection import QWEN3GUARD_CATEGORIES, ReflectionFormat
 
 # Not imported here: torch and Megatron-Core (the .bin/.idx writer is ours, byte-identical), pyarrow
@@ -330,7 +331,7 @@ def _merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, wit
     writer.commit()
 
 
-class UsageError(ValueError):
+class UsageError(SRPError, ValueError):
     """A flag combination or input that cannot work; reported before any output is touched."""
 
 

@@ -22,11 +22,12 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from megatron_srp.data.fast_tokenizer import FastEncoder, FastPathUnavailable
+from megatron_srp.errors import SRPError
 
 BACKENDS = ("auto", "gigatoken", "tokenizers")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(SRPError, ValueError):
     pass
 
 

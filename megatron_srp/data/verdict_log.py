@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import orjson
 
+from megatron_srp.errors import SRPError
 from megatron_srp.reflection import Verdict
 
 LOG_DIR = "verdicts"
@@ -34,7 +35,7 @@ LOG_SUFFIX = ".verdicts.jsonl"
 MERGED = "verdicts.sqlite"
 
 
-class VerdictLogError(ValueError):
+class VerdictLogError(SRPError, ValueError):
     """A damaged verdict log (the message names the file and line)."""
 
 

@@ -12,12 +12,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from megatron_srp.errors import SRPError
 from megatron_srp.eval.metrics import classification_report, rate
 from megatron_srp.posttrain.sft import SFTTrainingSettings
 from megatron_srp.reflection import SAFE, ReflectionFormat
 
 
-class SuiteError(ValueError):
+class SuiteError(SRPError, ValueError):
     """A suite that cannot run; the message names the file, field or package."""
 
 

@@ -27,6 +27,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from megatron_srp.errors import SRPError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # (column, file, key path) of the summary table; rates are shares of the cell's items.
@@ -75,7 +77,7 @@ NOT_SETTING = ("name", "out_dir", "results_dir", "treatments", "seeds", "world_s
                "eval.device", "eval.batch_size")
 
 
-class ResultsError(ValueError):
+class ResultsError(SRPError, ValueError):
     """A results file is missing, damaged or of another setting; the message names it."""
 
 

@@ -19,6 +19,7 @@ import difflib
 import os
 from typing import Optional
 
+from megatron_srp.errors import SRPError
 from megatron_srp.reflection import DEFAULT, ReflectionFormat, Verdict
 
 SRP_TEMPLATE = (
@@ -39,7 +40,7 @@ KEEP = "keep"
 """``--chat-template keep``: the tokenizer's own template (none for most base models)."""
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(SRPError, ValueError):
     """A template that cannot be found, or that does not keep reflections."""
 
 

@@ -21,10 +21,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence
 
+from megatron_srp.errors import SRPError
 from megatron_srp.reflection import SAFE, ReflectionFormat, Verdict
 
 
-class PosttrainDataError(ValueError):
+class PosttrainDataError(SRPError, ValueError):
     """Input that cannot become post-training examples; the message names the file and line."""
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from megatron_srp.errors import SRPError
 
-class FormatError(ValueError):
+
+class FormatError(SRPError, ValueError):
     """A row without the fields its format needs."""
 
 

@@ -19,13 +19,15 @@ import re
 import shutil
 from typing import Callable, Optional
 
+from megatron_srp.errors import SRPError
+
 TRACKER = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
 RECIPE_FILE = "recipe.yaml"
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SRPError, RuntimeError):
     """A checkpoint that is missing, incomplete, damaged, or does not match the recipe."""
 
 

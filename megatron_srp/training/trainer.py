@@ -18,7 +18,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_srp.config import Recipe, padded_vocab_size
+from megatron_srp.config import Recipe, RecipeError, padded_vocab_size
 from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
 from megatron_srp.training.data import build_datasets, build_iterator, check_data_files, check_token_ids
@@ -336,6 +336,8 @@ class Trainer:
 
 def pretrain(recipe: Recipe, save_init: bool = False) -> str:
     """Entry point used by tools/pretrain.py (and tests)."""
+    if save_init and not recipe.checkpoint.dir:  # before any process group or model exists
+        raise RecipeError("--save-init needs checkpoint.dir")
     # Installed first: a Slurm signal during start-up must not be lost (or kill the process).
     exit_req = ExitRequest(recipe.training.exit_duration_minutes).install()
     try:
@@ -344,8 +346,6 @@ def pretrain(recipe: Recipe, save_init: bool = False) -> str:
         with missing_kernel_warnings_ignored():
             trainer = Trainer(recipe)
         if save_init:
-            if not recipe.checkpoint.dir:
-                raise SystemExit("--save-init needs checkpoint.dir")
             trainer.save()
             return "saved initial weights"
         return trainer.train(exit_req)
