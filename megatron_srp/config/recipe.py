@@ -170,8 +170,9 @@ class SchedulerConfig:
     saved recipe (--use-checkpoint-opt_param-scheduler). The step count always comes from the
     checkpoint; the recipe saved with the next checkpoint holds the values in effect. Raising
     training.train_iters with recipe stretches the schedule to the new length (a finished WSD run
-    returns to lr and decays again over its last lr_wsd_decay_iters); with checkpoint the old schedule
-    stays (a finished run continues at min_lr)."""
+    extended by more than lr_wsd_decay_iters returns to lr and decays again over its last
+    lr_wsd_decay_iters; extended by fewer, it resumes inside the new decay window); with checkpoint the
+    old schedule stays (a finished run continues at min_lr)."""
 
 
 @dataclass
