@@ -52,31 +52,43 @@ def _punkt(cfg: AnnotateConfig, inputs) -> str:
     return os.path.abspath(path)
 
 
-def _shard_cache(backend: str, out_dir: str, output_path: str, rank):
+@dataclass
+class ShardJob:
+    """One input file to annotate (picklable: what a worker process receives)."""
+
+    config: AnnotateConfig
+    settings: ann.AnnotateSettings
+    input_path: str
+    output_path: str
+    rank: Optional[int]
+
+
+def _shard_cache(job: ShardJob):
     """The shard's own verdict log over the merged cache (None for the column backend, which classifies nothing)."""
-    if backend == "column":
+    if job.config.classifier == "column":
         return None
-    shard_name = os.path.relpath(output_path, out_dir)[:-len(ann.SUFFIX)]
-    return verdict_log.ShardVerdictCache(out_dir, shard_name, rank)
+    shard_name = os.path.relpath(job.output_path, job.config.output)[:-len(ann.SUFFIX)]
+    return verdict_log.ShardVerdictCache(job.config.output, shard_name, job.rank)
 
 
-def _annotate_one(input_path, output_path, classifier, segmenter, settings, backend, out_dir, rank, progress,
-                  batch_docs):
-    cache = _shard_cache(backend, out_dir, output_path, rank)
+def _segmenter(settings: ann.AnnotateSettings):
+    return ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model)._text)
+
+
+def _annotate_one(job: ShardJob, classifier, segmenter, progress) -> ann.ShardSummary:
+    cache = _shard_cache(job)
     try:
-        return ann.annotate_shard(input_path, output_path, classifier, segmenter, settings, cache, progress,
-                                  batch_docs)
+        return ann.annotate_shard(job.input_path, job.output_path, classifier, segmenter, job.settings, cache,
+                                  progress, job.config.batch_docs)
     finally:
         if cache is not None:
             cache.close()
 
 
-def _worker(job):
-    input_path, output_path, settings, backend, options, out_dir, rank, batch_docs, progress_q = job
-    classifier = build_classifier(backend, **options)
-    segmenter = ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model)._text)
-    return _annotate_one(input_path, output_path, classifier, segmenter, settings, backend, out_dir, rank,
-                         lambda d, s: progress_q.put((d, s)), batch_docs)
+def _worker(job_and_queue) -> ann.ShardSummary:
+    job, progress_q = job_and_queue
+    classifier = build_classifier(job.config.classifier, **job.config.classifier_options)
+    return _annotate_one(job, classifier, _segmenter(job.settings), lambda d, s: progress_q.put((d, s)))
 
 
 _SAMPLE_BYTES = 1 << 20
@@ -116,7 +128,6 @@ def estimate_rows(path: str) -> int:
 class Plan:
     config: AnnotateConfig
     settings: ann.AnnotateSettings
-    options: dict
     classifier: object
     inputs: list
     outputs: list
@@ -125,15 +136,14 @@ class Plan:
 def plan(cfg: AnnotateConfig) -> Plan:
     inputs = expand_inputs(cfg.input)
     os.makedirs(cfg.output, exist_ok=True)
-    options = cfg.classifier_options
     settings = ann.AnnotateSettings(
         tokenizer_model=os.path.abspath(cfg.tokenizer_model), segment_tokens=cfg.segment_tokens,
         context_chars=cfg.context_chars, json_key=cfg.json_key, id_key=cfg.id_key,
         punkt=_punkt(cfg, inputs), max_doc_chars=cfg.max_doc_chars, on_error=cfg.on_error)
     TextTokenizer(settings.tokenizer_model)  # fail early on a bad tokenizer directory
-    classifier = build_classifier(cfg.classifier, **options)
+    classifier = build_classifier(cfg.classifier, **cfg.classifier_options)
     outputs = [ann.sidecar_path(cfg.output, n) for n in relative_names(inputs)]
-    return Plan(cfg, settings, options, classifier, inputs, outputs)
+    return Plan(cfg, settings, classifier, inputs, outputs)
 
 
 class _Progress:
@@ -163,26 +173,24 @@ def annotate_files(p: Plan, indices, rank=None) -> list:
     """Annotate the given input files (finished sidecars are skipped); returns their summaries."""
     cfg = p.config
     indices = list(indices)
-    todo = [(p.inputs[i], p.outputs[i]) for i in indices
+    todo = [ShardJob(cfg, p.settings, p.inputs[i], p.outputs[i], rank) for i in indices
             if not ann.check_reusable(p.outputs[i], p.settings, p.classifier)]
     print(f"{len(indices)} shard(s), {len(indices) - len(todo)} already annotated; classifier "
           f"{p.classifier.name} ({p.classifier.version})", file=sys.stderr)
     summaries = []
-    progress = _Progress([i for i, _ in todo], not cfg.progress)
+    progress = _Progress([j.input_path for j in todo], not cfg.progress)
     try:
         if cfg.workers <= 1 or len(todo) <= 1:
-            segmenter = ann.build_segmenter(p.settings, TextTokenizer(p.settings.tokenizer_model)._text)
-            for inp, out in todo:
-                summaries.append(_annotate_one(inp, out, p.classifier, segmenter, p.settings, cfg.classifier,
-                                               cfg.output, rank, progress.update, cfg.batch_docs))
+            segmenter = _segmenter(p.settings)
+            for job in todo:
+                summaries.append(_annotate_one(job, p.classifier, segmenter, progress.update))
                 progress.shard_done(summaries[-1])
         else:
             ctx = mp.get_context("spawn")
             with ctx.Manager() as manager:
                 q = manager.Queue()
                 with ctx.Pool(min(cfg.workers, len(todo))) as pool:
-                    jobs = [(i, o, p.settings, cfg.classifier, p.options, cfg.output, rank, cfg.batch_docs, q)
-                            for i, o in todo]
+                    jobs = [(job, q) for job in todo]
                     results = pool.imap_unordered(_worker, jobs)
                     while len(summaries) < len(jobs):
                         try:
@@ -194,7 +202,7 @@ def annotate_files(p: Plan, indices, rank=None) -> list:
                             progress.update(*q.get())
                     while not q.empty():
                         progress.update(*q.get())
-            order = {i: k for k, (i, _) in enumerate(todo)}
+            order = {job.input_path: k for k, job in enumerate(todo)}
             summaries.sort(key=lambda s: order[s.input])
     finally:
         progress.close()

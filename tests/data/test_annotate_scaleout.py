@@ -115,3 +115,11 @@ def test_progress_total_comes_from_file_sizes_and_parquet_metadata(tmp_path):
     assert annotate.estimate_rows(str(tmp_path / "small.jsonl")) == lines[:5000].count(b"\n") + 1
     for name in ("a.jsonl", "a.jsonl.gz"):
         assert abs(annotate.estimate_rows(str(tmp_path / name)) - 30_000) < 30_000 * 0.15, name
+
+
+def test_worker_processes_get_the_settings_and_write_the_one_process_sidecars(corpus, tmp_path):
+    """--workers 3: each spawned process receives a pickled ShardJob (settings included)."""
+    single, pooled = tmp_path / "single", tmp_path / "pooled"
+    assert annotate.main(_args(corpus, single)) == 0
+    assert annotate.main(_args(corpus, pooled) + ["--workers", "3"]) == 0
+    assert len(_sidecars(pooled)) == 3 and _sidecars(pooled) == _sidecars(single)
