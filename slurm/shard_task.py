@@ -5,18 +5,17 @@
     python slurm/shard_task.py annotate --finish -- TOOL_ARGS...             # the manifest
     python slurm/shard_task.py preprocess --finish -- TOOL_ARGS...           # merge parts into the prefix
 
-TOOL_ARGS are those of tools/annotate.py or tools/preprocess_data.py. A task calls the same functions
-that the tools' own ``--executor slurm`` runs in each datatrove task (``run_task``: input files
+TOOL_ARGS are those of tools/annotate.py or tools/preprocess_data.py, parsed once into the tool's
+settings. A task calls the same functions that the tools' own ``--executor slurm`` runs in each
+datatrove task (the task contract of megatron_srp/data/datatrove_steps.py; ``run_task``: input files
 ``rank::world``, one sidecar or part each, finished ones skipped; ``finish_task``: the manifest, or
 the merge in input order), so the output is byte-identical to a single-process run.
 """
 
 import argparse
-import importlib
 import sys
 
-
-TOOLS = {"annotate": "megatron_srp.data.annotate", "preprocess": "megatron_srp.data.preprocess"}
+from megatron_srp.data.datatrove_steps import TOOLS, tool_module
 
 
 def main(argv=None) -> int:
@@ -36,12 +35,13 @@ def main(argv=None) -> int:
     if not args.finish and (args.rank is None or not args.world or not 0 <= args.rank < args.world):
         p.error("give --finish, or --rank R --world W with 0 <= R < W")
 
-    module = importlib.import_module(TOOLS[args.tool])
+    module = tool_module(args.tool)
     try:
+        settings = module.settings_from_argv(tool_argv)
         if args.finish:
-            module.finish_task(tool_argv)
+            module.finish_task(settings)
         else:
-            module.run_task(tool_argv, args.rank, args.world)
+            module.run_task(settings, args.rank, args.world)
     except module.ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

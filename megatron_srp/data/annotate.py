@@ -8,7 +8,6 @@ Rerunning the same command skips finished shards and reuses every cached verdict
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import multiprocessing as mp
@@ -16,87 +15,80 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
 
 from tqdm import tqdm
 
 from megatron_srp.data import annotations as ann
 from megatron_srp.data import verdict_log
-from megatron_srp.data.classify import BACKENDS, ClassifierError, build_classifier, parse_options
-from megatron_srp.data.datatrove_steps import add_executor_args
+from megatron_srp.data.classify import ClassifierError, build_classifier
 from megatron_srp.data.corpus import CorpusError, expand_inputs, read_documents, relative_names
+from megatron_srp.data.datatrove_steps import run_with_datatrove
 from megatron_srp.data.segment import punkt_to_json, train_punkt
+from megatron_srp.data.settings import AnnotateConfig, annotate_config, annotate_parser
 from megatron_srp.data.tokenizer import TextTokenizer, TokenizerError
+from megatron_srp.io import atomic_write_json
 
 
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="files, globs or directories (jsonl, jsonl.gz, parquet)")
-    p.add_argument("--output", required=True, help="annotation directory (sidecars, manifest, verdict cache)")
-    p.add_argument("--tokenizer-model", required=True, help="target HF tokenizer directory (segment budget)")
-    p.add_argument("--classifier", default="qwen3guard", choices=sorted(BACKENDS))
-    p.add_argument("--classifier-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="backend option, repeatable (e.g. model=DIR, batch_size=16, world=world.json)")
-    p.add_argument("--segment-tokens", type=int, default=256, help="token budget of a segment")
-    p.add_argument("--context-chars", type=int, default=1000, help="preceding text shown to the classifier")
-    p.add_argument("--json-key", default="text")
-    p.add_argument("--id-key", default="id")
-    p.add_argument("--punkt-train-docs", type=int, default=0,
-                   help="train Punkt on the first N documents (offline) instead of the untrained splitter")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="bad rows: stop, or skip and count")
-    p.add_argument("--max-doc-chars", type=int, default=10_000_000)
-    p.add_argument("--workers", type=int, default=1, help="shards annotated in parallel (one classifier each)")
-    p.add_argument("--batch-docs", type=int, default=64, help="documents segmented and classified together")
-    p.add_argument("--no-progress", action="store_true")
-    add_executor_args(p)
-    return p.parse_args(argv)
+def settings_from_argv(argv: Optional[Sequence[str]] = None) -> AnnotateConfig:
+    """The run's settings from the command line (parsed once; tasks receive the object)."""
+    return annotate_config(annotate_parser(__doc__).parse_args(argv))
 
 
-def _punkt(args, inputs) -> str:
-    if args.punkt_train_docs <= 0:
+def _punkt(cfg: AnnotateConfig, inputs) -> str:
+    if cfg.punkt_train_docs <= 0:
         return "untrained"
-    path = os.path.join(args.output, ann.PUNKT)
+    path = os.path.join(cfg.output, ann.PUNKT)
     if not os.path.exists(path):
         def sample():
             n = 0
             for f in inputs:
-                for doc in read_documents(f, (args.json_key,), args.id_key, args.on_error, args.max_doc_chars):
+                for doc in read_documents(f, (cfg.json_key,), cfg.id_key, cfg.on_error, cfg.max_doc_chars):
                     yield doc.text
                     n += 1
-                    if n >= args.punkt_train_docs:
+                    if n >= cfg.punkt_train_docs:
                         return
-        params = punkt_to_json(train_punkt(sample()))
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(params, f)
-        os.replace(tmp, path)
+        atomic_write_json(path, punkt_to_json(train_punkt(sample())))
     return os.path.abspath(path)
 
 
-def _shard_cache(backend: str, out_dir: str, output_path: str, rank):
+@dataclass
+class ShardJob:
+    """One input file to annotate (picklable: what a worker process receives)."""
+
+    config: AnnotateConfig
+    settings: ann.AnnotateSettings
+    input_path: str
+    output_path: str
+    rank: Optional[int]
+
+
+def _shard_cache(job: ShardJob):
     """The shard's own verdict log over the merged cache (None for the column backend, which classifies nothing)."""
-    if backend == "column":
+    if job.config.classifier == "column":
         return None
-    shard_name = os.path.relpath(output_path, out_dir)[:-len(ann.SUFFIX)]
-    return verdict_log.ShardVerdictCache(out_dir, shard_name, rank)
+    shard_name = os.path.relpath(job.output_path, job.config.output)[:-len(ann.SUFFIX)]
+    return verdict_log.ShardVerdictCache(job.config.output, shard_name, job.rank)
 
 
-def _annotate_one(input_path, output_path, classifier, segmenter, settings, backend, out_dir, rank, progress,
-                  batch_docs):
-    cache = _shard_cache(backend, out_dir, output_path, rank)
+def _segmenter(settings: ann.AnnotateSettings):
+    return ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model)._text)
+
+
+def _annotate_one(job: ShardJob, classifier, segmenter, progress) -> ann.ShardSummary:
+    cache = _shard_cache(job)
     try:
-        return ann.annotate_shard(input_path, output_path, classifier, segmenter, settings, cache, progress,
-                                  batch_docs)
+        return ann.annotate_shard(job.input_path, job.output_path, classifier, segmenter, job.settings, cache,
+                                  progress, job.config.batch_docs)
     finally:
         if cache is not None:
             cache.close()
 
 
-def _worker(job):
-    input_path, output_path, settings, backend, options, out_dir, rank, batch_docs, progress_q = job
-    classifier = build_classifier(backend, **options)
-    segmenter = ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model)._text)
-    return _annotate_one(input_path, output_path, classifier, segmenter, settings, backend, out_dir, rank,
-                         lambda d, s: progress_q.put((d, s)), batch_docs)
+def _worker(job_and_queue) -> ann.ShardSummary:
+    job, progress_q = job_and_queue
+    classifier = build_classifier(job.config.classifier, **job.config.classifier_options)
+    return _annotate_one(job, classifier, _segmenter(job.settings), lambda d, s: progress_q.put((d, s)))
 
 
 _SAMPLE_BYTES = 1 << 20
@@ -134,26 +126,24 @@ def estimate_rows(path: str) -> int:
 
 @dataclass
 class Plan:
-    args: argparse.Namespace
+    config: AnnotateConfig
     settings: ann.AnnotateSettings
-    options: dict
     classifier: object
     inputs: list
     outputs: list
 
 
-def plan(args) -> Plan:
-    inputs = expand_inputs(args.input)
-    os.makedirs(args.output, exist_ok=True)
-    options = parse_options(args.classifier_arg, "--classifier-arg")
+def plan(cfg: AnnotateConfig) -> Plan:
+    inputs = expand_inputs(cfg.input)
+    os.makedirs(cfg.output, exist_ok=True)
     settings = ann.AnnotateSettings(
-        tokenizer_model=os.path.abspath(args.tokenizer_model), segment_tokens=args.segment_tokens,
-        context_chars=args.context_chars, json_key=args.json_key, id_key=args.id_key,
-        punkt=_punkt(args, inputs), max_doc_chars=args.max_doc_chars, on_error=args.on_error)
+        tokenizer_model=os.path.abspath(cfg.tokenizer_model), segment_tokens=cfg.segment_tokens,
+        context_chars=cfg.context_chars, json_key=cfg.json_key, id_key=cfg.id_key,
+        punkt=_punkt(cfg, inputs), max_doc_chars=cfg.max_doc_chars, on_error=cfg.on_error)
     TextTokenizer(settings.tokenizer_model)  # fail early on a bad tokenizer directory
-    classifier = build_classifier(args.classifier, **options)
-    outputs = [ann.sidecar_path(args.output, n) for n in relative_names(inputs)]
-    return Plan(args, settings, options, classifier, inputs, outputs)
+    classifier = build_classifier(cfg.classifier, **cfg.classifier_options)
+    outputs = [ann.sidecar_path(cfg.output, n) for n in relative_names(inputs)]
+    return Plan(cfg, settings, classifier, inputs, outputs)
 
 
 class _Progress:
@@ -181,28 +171,26 @@ class _Progress:
 
 def annotate_files(p: Plan, indices, rank=None) -> list:
     """Annotate the given input files (finished sidecars are skipped); returns their summaries."""
-    args = p.args
+    cfg = p.config
     indices = list(indices)
-    todo = [(p.inputs[i], p.outputs[i]) for i in indices
+    todo = [ShardJob(cfg, p.settings, p.inputs[i], p.outputs[i], rank) for i in indices
             if not ann.check_reusable(p.outputs[i], p.settings, p.classifier)]
     print(f"{len(indices)} shard(s), {len(indices) - len(todo)} already annotated; classifier "
           f"{p.classifier.name} ({p.classifier.version})", file=sys.stderr)
     summaries = []
-    progress = _Progress([i for i, _ in todo], args.no_progress)
+    progress = _Progress([j.input_path for j in todo], not cfg.progress)
     try:
-        if args.workers <= 1 or len(todo) <= 1:
-            segmenter = ann.build_segmenter(p.settings, TextTokenizer(p.settings.tokenizer_model)._text)
-            for inp, out in todo:
-                summaries.append(_annotate_one(inp, out, p.classifier, segmenter, p.settings, args.classifier,
-                                               args.output, rank, progress.update, args.batch_docs))
+        if cfg.workers <= 1 or len(todo) <= 1:
+            segmenter = _segmenter(p.settings)
+            for job in todo:
+                summaries.append(_annotate_one(job, p.classifier, segmenter, progress.update))
                 progress.shard_done(summaries[-1])
         else:
             ctx = mp.get_context("spawn")
             with ctx.Manager() as manager:
                 q = manager.Queue()
-                with ctx.Pool(min(args.workers, len(todo))) as pool:
-                    jobs = [(i, o, p.settings, args.classifier, p.options, args.output, rank, args.batch_docs, q)
-                            for i, o in todo]
+                with ctx.Pool(min(cfg.workers, len(todo))) as pool:
+                    jobs = [(job, q) for job in todo]
                     results = pool.imap_unordered(_worker, jobs)
                     while len(summaries) < len(jobs):
                         try:
@@ -214,7 +202,7 @@ def annotate_files(p: Plan, indices, rank=None) -> list:
                             progress.update(*q.get())
                     while not q.empty():
                         progress.update(*q.get())
-            order = {i: k for k, (i, _) in enumerate(todo)}
+            order = {job.input_path: k for k, job in enumerate(todo)}
             summaries.sort(key=lambda s: order[s.input])
     finally:
         progress.close()
@@ -222,13 +210,13 @@ def annotate_files(p: Plan, indices, rank=None) -> list:
 
 
 def write_manifest(p: Plan) -> None:
-    ann.write_manifest(p.args.output, {
+    ann.write_manifest(p.config.output, {
         "format_version": ann.FORMAT_VERSION,
         "classifier": p.classifier.name,
         "classifier_version": p.classifier.version,
         "categories": list(p.classifier.categories),
         "settings": asdict(p.settings),
-        "shards": [{"input": os.path.abspath(i), "output": os.path.relpath(o, p.args.output)}
+        "shards": [{"input": os.path.abspath(i), "output": os.path.relpath(o, p.config.output)}
                    for i, o in zip(p.inputs, p.outputs)],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
@@ -239,34 +227,32 @@ def finish(p: Plan) -> dict:
     missing = [i for i, o in zip(p.inputs, p.outputs) if not os.path.exists(o)]
     if missing:
         raise ann.AnnotationError(f"{len(missing)} shard(s) not annotated yet (first: {missing[0]})")
-    merged = verdict_log.merge_logs(p.args.output)
+    merged = verdict_log.merge_logs(p.config.output)
     write_manifest(p)
     return merged
 
 
-def run_task(argv, rank: int, world_size: int) -> None:
+def run_task(cfg: AnnotateConfig, rank: int, world_size: int) -> None:
     """datatrove task ``rank``: annotate files[rank::world_size]."""
-    p = plan(get_args(argv))
+    p = plan(cfg)
     annotate_files(p, range(rank, len(p.inputs), world_size), rank)
 
 
-def finish_task(argv) -> None:
+def finish_task(cfg: AnnotateConfig) -> None:
     """datatrove's last step: check every sidecar exists, merge the verdict logs, write the manifest."""
-    finish(plan(get_args(argv)))
+    finish(plan(cfg))
 
 
 ERRORS = (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, verdict_log.VerdictLogError, TypeError,
           ValueError)
 
 
-def main(argv=None) -> int:
-    args = get_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        p = plan(args)
-        if args.executor != "none":
-            from megatron_srp.data.datatrove_steps import run_with_datatrove
-
-            return run_with_datatrove("annotate", argv if argv is not None else sys.argv[1:], args, len(p.inputs))
+        cfg = settings_from_argv(argv)
+        p = plan(cfg)
+        if cfg.executor.executor != "none":
+            return run_with_datatrove("annotate", cfg, cfg.output, len(p.inputs))
         summaries = annotate_files(p, range(len(p.inputs)))
         merged = finish(p)
     except ERRORS as e:

@@ -7,48 +7,47 @@ sidecars, or tokenized parts); a second, dependent step with one task then finis
 annotation manifest, or the merge of the parts into one prefix). Both steps are the same code the
 plain command runs, so outputs are byte-identical whichever way they were made. datatrove records
 finished tasks in ``--logging-dir`` and skips them on a rerun.
+
+The task contract, shared with ``slurm/shard_task.py``: a tool module (``TOOLS``) has
+``settings_from_argv(argv)`` (its typed settings: ``AnnotateConfig`` or ``PreprocessConfig``),
+``run_task(settings, rank, world_size)``, ``finish_task(settings)`` and ``ERRORS`` (the exceptions
+its command reports with exit status 2). The settings travel into each task pickled, argv is parsed
+once.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib
 import os
-from typing import Sequence
+from types import ModuleType
+from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-_TOOLS = {"annotate": "megatron_srp.data.annotate", "preprocess": "megatron_srp.data.preprocess"}
+from megatron_srp.data.settings import ExecutorConfig
+
+# Module names, not imports: the tool modules import this one (their --executor runs through it).
+TOOLS = {"annotate": "megatron_srp.data.annotate", "preprocess": "megatron_srp.data.preprocess"}
 
 
-def add_executor_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("scale-out with datatrove")
-    g.add_argument("--executor", choices=["none", "local", "slurm"], default="none",
-                   help="none: this process; local: datatrove tasks on this node; slurm: a Slurm job array")
-    g.add_argument("--tasks", type=int, default=None, help="datatrove tasks (default and maximum: one per input file)")
-    g.add_argument("--local-workers", type=int, default=-1, help="local: tasks run at once (-1: all)")
-    g.add_argument("--logging-dir", help="datatrove logs and completion markers (default: OUTPUT.datatrove)")
-    g.add_argument("--slurm-partition", help="slurm: partition")
-    g.add_argument("--slurm-time", default="24:00:00", help="slurm: time limit per task")
-    g.add_argument("--slurm-cpus-per-task", type=int, default=8)
-    g.add_argument("--slurm-mem-per-cpu-gb", type=int, default=2)
-    g.add_argument("--slurm-gpus-per-task", type=int, default=0, help="slurm: GPUs per task (classifier backends)")
-    g.add_argument("--slurm-qos", default="normal")
-    g.add_argument("--slurm-venv", help="slurm: virtualenv to activate in each task")
-    g.add_argument("--slurm-env-command", help="slurm: shell command run before each task (module load ...)")
-    g.add_argument("--slurm-sbatch-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra #SBATCH option, repeatable (account=..., constraint=...)")
+def tool_module(tool: str) -> ModuleType:
+    """The module that implements the task contract of ``tool``."""
+    return importlib.import_module(TOOLS[tool])
+
+
+def task_settings(settings: Any) -> Any:
+    """The settings each task runs with: in-process (no executor of its own), no progress bar."""
+    return dataclasses.replace(settings, progress=False,
+                               executor=dataclasses.replace(settings.executor, executor="none"))
 
 
 class _ToolStep(PipelineStep):
     type = "SRP"
 
-    def __init__(self, tool: str, argv: Sequence[str]):
+    def __init__(self, tool: str, settings: Any):
         super().__init__()
-        self.tool, self.argv = tool, list(argv)
-
-    def module(self):
-        return importlib.import_module(_TOOLS[self.tool])
+        self.tool, self.settings = tool, settings
 
 
 class ToolShards(_ToolStep):
@@ -57,7 +56,7 @@ class ToolShards(_ToolStep):
     name = "megatron-srp shards"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        self.module().run_task(self.argv, rank, world_size)
+        tool_module(self.tool).run_task(self.settings, rank, world_size)
         return iter(())
 
 
@@ -67,55 +66,37 @@ class ToolFinish(_ToolStep):
     name = "megatron-srp finish"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        self.module().finish_task(self.argv)
+        tool_module(self.tool).finish_task(self.settings)
         return iter(())
 
 
-def _without_executor_flags(argv: Sequence[str]) -> list[str]:
-    """The command line a task re-parses: everything but --executor (tasks run in-process)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--executor":
-            skip = True
-            continue
-        if a.startswith("--executor="):
-            continue
-        out.append(a)
-    return out + ["--executor", "none", "--no-progress"]
+def run_with_datatrove(tool: str, settings: Any, output: str, n_inputs: int) -> int:
+    """Run ``tool`` with ``settings`` as datatrove tasks (``settings.executor``); ``output``: the run's
+    output directory or prefix (the default logging folder sits next to it)."""
+    # datatrove's executors: ~0.2 s of imports that --help and in-process runs do without.
+    from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 
-
-def run_with_datatrove(tool: str, argv: Sequence[str], args, n_inputs: int) -> int:
-    from megatron_srp.data.classify import parse_options
-
-    task_argv = _without_executor_flags(argv)
-    tasks = min(args.tasks or n_inputs, n_inputs)
-    out = getattr(args, "output", None) or args.output_prefix
-    logging_dir = args.logging_dir or f"{out.rstrip('/')}.datatrove"
-    shards, finish = ToolShards(tool, task_argv), ToolFinish(tool, task_argv)
-    if args.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        first = LocalPipelineExecutor([shards], tasks=tasks, workers=args.local_workers,
+    ex: ExecutorConfig = settings.executor
+    per_task = task_settings(settings)
+    tasks = min(ex.tasks or n_inputs, n_inputs)
+    logging_dir = ex.logging_dir or f"{output.rstrip('/')}.datatrove"
+    shards, finish = ToolShards(tool, per_task), ToolFinish(tool, per_task)
+    if ex.executor == "local":
+        first = LocalPipelineExecutor([shards], tasks=tasks, workers=ex.local_workers,
                                       logging_dir=os.path.join(logging_dir, "shards"), start_method="spawn")
         last = LocalPipelineExecutor([finish], tasks=1, logging_dir=os.path.join(logging_dir, "finish"),
                                      depends=first, start_method="spawn")
         last.run()
         return 0
-    from datatrove.executor import SlurmPipelineExecutor
-
-    if not args.slurm_partition:
+    if not ex.slurm_partition:
         raise ValueError("--executor slurm needs --slurm-partition")
-    common = dict(time=args.slurm_time, partition=args.slurm_partition, qos=args.slurm_qos,
-                  venv_path=args.slurm_venv, env_command=args.slurm_env_command,
-                  sbatch_args=parse_options(args.slurm_sbatch_arg, "--slurm-sbatch-arg") or None)
-    first = SlurmPipelineExecutor([shards], tasks=tasks, cpus_per_task=args.slurm_cpus_per_task,
-                                  mem_per_cpu_gb=args.slurm_mem_per_cpu_gb, gpus_per_task=args.slurm_gpus_per_task,
+    common = dict(time=ex.slurm_time, partition=ex.slurm_partition, qos=ex.slurm_qos, venv_path=ex.slurm_venv,
+                  env_command=ex.slurm_env_command, sbatch_args=ex.slurm_sbatch_args or None)
+    first = SlurmPipelineExecutor([shards], tasks=tasks, cpus_per_task=ex.slurm_cpus_per_task,
+                                  mem_per_cpu_gb=ex.slurm_mem_per_cpu_gb, gpus_per_task=ex.slurm_gpus_per_task,
                                   job_name=f"srp-{tool}", logging_dir=os.path.join(logging_dir, "shards"), **common)
-    last = SlurmPipelineExecutor([finish], tasks=1, cpus_per_task=args.slurm_cpus_per_task,
-                                 mem_per_cpu_gb=args.slurm_mem_per_cpu_gb, job_name=f"srp-{tool}-finish",
+    last = SlurmPipelineExecutor([finish], tasks=1, cpus_per_task=ex.slurm_cpus_per_task,
+                                 mem_per_cpu_gb=ex.slurm_mem_per_cpu_gb, job_name=f"srp-{tool}-finish",
                                  logging_dir=os.path.join(logging_dir, "finish"), depends=first, **common)
     last.run()
     print(f"submitted: {tool} shards ({tasks} tasks) and a finishing job; logs in {logging_dir}")

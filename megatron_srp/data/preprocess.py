@@ -25,7 +25,6 @@ input order.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -34,95 +33,31 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from megatron_srp.data.classify import (REWRITERS, ClassifierError, RewriteCache, SegmentInput, build_rewriter,
-                                        parse_options)
-from megatron_srp.data.corpus import CorpusError, ReadStats, expand_inputs, input_size, read_documents, relative_names
-from megatron_srp.data.datatrove_steps import add_executor_args
-from megatron_srp.data.indexed_writer import IndexedWriter, optimal_dtype
-from megatron_srp.data.materialize import VARIANTS, DocInput, DocumentEncoder, MaterializeSettings
-from megatron_srp.data.roles import roles_prefix
-from megatron_srp.data.tokenizer import BACKENDS, TokenizerError
+from megatron_srp.data.classify import ClassifierError, RewriteCache, SegmentInput, build_rewriter
+from megatron_srp.data.corpus import CorpusError, ReadStats, expand_inputs, read_documents, relative_names
+from megatron_srp.data.datatrove_steps import run_with_datatrove
+from megatron_srp.data.indexed_writer import optimal_dtype
+from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
+from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
+from megatron_srp.data.settings import PreprocessConfig, preprocess_config, preprocess_parser
+from megatron_srp.data.tokenizer import TokenizerError
 from megatron_srp.errors import SRPError
+from megatron_srp.io import atomic_write_json
 from megatron_srp.reflection import QWEN3GUARD_CATEGORIES, ReflectionFormat
 
 # Not imported here: torch and Megatron-Core (the .bin/.idx writer is ours, byte-identical), pyarrow
-# (annotations, parquet) and the rewriters; --help and the plain hot path start in well under a second.
+# (annotations, parquet: imported in the functions that read them) and the rewriters; --help and the
+# plain hot path start in well under a second (tests/data/test_fast_tokenizer.py checks).
 
 
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("Megatron-LM flags")
-    g.add_argument("--input", nargs="+", required=True, help="files, globs or directories (jsonl, jsonl.gz, parquet)")
-    g.add_argument("--output-prefix", required=True)
-    g.add_argument("--tokenizer-type", default="HuggingFaceTokenizer", choices=["HuggingFaceTokenizer"])
-    g.add_argument("--tokenizer-model", required=True, help="Hugging Face tokenizer directory (tokenizer.json)")
-    g.add_argument("--workers", type=int, default=1,
-                   help="CPU cores to tokenize with (gigatoken: threads; tokenizers: processes)")
-    g.add_argument("--append-eod", action="store_true")
-    g.add_argument("--json-keys", nargs="+", default=["text"])
-    g.add_argument("--partitions", type=int, default=1,
-                   help="accepted for compatibility; input files are always processed in order as parts")
-    g.add_argument("--log-interval", type=int, default=1000, help="accepted for compatibility (a progress bar is shown)")
-    s = p.add_argument_group("SRP")
-    s.add_argument("--annotations", help="directory written by tools/annotate.py (needed by every variant but plain)")
-    s.add_argument("--variant", choices=VARIANTS, default="plain")
-    s.add_argument("--filter-granularity", choices=["document", "segment"], default="document")
-    s.add_argument("--flagged-labels", default="unsafe",
-                   help="comma-separated labels filter drops and rewrite replaces (e.g. unsafe,controversial)")
-    s.add_argument("--rewriter", choices=sorted(REWRITERS), help="rewrite: the backend")
-    s.add_argument("--rewriter-arg", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--rewrite-cache", help="sqlite cache of rewrites (default: ANNOTATIONS/rewrites.sqlite)")
-    s.add_argument("--reflection", action="append", default=[], metavar="KEY=VALUE",
-                   help="reflection format option (open_tag, close_tag, safe_word, register_special_tokens, ...)")
-    s.add_argument("--no-injection-guard", action="store_true",
-                   help="keep tags and special-token strings in source text as they are, as Megatron-LM does. "
-                        "With the guard (default) plain differs from Megatron-LM's bytes exactly in the documents "
-                        "that contain a special-token string or a reflection tag (--stats: guard_changed_documents)")
-    b = p.add_argument_group("input checks and outputs")
-    b.add_argument("--on-error", choices=["fail", "skip"], default="fail")
-    b.add_argument("--max-doc-chars", type=int, default=10_000_000)
-    b.add_argument("--id-key", default="id")
-    b.add_argument("--stats", help="write statistics (JSON) here")
-    b.add_argument("--chunk-docs", type=int, default=4096, help="at most this many documents per encode call")
-    b.add_argument("--chunk-mb", type=float, default=8.0, help="at most this much text (MB) per encode call")
-    b.add_argument("--tokenizer-backend", choices=BACKENDS, default="auto",
-                   help="auto: gigatoken when installed and equal to tokenizers on this tokenizer, else tokenizers")
-    b.add_argument("--keep-parts", action="store_true", help="keep PREFIX.parts/ after the merge")
-    b.add_argument("--no-progress", action="store_true")
-    add_executor_args(p)
-    return p.parse_args(argv)
-
-
-@dataclass
-class Stats:
-    documents_in: int = 0
-    documents_written: int = 0
-    documents_dropped: int = 0
-    empty_documents: int = 0
-    segments: int = 0
-    segments_dropped: int = 0
-    segments_rewritten: int = 0
-    tokens: int = 0
-    guard_changed_documents: int = 0
-    reflection_tokens: int = 0
-    labels: dict = field(default_factory=dict)
-    categories: dict = field(default_factory=dict)
-    skipped_rows: int = 0
-    row_errors: dict = field(default_factory=dict)
-
-    def add(self, other: "Stats") -> None:
-        for k, v in asdict(other).items():
-            if isinstance(v, dict):
-                mine = getattr(self, k)
-                for kk, vv in v.items():
-                    mine[kk] = mine.get(kk, 0) + vv
-            else:
-                setattr(self, k, getattr(self, k) + v)
+def settings_from_argv(argv: Optional[Sequence[str]] = None) -> PreprocessConfig:
+    """The run's settings from the command line (parsed once; tasks receive the object)."""
+    return preprocess_config(preprocess_parser(__doc__).parse_args(argv))
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -142,65 +77,50 @@ def _encode_chunk(chunk):
 
 # -- main side --------------------------------------------------------------------------------
 
-def output_prefixes(prefix: str, keys) -> list[str]:
-    return [f"{prefix}_{key}_document" for key in keys]
+class UsageError(SRPError, ValueError):
+    """A flag combination or input that cannot work; reported before any output is touched."""
 
 
-class Writer:
-    """IndexedWriters on temporary names; ``commit`` renames them (each .idx last)."""
+@dataclass
+class Job:
+    """Everything a run (or one datatrove task of it) needs, resolved from its settings once."""
 
-    def __init__(self, prefixes: list[str], dtype, with_roles: bool):
-        self.prefixes = prefixes
-        self.tmp = [f"{p}.tmp-{os.getpid()}" for p in prefixes]
-        for p in prefixes:
-            os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-        self.builders = [IndexedWriter(f"{t}.bin", dtype) for t in self.tmp]
-        self.roles = IndexedWriter(f"{roles_prefix(self.tmp[0])}.bin", np.uint8) if with_roles else None
+    config: PreprocessConfig
+    inputs: list
+    names: list
+    settings: MaterializeSettings
+    encoder: DocumentEncoder
+    rewriter: object = None
+    rewrite_cache: object = None
 
-    def add_batch(self, batch) -> None:
-        for builder, flat, lengths in zip(self.builders, batch.flats, batch.lengths):
-            builder.add_documents(flat, lengths)
-        if self.roles is not None:
-            self.roles.add_documents(batch.roles, batch.lengths[0])
+    @property
+    def finals(self) -> list[str]:
+        return output_prefixes(self.config.output_prefix, self.config.json_keys)
 
-    def add(self, out) -> None:
-        for builder, ids in zip(self.builders, out.tokens):
-            builder.add_documents(ids, [len(ids)])
-        if self.roles is not None:
-            self.roles.add_documents(out.roles, [len(out.roles)])
+    @property
+    def dtype(self):
+        return optimal_dtype(self.encoder.tok.vocab_size)
 
-    def abort(self) -> None:
-        """Remove the temporary files of an unfinished output."""
-        for b in self.builders + ([self.roles] if self.roles is not None else []):
-            b.close()
-        for t in self.tmp:
-            for path in (f"{t}.bin", f"{t}.idx", f"{roles_prefix(t)}.bin", f"{roles_prefix(t)}.idx"):
-                if os.path.exists(path):
-                    os.remove(path)
+    def part(self, i: int) -> list[str]:
+        return output_prefixes(os.path.join(f"{self.config.output_prefix}.parts", f"{i:05d}"), self.config.json_keys)
 
-    def commit(self) -> None:
-        if self.roles is not None:
-            self.roles.finalize(f"{roles_prefix(self.tmp[0])}.idx")
-            os.replace(f"{roles_prefix(self.tmp[0])}.bin", f"{roles_prefix(self.prefixes[0])}.bin")
-            os.replace(f"{roles_prefix(self.tmp[0])}.idx", f"{roles_prefix(self.prefixes[0])}.idx")
-        for builder, tmp, final in zip(self.builders, self.tmp, self.prefixes):
-            builder.finalize(f"{tmp}.idx")
-            os.replace(f"{tmp}.bin", f"{final}.bin")
-            os.replace(f"{tmp}.idx", f"{final}.idx")
+    def close(self) -> None:
+        if self.rewrite_cache is not None:
+            self.rewrite_cache.close()
 
 
-def _inputs_of(path, shard_name, args, settings, annotations_dir, rewriter, rewrite_cache, stats, read_stats):
+def _inputs_of(job: Job, path: str, shard_name: str, stats: Stats, read_stats: ReadStats) -> Iterator[list]:
     """Chunks of DocInput for one file (annotations matched and rewrites filled in)."""
-    sidecar, limit = None, int(args.chunk_mb * 1e6)
-    if settings.variant != "plain":
+    cfg, sidecar = job.config, None
+    limit = int(cfg.chunk_mb * 1e6)
+    if cfg.variant != "plain":
         from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
-        sidecar = ann.ShardAnnotations.read(ann.find_sidecar(annotations_dir, path, shard_name))
+        sidecar = ann.ShardAnnotations.read(ann.find_sidecar(cfg.annotations, path, shard_name))
     chunk, chars = [], 0
-    docs = read_documents(path, args.json_keys, args.id_key, args.on_error, args.max_doc_chars, read_stats)
-    for doc in docs:
+    for doc in read_documents(path, cfg.json_keys, cfg.id_key, cfg.on_error, cfg.max_doc_chars, read_stats):
         stats.documents_in += 1
-        item = DocInput([doc.texts[k] for k in args.json_keys])
+        item = DocInput([doc.texts[k] for k in cfg.json_keys])
         if sidecar is not None:
             item.spans, item.verdicts = sidecar.for_document(doc, path)
             stats.segments += len(item.spans)
@@ -210,37 +130,37 @@ def _inputs_of(path, shard_name, args, settings, annotations_dir, rewriter, rewr
                     stats.categories[c] = stats.categories.get(c, 0) + 1
         chunk.append(item)
         chars += sum(map(len, item.texts))
-        if len(chunk) == args.chunk_docs or chars >= limit:
-            yield _fill_rewrites(chunk, settings, rewriter, rewrite_cache)
+        if len(chunk) == cfg.chunk_docs or chars >= limit:
+            yield _fill_rewrites(job, chunk)
             chunk, chars = [], 0
     if chunk:
-        yield _fill_rewrites(chunk, settings, rewriter, rewrite_cache)
+        yield _fill_rewrites(job, chunk)
 
 
-def _fill_rewrites(chunk, settings, rewriter, rewrite_cache):
-    if settings.variant != "rewrite":
+def _fill_rewrites(job: Job, chunk: list) -> list:
+    if job.settings.variant != "rewrite":
         return chunk
     items, verdicts, where = [], [], []
     for d, doc in enumerate(chunk):
         text = doc.texts[0]
         for i, ((a, b), v) in enumerate(zip(doc.spans, doc.verdicts)):
-            if v.label in settings.flagged_labels:
+            if v.label in job.settings.flagged_labels:
                 items.append(SegmentInput(text[a:b], text[max(0, a - 1000):a]))
                 verdicts.append(v)
                 where.append((d, i))
     if items:
-        for (d, i), new in zip(where, rewrite_cache.rewrite(rewriter, items, verdicts)):
+        for (d, i), new in zip(where, job.rewrite_cache.rewrite(job.rewriter, items, verdicts)):
             chunk[d].replacements = chunk[d].replacements or {}
             chunk[d].replacements[i] = new
     return chunk
 
 
-def _process(path, shard_name, prefixes, job, pool, progress) -> Stats:
-    args, settings = job.args, job.settings
+def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) -> Stats:
+    """Tokenize input file ``i`` into ``prefixes`` (published only when complete)."""
+    path = job.inputs[i]
     stats, read_stats = Stats(), ReadStats()
-    writer = Writer(prefixes, job.dtype, with_roles=settings.variant == "srp")
-    chunks = _inputs_of(path, shard_name, args, settings, args.annotations, job.rewriter, job.rewrite_cache, stats,
-                        read_stats)
+    writer = Writer(prefixes, job.dtype, with_roles=job.settings.variant == "srp")
+    chunks = _inputs_of(job, path, job.names[i], stats, read_stats)
     try:
         if pool is not None:
             results = pool.imap(_encode_chunk, chunks)
@@ -296,117 +216,64 @@ def _write(results, writer, stats, advance) -> None:
         advance()
 
 
-class Progress:
-    """A bar over the input files' bytes on disk (parquet: rows from its metadata), so it has a total and ETA."""
-
-    def __init__(self, paths, disable: bool, desc: str):
-        self.bar = tqdm(total=sum(input_size(p) for p in paths), unit="B", unit_scale=True, unit_divisor=1024,
-                        disable=disable, dynamic_ncols=True, desc=desc)
-        self.current = 0  # position in the file being read
-
-    def advance(self, position: int) -> None:
-        self.bar.update(position - self.current)
-        self.current = position
-
-    def file_done(self, path: str) -> None:
-        self.bar.update(input_size(path) - self.current)
-        self.current = 0
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, with_roles: bool) -> None:
-    """Concatenate per-file parts in order (byte-identical to tokenizing them as one stream)."""
-    writer = Writer(final_prefixes, dtype, with_roles)
-    try:
-        for parts in part_prefixes:
-            for builder, part in zip(writer.builders, parts):
-                builder.add_index(part)
-            if with_roles:
-                writer.roles.add_index(roles_prefix(parts[0]))
-    except BaseException:
-        writer.abort()
-        raise
-    writer.commit()
-
-
-class UsageError(SRPError, ValueError):
-    """A flag combination or input that cannot work; reported before any output is touched."""
-
-
-@dataclass
-class Job:
-    """Everything a run (or one datatrove task of it) needs, resolved from the command line once."""
-
-    args: argparse.Namespace
-    inputs: list
-    names: list
-    settings: MaterializeSettings
-    encoder: DocumentEncoder
-    rewriter: object = None
-    rewrite_cache: object = None
-
-    @property
-    def finals(self) -> list[str]:
-        return output_prefixes(self.args.output_prefix, self.args.json_keys)
-
-    @property
-    def dtype(self):
-        return optimal_dtype(self.encoder.tok.vocab_size)
-
-    def part(self, i: int) -> list[str]:
-        return output_prefixes(os.path.join(f"{self.args.output_prefix}.parts", f"{i:05d}"), self.args.json_keys)
-
-
-def setup(args) -> Job:
-    if args.variant != "plain" and len(args.json_keys) != 1:
-        raise UsageError(f"--variant {args.variant} works on one text field; got --json-keys {args.json_keys}")
-    if args.variant != "plain" and not args.annotations:
-        raise UsageError(f"--variant {args.variant} needs --annotations DIR (from tools/annotate.py)")
-    if args.variant == "rewrite" and not args.rewriter:
+def setup(cfg: PreprocessConfig) -> Job:
+    if cfg.variant != "plain" and len(cfg.json_keys) != 1:
+        raise UsageError(f"--variant {cfg.variant} works on one text field; got --json-keys {cfg.json_keys}")
+    if cfg.variant != "plain" and not cfg.annotations:
+        raise UsageError(f"--variant {cfg.variant} needs --annotations DIR (from tools/annotate.py)")
+    if cfg.variant == "rewrite" and not cfg.rewriter:
         raise UsageError("--variant rewrite needs --rewriter (e.g. template, medsafetyworld, hf)")
-    inputs = expand_inputs(args.input)
+    inputs = expand_inputs(cfg.input)
     manifest = {}
-    if args.variant != "plain":
+    if cfg.variant != "plain":
         from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
-        manifest = ann.read_manifest(args.annotations)
-    if manifest and manifest["settings"]["json_key"] != args.json_keys[0]:
+        manifest = ann.read_manifest(cfg.annotations)
+    if manifest and manifest["settings"]["json_key"] != cfg.json_keys[0]:
         raise UsageError(f"annotations were made on field {manifest['settings']['json_key']!r}, "
-                         f"but --json-keys is {args.json_keys[0]!r}")
+                         f"but --json-keys is {cfg.json_keys[0]!r}")
     categories = tuple(manifest.get("categories") or QWEN3GUARD_CATEGORIES)
-    reflection = ReflectionFormat(**{"categories": categories, **parse_options(args.reflection, "--reflection")})
+    reflection = ReflectionFormat(**{"categories": categories, **cfg.reflection_options})
     settings = MaterializeSettings(
-        variant=args.variant, append_eod=args.append_eod, filter_granularity=args.filter_granularity,
-        flagged_labels=tuple(x.strip() for x in args.flagged_labels.split(",") if x.strip()),
-        injection_guard=not args.no_injection_guard, reflection=reflection)
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+        variant=cfg.variant, append_eod=cfg.append_eod, filter_granularity=cfg.filter_granularity,
+        flagged_labels=tuple(cfg.flagged_labels), injection_guard=cfg.injection_guard, reflection=reflection)
+    if cfg.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {cfg.workers}")
     # gigatoken's thread pool reads this when it first starts (before any encode call).
-    os.environ.setdefault("RAYON_NUM_THREADS", str(args.workers))
-    encoder = DocumentEncoder(args.tokenizer_model, settings, args.tokenizer_backend)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.workers))
+    encoder = DocumentEncoder(cfg.tokenizer_model, settings, cfg.tokenizer_backend)
     for tag in reflection.special_tokens():
         if encoder.tok.token_id(tag) is None:
             raise TokenizerError(f"--reflection register_special_tokens=true but {tag!r} is not a token of "
-                                 f"{args.tokenizer_model}; add it to the tokenizer first")
-    job = Job(args, inputs, relative_names(inputs), settings, encoder)
-    if args.variant == "rewrite":
-        job.rewriter = build_rewriter(args.rewriter, **parse_options(args.rewriter_arg, "--rewriter-arg"))
-        job.rewrite_cache = RewriteCache(args.rewrite_cache or os.path.join(args.annotations, "rewrites.sqlite"))
+                                 f"{cfg.tokenizer_model}; add it to the tokenizer first")
+    job = Job(cfg, inputs, relative_names(inputs), settings, encoder)
+    if cfg.variant == "rewrite":
+        job.rewriter = build_rewriter(cfg.rewriter, **cfg.rewriter_options)
+        job.rewrite_cache = RewriteCache(cfg.rewrite_cache or os.path.join(cfg.annotations, "rewrites.sqlite"))
     return job
+
+
+def _worker_pool(job: Job):
+    """Processes for the tokenizers backend (None otherwise): fork, as Megatron-LM does, so workers start
+    at once (nothing to re-import). gigatoken needs no processes: it encodes on --workers threads without
+    the GIL."""
+    cfg = job.config
+    if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "tokenizers":
+        return None
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return ctx.Pool(cfg.workers, initializer=_init_worker,
+                    initargs=(cfg.tokenizer_model, job.settings, job.encoder.tok.backend))
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
 
 
 def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
     """Tokenize the given input files; with ``use_parts`` each goes to its own part (finished parts are kept)."""
-    args, pool = job.args, None
-    if args.workers > 1 and args.variant != "rewrite" and job.encoder.tok.backend == "tokenizers":
-        # fork, as Megatron-LM does: workers start at once (nothing to re-import). gigatoken needs no
-        # processes: it encodes on --workers threads without the GIL.
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(args.workers, initializer=_init_worker,
-                        initargs=(args.tokenizer_model, job.settings, job.encoder.tok.backend))
-    progress = Progress([job.inputs[i] for i in indices], args.no_progress, args.variant)
+    pool = _worker_pool(job)
+    progress = Progress([job.inputs[i] for i in indices], not job.config.progress, job.config.variant)
     per_file = []
     try:
         for i in indices:
@@ -414,15 +281,12 @@ def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
             prefixes = job.part(i) if use_parts else job.finals
             done = f"{prefixes[0]}.stats.json"
             if use_parts and os.path.exists(done) and all(os.path.exists(f"{p}.idx") for p in prefixes):
-                with open(done) as f:
-                    per_file.append({"input": path, "reused": True, **json.load(f)})
+                per_file.append({"input": path, "reused": True, **_read_json(done)})
                 progress.file_done(path)
                 continue
-            s = asdict(_process(path, job.names[i], prefixes, job, pool, progress))
+            s = asdict(_process(job, i, prefixes, pool, progress))
             if use_parts:
-                with open(f"{done}.tmp", "w") as f:
-                    json.dump(s, f)
-                os.replace(f"{done}.tmp", done)
+                atomic_write_json(done, s)
             per_file.append({"input": path, **s})
     finally:
         progress.close()
@@ -438,13 +302,10 @@ def merge_parts(job: Job) -> list[dict]:
     if missing:
         raise UsageError(f"{len(missing)} input file(s) have no finished part (first: {job.inputs[missing[0]]}); "
                          f"rerun the tokenize step")
-    _merge([job.part(i) for i in range(len(job.inputs))], job.finals, job.dtype, job.settings.variant == "srp")
-    per_file = []
-    for i, path in enumerate(job.inputs):
-        with open(f"{job.part(i)[0]}.stats.json") as f:
-            per_file.append({"input": path, **json.load(f)})
-    if not job.args.keep_parts:
-        shutil.rmtree(f"{job.args.output_prefix}.parts", ignore_errors=True)
+    merge([job.part(i) for i in range(len(job.inputs))], job.finals, job.dtype, job.settings.variant == "srp")
+    per_file = [{"input": path, **_read_json(f"{job.part(i)[0]}.stats.json")} for i, path in enumerate(job.inputs)]
+    if not job.config.keep_parts:
+        shutil.rmtree(f"{job.config.output_prefix}.parts", ignore_errors=True)
     return per_file
 
 
@@ -453,7 +314,7 @@ def report(job: Job, per_file: list[dict], seconds: float) -> dict:
     for f in per_file:
         total.add(Stats(**{k: v for k, v in f.items() if k in Stats.__dataclass_fields__}))
     out = {
-        "variant": job.args.variant,
+        "variant": job.config.variant,
         "outputs": job.finals,
         **asdict(total),
         "reflection_token_share": round(total.reflection_tokens / total.tokens, 6) if total.tokens else 0.0,
@@ -463,45 +324,42 @@ def report(job: Job, per_file: list[dict], seconds: float) -> dict:
         "tokens_per_second": round(total.tokens / seconds, 1) if seconds > 0 else None,
         "files": per_file,
     }
-    if job.args.stats:
-        tmp = f"{job.args.stats}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, job.args.stats)
+    if job.config.stats:
+        atomic_write_json(job.config.stats, out, indent=2)
     print(json.dumps({k: v for k, v in out.items() if k != "files"}))
     return out
 
 
-def run_task(argv, rank: int, world_size: int) -> None:
+def run_task(cfg: PreprocessConfig, rank: int, world_size: int) -> None:
     """datatrove task ``rank``: tokenize files[rank::world_size] into parts."""
-    job = setup(get_args(argv))
+    job = setup(cfg)
     try:
         process_files(job, range(rank, len(job.inputs), world_size), use_parts=True)
     finally:
-        if job.rewrite_cache is not None:
-            job.rewrite_cache.close()
+        job.close()
 
 
-def finish_task(argv) -> None:
+def finish_task(cfg: PreprocessConfig) -> None:
     """datatrove's last step: merge the parts, write the statistics."""
     start = time.time()
-    job = setup(get_args(argv))
-    report(job, merge_parts(job), time.time() - start)
+    job = setup(cfg)
+    try:
+        report(job, merge_parts(job), time.time() - start)
+    finally:
+        job.close()
 
 
 ERRORS = (CorpusError, ClassifierError, TokenizerError, UsageError, TypeError, ValueError)  # AnnotationError: a ValueError
 
 
-def main(argv=None) -> int:
-    args = get_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.time()
+    job = None
     try:
-        job = setup(args)
-        if args.executor != "none":
-            from megatron_srp.data.datatrove_steps import run_with_datatrove
-
-            return run_with_datatrove("preprocess", argv if argv is not None else sys.argv[1:], args,
-                                      len(job.inputs))
+        cfg = settings_from_argv(argv)
+        job = setup(cfg)
+        if cfg.executor.executor != "none":
+            return run_with_datatrove("preprocess", cfg, cfg.output_prefix, len(job.inputs))
         single = len(job.inputs) == 1
         per_file = process_files(job, range(len(job.inputs)), use_parts=not single)
         if not single:
@@ -510,7 +368,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        if "job" in locals() and job.rewrite_cache is not None:
-            job.rewrite_cache.close()
+        if job is not None:
+            job.close()
     report(job, per_file, time.time() - start)
     return 0

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import orjson
 
 from megatron_srp.errors import SRPError
+from megatron_srp.io import atomic_copy
 from megatron_srp.reflection import Verdict
 
 LOG_DIR = "verdicts"
@@ -185,9 +186,7 @@ def merge_logs(out_dir: str) -> dict:
         db.commit()
         rows = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
         db.close()
-        staged = f"{merged}.tmp-{os.getpid()}"
-        shutil.copyfile(local, staged)
-        os.replace(staged, merged)
+        atomic_copy(local, merged)
     for path in logs:  # merged: a crash before this point only means merging them again
         os.remove(path)
     return {"logs": len(logs), "verdicts": rows}

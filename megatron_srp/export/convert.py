@@ -28,6 +28,7 @@ from megatron_srp.export import hf_files, mapping, model_card
 from megatron_srp.export.model_card import PARITY_FILE
 from megatron_srp.export.megatron_side import load_weights, logits, megatron_model, round_params_to
 from megatron_srp.export.torch_dist_reader import TorchDistCheckpoint
+from megatron_srp.io import replace_dir
 from megatron_srp.training.layout import CheckpointError
 from megatron_srp.training.megatron_lm_args import megatron_lm_common
 
@@ -167,9 +168,7 @@ def publish(tmp: str, output: str, report: Optional[dict]) -> None:
             json.dump(report, f, indent=2)
     apply_umask(tmp)
     target = output if report is None or report["passed"] else f"{output}.parity-failed"
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    replace_dir(tmp, target)
     if target != output:
         raise ParityError(f"logits differ: max abs diff {report['max_abs_diff']:.3g} > tolerance "
                           f"{report['tolerance']:.3g} (top-1 agreement {report['top1_agreement']:.4f}); the converted "

@@ -25,9 +25,11 @@ from __future__ import annotations
 import json
 import os
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from megatron_srp.io import atomic_open
 from megatron_srp.medsafetyworld.oracle import assess, judge_text
 from megatron_srp.medsafetyworld.world import DOSES, Drug, Patient, World, sample_patient
 
@@ -245,13 +247,8 @@ def write_corpus(world: World, s: CorpusSettings, out_dir: str) -> list[str]:
     """jsonl shards ``corpus/part_K.jsonl`` (written under temporary names, renamed when complete)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"part_{k}.jsonl") for k in range(s.shards)]
-    files = [open(f"{p}.tmp", "w") for p in paths]
-    try:
+    with ExitStack() as stack:
+        files = [stack.enter_context(atomic_open(p)) for p in paths]
         for i, doc in enumerate(generate_corpus(world, s)):
             files[i % s.shards].write(json.dumps(doc) + "\n")
-    finally:
-        for f in files:
-            f.close()
-    for p in paths:
-        os.replace(f"{p}.tmp", p)
     return paths

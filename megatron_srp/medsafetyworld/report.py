@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_srp.errors import SRPError
+from megatron_srp.io import atomic_open, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,9 +224,7 @@ def merge_results(path: Path, recipe: dict, runs: list[dict]) -> dict:
 
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=False)
 
 
 def write_json(path: Path, obj) -> None:
@@ -350,9 +349,8 @@ def plot(results: dict, path: Path, columns: list[str] = CHART) -> None:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -386,8 +384,6 @@ def report_dir(directory: Path) -> str:
     """Rebuild DIR/results.md and DIR/results.png from DIR/results.json alone; returns the markdown."""
     results = read_results(directory / "results.json")
     md = render_markdown(results, directory.name)
-    tmp = directory / "results.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, directory / "results.md")
+    atomic_write_text(directory / "results.md", md, fsync=False)
     plot(results, directory / "results.png")
     return md

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Iterable
 
+from megatron_srp.io import atomic_dir
+
 EOS = "<|endoftext|>"
 UNK = "<|unk|>"
 # "User : ... Assistant : ..." in the world's own spaced style; the generation prompt ends with
@@ -33,15 +35,9 @@ def train_word_tokenizer(texts: Iterable[str], out_dir: str) -> str:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[EOS, UNK], min_frequency=1))
-    tmp = f"{out_dir}.tmp"
-    os.makedirs(tmp, exist_ok=True)
-    tok.save(os.path.join(tmp, "tokenizer.json"))
-    with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "pad_token": EOS,
-                   "unk_token": UNK, "chat_template": CHAT_TEMPLATE, "model_max_length": 4096}, f, indent=1)
-    if os.path.isdir(out_dir):
-        import shutil
-
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tok.save(os.path.join(tmp, "tokenizer.json"))
+        with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "pad_token": EOS,
+                       "unk_token": UNK, "chat_template": CHAT_TEMPLATE, "model_max_length": 4096}, f, indent=1)
     return out_dir

@@ -12,6 +12,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from megatron_srp.io import atomic_write_text
+
 ONSETS = ["b", "c", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "cl", "dr", "pr", "tr"]
 VOWELS = ["a", "e", "i", "o", "u", "ae", "io"]
 DRUG_SUFFIXES = ["rin", "vex", "dol", "zine", "pril", "tan", "mab", "cort", "lex", "sone"]
@@ -85,12 +87,7 @@ class World:
                            "conditions": self.conditions, "enzymes": self.enzymes, "names": self.names}, indent=1)
 
     def save(self, path: str) -> None:
-        import os
-
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json(), fsync=False)
 
     @classmethod
     def load(cls, path: str) -> "World":

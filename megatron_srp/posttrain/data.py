@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence
 
 from megatron_srp.errors import SRPError
+from megatron_srp.io import atomic_open
 from megatron_srp.reflection import SAFE, ReflectionFormat, Verdict
 
 
@@ -180,11 +181,9 @@ def label_conversations(convs: Iterable[tuple[str, dict, list[dict]]], fmt: Refl
 
 def write_jsonl(rows: Iterable[dict], path: str) -> int:
     """Atomic jsonl write; returns the row count."""
-    tmp = f"{path}.tmp"
     n = 0
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n

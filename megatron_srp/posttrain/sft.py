@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+from megatron_srp.io import atomic_dir
 from megatron_srp.posttrain.data import PosttrainDataError, SourceSettings
 
 
@@ -199,10 +200,9 @@ def train_sft(model_dir: str, examples: Sequence[dict], output_dir: str, setting
                       callbacks=[Metrics()])
     last = _last_checkpoint(output_dir)
     trainer.train(resume_from_checkpoint=last)
-    tmp = f"{final}.tmp"
-    trainer.save_model(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        trainer.save_model(tmp)
+        tok.save_pretrained(tmp)
     return final
 
 

@@ -20,6 +20,7 @@ import shutil
 from typing import Callable, Optional
 
 from megatron_srp.errors import SRPError
+from megatron_srp.io import atomic_write_text
 
 TRACKER = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
@@ -91,16 +92,6 @@ def resolve_load_dir(ckpt_dir: str, iteration: Optional[int] = None) -> tuple[st
         have = completed_iterations(ckpt_dir)
         raise CheckpointError(f"{ckpt_dir}: iteration {it} not found; completed iterations: {have}")
     return path, it
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``path`` so that a reader sees the old or the new content, never a part."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def prepare_iteration_dir(ckpt_dir: str, iteration: int) -> str:

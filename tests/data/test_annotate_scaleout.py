@@ -70,7 +70,7 @@ def test_tasks_as_separate_nodes_merge_to_the_one_process_result(corpus, tmp_pat
 
 def test_an_interrupted_task_resumes_from_its_own_log(corpus, tmp_path):
     out = tmp_path / "ann"
-    p = annotate.plan(annotate.get_args(_args(corpus, out)))
+    p = annotate.plan(annotate.settings_from_argv(_args(corpus, out)))
     first = annotate.annotate_files(p, [0], rank=0)[0]  # the body of datatrove task 0 of 3
     log = Path(verdict_log.log_path(str(out), "part_0.jsonl"))
     lines = log.read_bytes().splitlines(keepends=True)
@@ -85,7 +85,7 @@ def test_an_interrupted_task_resumes_from_its_own_log(corpus, tmp_path):
     assert complete == log.stat().st_size and len(verdicts) == first.classified  # the torn line was cut
 
     single = tmp_path / "single"
-    annotate.annotate_files(annotate.plan(annotate.get_args(_args(corpus, single))), [0])
+    annotate.annotate_files(annotate.plan(annotate.settings_from_argv(_args(corpus, single))), [0])
     assert Path(first.output).read_bytes() == (single / "part_0.jsonl.annotations.parquet").read_bytes()
 
 
@@ -115,3 +115,11 @@ def test_progress_total_comes_from_file_sizes_and_parquet_metadata(tmp_path):
     assert annotate.estimate_rows(str(tmp_path / "small.jsonl")) == lines[:5000].count(b"\n") + 1
     for name in ("a.jsonl", "a.jsonl.gz"):
         assert abs(annotate.estimate_rows(str(tmp_path / name)) - 30_000) < 30_000 * 0.15, name
+
+
+def test_worker_processes_get_the_settings_and_write_the_one_process_sidecars(corpus, tmp_path):
+    """--workers 3: each spawned process receives a pickled ShardJob (settings included)."""
+    single, pooled = tmp_path / "single", tmp_path / "pooled"
+    assert annotate.main(_args(corpus, single)) == 0
+    assert annotate.main(_args(corpus, pooled) + ["--workers", "3"]) == 0
+    assert len(_sidecars(pooled)) == 3 and _sidecars(pooled) == _sidecars(single)
