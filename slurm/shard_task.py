@@ -18,6 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_srp.plugins import load_plugins  # noqa: E402
+
 TOOLS = {"annotate": "megatron_srp.data.annotate", "preprocess": "megatron_srp.data.preprocess"}
 
 
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     if not args.finish and (args.rank is None or not args.world or not 0 <= args.rank < args.world):
         p.error("give --finish, or --rank R --world W with 0 <= R < W")
 
+    load_plugins()  # --classifier oracle, --rewriter medsafetyworld
     module = importlib.import_module(TOOLS[args.tool])
     try:
         if args.finish:

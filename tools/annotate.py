@@ -12,7 +12,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_srp.data.annotate import main  # noqa: E402
+from megatron_srp.data.annotate import main as run  # noqa: E402
+from megatron_srp.plugins import load_plugins  # noqa: E402
+
+
+def main(argv=None) -> int:
+    load_plugins()  # backends registered outside the data library (--classifier oracle, --rewriter medsafetyworld)
+    return run(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

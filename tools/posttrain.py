@@ -18,8 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_srp.plugins import load_plugins  # noqa: E402
+
 
 def main(argv=None) -> int:
+    load_plugins()  # judges and classifiers registered outside eval (judge=oracle)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")

@@ -18,6 +18,8 @@ from typing import Sequence
 
 from datatrove.pipeline.base import PipelineStep
 
+from megatron_srp.data import classify
+
 _TOOLS = {"annotate": "megatron_srp.data.annotate", "preprocess": "megatron_srp.data.preprocess"}
 
 
@@ -46,8 +48,10 @@ class _ToolStep(PipelineStep):
     def __init__(self, tool: str, argv: Sequence[str]):
         super().__init__()
         self.tool, self.argv = tool, list(argv)
+        self.backends = classify.registered()  # a task process starts without the parent's plugins
 
     def module(self):
+        classify.restore_registered(self.backends)
         return importlib.import_module(_TOOLS[self.tool])
 
 

@@ -364,7 +364,7 @@ def setup(args) -> Job:
     if args.variant != "plain" and not args.annotations:
         raise UsageError(f"--variant {args.variant} needs --annotations DIR (from tools/annotate.py)")
     if args.variant == "rewrite" and not args.rewriter:
-        raise UsageError("--variant rewrite needs --rewriter (e.g. template, medsafetyworld, hf)")
+        raise UsageError(f"--variant rewrite needs --rewriter (one of {sorted(REWRITERS)})")
     inputs = expand_inputs(args.input)
     manifest = {}
     if args.variant != "plain":
