@@ -35,14 +35,18 @@ import re
 import sys
 from collections import Counter
 from dataclasses import asdict, fields
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_srp.config import RecipeError  # noqa: E402
+from megatron_srp.medsafetyworld import ablate  # noqa: E402
+from megatron_srp.medsafetyworld.corpus import CorpusSettings, write_corpus  # noqa: E402
+from megatron_srp.medsafetyworld.report import ResultsError, report_dir  # noqa: E402
+from megatron_srp.medsafetyworld.world import WorldSettings, generate_world  # noqa: E402
+
 
 def main(argv=None) -> int:
-    from megatron_srp.medsafetyworld.corpus import CorpusSettings, check_settings, write_corpus
-    from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="a world and its pretraining corpus")
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
     ws = WorldSettings(**{f.name: getattr(args, f"world_{f.name}") for f in fields(WorldSettings)})
     cs = CorpusSettings(**{f.name: getattr(args, f.name) for f in fields(CorpusSettings)})
     try:
-        check_settings(cs)
+        cs.validate()
     except ValueError as e:  # name the flag, not the recipe key
         flags = re.sub(r"corpus\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
         print(f"error: {flags}", file=sys.stderr)
@@ -84,12 +88,6 @@ def main(argv=None) -> int:
 
 
 def ablate_or_report(args) -> int:
-    from pathlib import Path
-
-    from megatron_srp.config import RecipeError
-    from megatron_srp.medsafetyworld import ablate
-    from megatron_srp.medsafetyworld.report import ResultsError, report_dir
-
     if args.command == "report" and Path(args.recipe).is_dir():
         try:
             print(report_dir(Path(args.recipe)))
