@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
+from megatron_srp.hf import HFError
 from megatron_srp.reflection import SAFE, Verdict
 
 
@@ -136,12 +137,20 @@ def _resolve(table: dict, kind: str, name: str):
         raise ClassifierError(f"{kind} {name!r} cannot be loaded: {e}") from e
 
 
+def _build(table: dict, kind: str, name: str, options: dict):
+    factory = _resolve(table, kind, name)
+    try:
+        return factory(**options)
+    except HFError as e:  # a model, tokenizer, engine or dtype of an HF backend
+        raise ClassifierError(str(e)) from e
+
+
 def build_classifier(name: str, **options) -> Classifier:
-    return _resolve(BACKENDS, "classifier backend", name)(**options)
+    return _build(BACKENDS, "classifier backend", name, options)
 
 
 def build_rewriter(name: str, **options) -> Rewriter:
-    return _resolve(REWRITERS, "rewriter", name)(**options)
+    return _build(REWRITERS, "rewriter", name, options)
 
 
 def parse_options(pairs: Sequence[str], flag: str) -> dict:
