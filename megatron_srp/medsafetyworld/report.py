@@ -27,6 +27,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from megatron_srp.eval.metrics import wilson
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # (column, file, key path) of the summary table; rates are shares of the cell's items.
@@ -113,7 +115,7 @@ def compact_detail(obj):
 
 def provenance() -> dict:
     """Where a run was made: commit, machine, CPU model and torch's thread count."""
-    import torch
+    import torch  # seconds at import: only when a run is recorded, not for `report DIR`
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(ROOT), capture_output=True, text=True,
@@ -266,8 +268,6 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def wilson_of(run: dict, col: str) -> Optional[tuple[float, float]]:
-    from megatron_srp.eval.metrics import wilson
-
     k_n = run.get("counts", {}).get(col)
     return wilson(*k_n) if k_n else None
 
@@ -320,7 +320,7 @@ def render_markdown(results: dict, title: str) -> str:
 
 def plot(results: dict, path: Path, columns: list[str] = CHART) -> None:
     """Bars: mean over runs with the bootstrap interval; dots: every run (bimodality visible)."""
-    import matplotlib
+    import matplotlib  # import-time cost, and the backend must be set before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

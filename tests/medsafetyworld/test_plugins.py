@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from megatron_srp.data import classify
 from megatron_srp.data.classify import ClassifierError, build_classifier, build_rewriter
 from megatron_srp.eval import judges
 from megatron_srp.eval.judges import build_judge
+from megatron_srp.medsafetyworld import ablate
 from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
 from megatron_srp.plugins import BUILTIN, load_plugins
 
@@ -62,3 +64,13 @@ def test_a_task_process_gets_the_parents_backends():
         assert classify.BACKENDS["oracle"] is saved
     finally:
         classify.BACKENDS["oracle"] = saved
+
+
+def test_ablate_starts_every_tool_through_one_helper():
+    """One place decides how ablate starts a tool (a file path today, ``python -m`` later)."""
+    source = (ROOT / "megatron_srp" / "medsafetyworld" / "ablate.py").read_text()
+    assert source.count("sys.executable") == 1 and source.count('"tools"') == 1
+    for name in ("annotate", "preprocess_data", "pretrain", "convert_to_hf"):
+        assert f'_tool_cmd("{name}")' in source
+        cmd = ablate._tool_cmd(name)
+        assert cmd[0] == sys.executable and Path(cmd[-1]).is_file()
