@@ -144,7 +144,10 @@ def load_tokenizer(model_dir: str, chat_template: Optional[str] = None, fmt=None
     template must keep reflections (``chat_template.check``)."""
     if not hf.has_tokenizer_files(model_dir):
         raise PosttrainDataError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    tok = hf.load_tokenizer(model_dir)
+    try:
+        tok = hf.load_tokenizer(model_dir)
+    except hf.HFError as e:  # a damaged tokenizer file: exit 2 with the file named, as every input error
+        raise PosttrainDataError(str(e)) from None
     if chat_template:
         try:
             tok.chat_template = templates.resolve(chat_template)
