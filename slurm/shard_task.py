@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from megatron_srp.data.datatrove_steps import TOOLS, tool_module
+from megatron_srp.plugins import load_plugins
 
 
 def main(argv=None) -> int:
@@ -35,6 +36,7 @@ def main(argv=None) -> int:
     if not args.finish and (args.rank is None or not args.world or not 0 <= args.rank < args.world):
         p.error("give --finish, or --rank R --world W with 0 <= R < W")
 
+    load_plugins()  # --classifier oracle, --rewriter medsafetyworld
     module = tool_module(args.tool)
     try:
         settings = module.settings_from_argv(tool_argv)

@@ -10,11 +10,13 @@ import sys
 
 from megatron_srp.data.annotate import main as annotate_main
 from megatron_srp.errors import exit_2_on_user_error
+from megatron_srp.plugins import load_plugins
 
 
 @exit_2_on_user_error
 def main(argv=None) -> int:
     """The flags and their --help are megatron_srp.data.annotate's."""
+    load_plugins()  # backends registered outside the data library (--classifier oracle, --rewriter medsafetyworld)
     return annotate_main(argv)
 
 

@@ -19,12 +19,14 @@ import sys
 
 from megatron_srp.config import load_config
 from megatron_srp.errors import exit_2_on_user_error
+from megatron_srp.plugins import load_plugins
 from megatron_srp.eval.suite import Runner, Suite, markdown
 from megatron_srp.posttrain.describe import describe
 
 
 @exit_2_on_user_error
 def main(argv=None) -> int:
+    load_plugins()  # judges and classifiers registered outside eval and posttrain (judge: oracle, label_source: oracle)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", nargs="?", help="suite YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")

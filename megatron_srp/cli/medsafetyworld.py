@@ -38,7 +38,7 @@ from pathlib import Path
 
 from megatron_srp.errors import exit_2_on_user_error
 from megatron_srp.medsafetyworld import ablate
-from megatron_srp.medsafetyworld.corpus import CorpusSettings, check_settings, write_corpus
+from megatron_srp.medsafetyworld.corpus import CorpusSettings, write_corpus
 from megatron_srp.medsafetyworld.report import report_dir
 from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ws = WorldSettings(**{f.name: getattr(args, f"world_{f.name}") for f in fields(WorldSettings)})
     cs = CorpusSettings(**{f.name: getattr(args, f.name) for f in fields(CorpusSettings)})
     try:
-        check_settings(cs)
+        cs.validate()
     except ValueError as e:  # name the flag, not the recipe key
         flags = re.sub(r"corpus\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
         print(f"error: {flags}", file=sys.stderr)
@@ -108,6 +108,7 @@ def ablate_or_report(args) -> int:
     if comparison.is_file() and comparison.read_text():  # where these runs sit among the committed ones of the same setting
         print(comparison.read_text())
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

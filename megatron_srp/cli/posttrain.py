@@ -16,12 +16,14 @@ import sys
 
 from megatron_srp.config import load_config
 from megatron_srp.errors import exit_2_on_user_error
+from megatron_srp.plugins import load_plugins
 from megatron_srp.posttrain.describe import describe
 from megatron_srp.posttrain.sft import SFTRecipe, run_recipe
 
 
 @exit_2_on_user_error
 def main(argv=None) -> int:
+    load_plugins()  # judges and classifiers registered outside eval and posttrain (judge: oracle, label_source: oracle)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")

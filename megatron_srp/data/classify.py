@@ -2,15 +2,17 @@
 
 A backend maps a batch of ``SegmentInput`` (a segment and a bounded window of the text before it)
 to ``Verdict`` objects of ``megatron_srp.reflection``. Backends are looked up by name in
-``BACKENDS`` and built with keyword options (``build_classifier("oracle", world="world.json")``);
-heavy dependencies are imported only by the backend that needs them.
+``BACKENDS`` and built with keyword options (``build_classifier("qwen3guard", model="DIR")``);
+heavy dependencies are imported only by the backend that needs them. Rooms above the data library
+add backends with ``register_classifier`` (loaded by ``megatron_srp.plugins``).
 
 Rewriters (the ``rewrite`` variant) follow the same pattern: ``Rewriter.rewrite`` maps unsafe
-segments to safe replacements; registry ``REWRITERS``.
+segments to safe replacements; registry ``REWRITERS``, extended with ``register_rewriter``.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import json
@@ -18,9 +20,10 @@ import os
 import sqlite3
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from megatron_srp.errors import SRPError
+from megatron_srp.hf import HFError
 from megatron_srp.reflection import SAFE, Verdict
 
 
@@ -34,6 +37,10 @@ class SegmentInput:
 
 class ClassifierError(SRPError, RuntimeError):
     """A backend that cannot be built or that returned something unusable."""
+
+
+Factory = Union[Callable[..., object], str]
+"""What a registry holds: a callable building the backend from options, or "module:attribute"."""
 
 
 class Classifier(ABC):
@@ -64,38 +71,87 @@ class Rewriter(ABC):
         """One replacement text per item; it should keep the segment's leading whitespace."""
 
 
-# name -> "module:attribute"; modules are imported on demand.
-BACKENDS = {
+# name -> factory: a callable, or "module:attribute" imported on demand (heavy dependencies load only
+# for the backend that is used). Rooms above the data library add theirs with ``register_classifier``
+# and ``register_rewriter`` (``megatron_srp.plugins.load_plugins``); the tools build their --classifier
+# and --rewriter choices from these tables.
+BACKENDS: dict[str, Factory] = {
     "column": "megatron_srp.data.classify:ColumnClassifier",
     "hf": "megatron_srp.data.classifiers.hf_sequence:HFSequenceClassifier",
     "qwen3guard": "megatron_srp.data.classifiers.qwen3guard:Qwen3GuardClassifier",
     "llamaguard": "megatron_srp.data.classifiers.qwen3guard:LlamaGuardClassifier",
     "wildguard": "megatron_srp.data.classifiers.qwen3guard:WildGuardClassifier",
-    "oracle": "megatron_srp.medsafetyworld.oracle:OracleClassifier",
 }
-REWRITERS = {
+REWRITERS: dict[str, Factory] = {
     "template": "megatron_srp.data.classify:TemplateRewriter",
-    "medsafetyworld": "megatron_srp.medsafetyworld.rewrite:OracleRewriter",
     "hf": "megatron_srp.data.classifiers.hf_rewriter:HFRewriter",
 }
 
 
+def _register(table: dict, kind: str, name: str, factory: Factory) -> None:
+    known = table.get(name)
+    if known is not None and known != factory:
+        raise ClassifierError(f"{kind} {name!r} is already registered ({known!r}), not replacing it with {factory!r}")
+    table[name] = factory
+
+
+def register_classifier(name: str, factory: Factory) -> None:
+    """Make ``--classifier NAME`` build ``factory(**options)``; ``factory`` may be "module:attribute"."""
+    _register(BACKENDS, "classifier backend", name, factory)
+
+
+def register_rewriter(name: str, factory: Factory) -> None:
+    """Make ``--rewriter NAME`` build ``factory(**options)``; ``factory`` may be "module:attribute"."""
+    _register(REWRITERS, "rewriter", name, factory)
+
+
+def registered() -> dict[str, dict[str, Factory]]:
+    """Both tables, for a task in another process (datatrove workers start without the plugins loaded)."""
+    return {"classifier": dict(BACKENDS), "rewriter": dict(REWRITERS)}
+
+
+def restore_registered(tables: dict[str, dict[str, Factory]]) -> None:
+    """Re-register what ``registered()`` returned in the parent process."""
+    for name, factory in tables.get("classifier", {}).items():
+        BACKENDS.setdefault(name, factory)
+    for name, factory in tables.get("rewriter", {}).items():
+        REWRITERS.setdefault(name, factory)
+
+
+def unknown_name(kind: str, name: str, known) -> str:
+    """``unknown judge 'orcale' (did you mean 'oracle'?); choose one of [...]``."""
+    near = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"unknown {kind} {name!r}{hint}; choose one of {sorted(known)}"
+
+
 def _resolve(table: dict, kind: str, name: str):
     if name not in table:
-        raise ClassifierError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
-    module, attr = table[name].split(":")
+        raise ClassifierError(unknown_name(kind, name, table))
+    factory = table[name]
+    if not isinstance(factory, str):
+        return factory
+    module, attr = factory.split(":")
     try:
         return getattr(importlib.import_module(module), attr)
     except ImportError as e:  # a backend's optional dependency (vllm, ...) or a part not installed
         raise ClassifierError(f"{kind} {name!r} cannot be loaded: {e}") from e
 
 
+def _build(table: dict, kind: str, name: str, options: dict):
+    factory = _resolve(table, kind, name)
+    try:
+        return factory(**options)
+    except HFError as e:  # a model, tokenizer, engine or dtype of an HF backend
+        raise ClassifierError(str(e)) from e
+
+
 def build_classifier(name: str, **options) -> Classifier:
-    return _resolve(BACKENDS, "classifier backend", name)(**options)
+    return _build(BACKENDS, "classifier backend", name, options)
 
 
 def build_rewriter(name: str, **options) -> Rewriter:
-    return _resolve(REWRITERS, "rewriter", name)(**options)
+    return _build(REWRITERS, "rewriter", name, options)
 
 
 def parse_options(pairs: Sequence[str], flag: str) -> dict:

@@ -25,6 +25,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
+from megatron_srp.data import classify
 from megatron_srp.data.settings import ExecutorConfig
 
 # Module names, not imports: the tool modules import this one (their --executor runs through it).
@@ -48,6 +49,7 @@ class _ToolStep(PipelineStep):
     def __init__(self, tool: str, settings: Any):
         super().__init__()
         self.tool, self.settings = tool, settings
+        self.backends = classify.registered()  # a task process starts without the parent's plugins
 
 
 class ToolShards(_ToolStep):
@@ -56,6 +58,7 @@ class ToolShards(_ToolStep):
     name = "megatron-srp shards"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        classify.restore_registered(self.backends)
         tool_module(self.tool).run_task(self.settings, rank, world_size)
         return iter(())
 
@@ -66,6 +69,7 @@ class ToolFinish(_ToolStep):
     name = "megatron-srp finish"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        classify.restore_registered(self.backends)
         tool_module(self.tool).finish_task(self.settings)
         return iter(())
 

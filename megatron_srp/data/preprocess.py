@@ -38,7 +38,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from megatron_srp.data.classify import ClassifierError, RewriteCache, SegmentInput, build_rewriter
+from megatron_srp.data.classify import REWRITERS, ClassifierError, RewriteCache, SegmentInput, build_rewriter
 from megatron_srp.data.corpus import CorpusError, ReadStats, expand_inputs, read_documents, relative_names
 from megatron_srp.data.datatrove_steps import run_with_datatrove
 from megatron_srp.data.indexed_writer import optimal_dtype
@@ -222,7 +222,7 @@ def setup(cfg: PreprocessConfig) -> Job:
     if cfg.variant != "plain" and not cfg.annotations:
         raise UsageError(f"--variant {cfg.variant} needs --annotations DIR (from tools/annotate.py)")
     if cfg.variant == "rewrite" and not cfg.rewriter:
-        raise UsageError("--variant rewrite needs --rewriter (e.g. template, medsafetyworld, hf)")
+        raise UsageError(f"--variant rewrite needs --rewriter (one of {sorted(REWRITERS)})")
     inputs = expand_inputs(cfg.input)
     manifest = {}
     if cfg.variant != "plain":

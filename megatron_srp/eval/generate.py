@@ -14,6 +14,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+from megatron_srp import hf
+from megatron_srp.posttrain.chat_template import resolve
 from megatron_srp.reflection import ReflectionFormat, Verdict
 
 
@@ -135,50 +137,24 @@ def next_token_logits(model, tokenizer, texts: Sequence[str], token_ids: Sequenc
     return torch.cat(rows)
 
 
-def check_model_dir(model_dir: str, chat_template: bool = False) -> None:
-    """A Hugging Face model directory with a tokenizer (and a chat template when asked), or
-    FileNotFoundError naming what is missing."""
-    import json
-    import os
-    from pathlib import Path
-
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise FileNotFoundError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-    if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    if chat_template and not any(os.path.isfile(os.path.join(model_dir, f))
-                                 for f in ("chat_template.jinja", "chat_template.json")):
-        cfg = os.path.join(model_dir, "tokenizer_config.json")
-        if not (os.path.isfile(cfg) and json.loads(Path(cfg).read_text()).get("chat_template")):
-            raise FileNotFoundError(f"{model_dir}: the tokenizer has no chat template (chat_template.jinja or "
-                                    "tokenizer_config.json's chat_template)")
-
-
 def load_model(model_dir: str, device: str = "cpu", dtype: str = "float32"):
     """A causal LM and its tokenizer from a local directory; a clear error when files are missing."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM  # import-time cost: only where a model is loaded
 
-    check_model_dir(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    from megatron_srp.posttrain.sft import dtype_kwarg
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False,
-                                                 **dtype_kwarg(getattr(torch, dtype))).to(device).eval()
+    hf.check_model_dir(model_dir)
+    tok = hf.load_tokenizer(model_dir)
+    model, _ = hf.load_model(AutoModelForCausalLM, model_dir, device=device, dtype=dtype)
     return model, tok
 
 
 def load_generator(model_dir: str, device: str = "cpu", engine: str = "transformers"):
     """What ``guarded_generate`` takes, and the tokenizer: a transformers model, or with ``engine`` vllm
     (or auto on a GPU with vLLM installed) a ``vllm.LLM`` over the same directory."""
-    from megatron_srp.data.classifiers._hf import pick_engine
+    if hf.pick_engine(engine, device) == "vllm":
+        from vllm import LLM  # optional, GPU only
 
-    if pick_engine(engine, device) == "vllm":
-        from transformers import AutoTokenizer
-        from vllm import LLM
-
-        check_model_dir(model_dir)
-        return LLM(model=model_dir, trust_remote_code=False), AutoTokenizer.from_pretrained(model_dir)
+        hf.check_model_dir(model_dir)
+        return LLM(model=model_dir, trust_remote_code=False), hf.load_tokenizer(model_dir)
     return load_model(model_dir, device)
 
 
@@ -190,14 +166,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--no-stop", action="store_true", help="keep generating after a flagged reflection")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--engine", default="transformers", choices=["auto", "transformers", "vllm"],
+    p.add_argument("--engine", default="transformers", choices=hf.ENGINES,
                    help="vllm (GPU) decodes with vLLM; auto takes it when installed and on a GPU")
     p.add_argument("--chat-template", metavar="NAME|FILE", help="srp (built in) or a Jinja file replaces the model's")
     a = p.parse_args(argv)
     model, tok = load_generator(a.model, a.device, a.engine)
     if a.chat_template:
-        from megatron_srp.posttrain.chat_template import resolve
-
         tok.chat_template = resolve(a.chat_template)
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not a.raw:

@@ -13,8 +13,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from megatron_srp.errors import SRPError
+from megatron_srp.data.classify import ClassifierError
+from megatron_srp.eval.generate import guarded_generate, load_generator, load_model
+from megatron_srp.eval.judges import RefusalJudge, build_judge
 from megatron_srp.eval.metrics import classification_report, rate
-from megatron_srp.posttrain.sft import SFTTrainingSettings
+from megatron_srp.hf import HFError, check_model_dir, pick_engine
+from megatron_srp.posttrain.chat_template import ChatTemplateError, resolve
+from megatron_srp.posttrain.data import PosttrainDataError, iter_rows
+from megatron_srp.posttrain.formats import FormatError, get_format
+from megatron_srp.posttrain.sft import SFTTrainingSettings, train_sft
 from megatron_srp.reflection import SAFE, ReflectionFormat
 
 
@@ -163,8 +170,6 @@ class Suite:
 
 
 def read_rows(ref: DatasetRef, need: list[str], where: str) -> list[dict]:
-    from megatron_srp.posttrain.data import PosttrainDataError, iter_rows
-
     if not ref.hf_dataset and not ref.path:
         raise SuiteError(f"{where}: set data.path or data.hf_dataset")
     src = ref.hf_dataset or ref.path
@@ -187,8 +192,6 @@ def read_rows(ref: DatasetRef, need: list[str], where: str) -> list[dict]:
 
 def read_pairs(attack: "FinetuneAttack") -> list[dict]:
     """The attack's training conversations, checked before any generation."""
-    from megatron_srp.posttrain.formats import FormatError, get_format
-
     where = f"finetune_attacks[{attack.name}]"
     try:
         to_chat = get_format(attack.data.format)
@@ -215,14 +218,8 @@ def _chat(tok, text: str) -> str:
 
 class Runner:
     def __init__(self, suite: Suite, model_dir: str, fmt: ReflectionFormat = ReflectionFormat()):
-        from megatron_srp.data.classify import ClassifierError
-        from megatron_srp.eval.judges import build_judge
-
         self.suite, self.fmt, self.model_dir = suite, fmt, model_dir
         # -- everything that can fail, before generation --
-        from megatron_srp.eval.generate import check_model_dir
-
-        from megatron_srp.posttrain.chat_template import ChatTemplateError, resolve
 
         try:
             check_model_dir(model_dir, chat_template=suite.chat_template is None)
@@ -256,16 +253,12 @@ class Runner:
             except ImportError:
                 raise SuiteError("lm_eval.tasks: the lm-eval package is not installed") from None
         try:
-            from megatron_srp.data.classifiers._hf import pick_engine
-
             self.engine = pick_engine(suite.engine, suite.device)
             self.judge = build_judge(suite.judge, **suite.judge_args)
-        except ClassifierError as e:
+        except (ClassifierError, HFError) as e:
             raise SuiteError(str(e)) from None
 
     def _generate(self, model, tok, prompts):
-        from megatron_srp.eval.generate import guarded_generate
-
         return guarded_generate(model, tok, prompts, self.fmt, self.suite.max_new_tokens, self.suite.batch_size)
 
     def _attack_success(self, requests, gens) -> dict:
@@ -304,8 +297,6 @@ class Runner:
     def _gcg(self, model, tok, reqs, model_dir: str) -> dict:
         import nanogcg
 
-        from megatron_srp.eval.generate import load_model
-
         g, h = self.suite.gcg, self.suite.harmful
         # nanogcg needs gradients through a transformers model; vLLM only generates the replies
         hf_model = model if self.engine == "transformers" else load_model(model_dir, self.suite.device)[0]
@@ -329,8 +320,6 @@ class Runner:
         return out
 
     def over_refusal(self, model, tok) -> dict:
-        from megatron_srp.eval.judges import RefusalJudge
-
         reqs = [str(r["prompt"]) for r in self.benign_rows]
         gens = self._generate(model, tok, [_chat(tok, q) for q in reqs])
         refusal = RefusalJudge()
@@ -353,8 +342,6 @@ class Runner:
 
     def evaluate(self, model_dir: str) -> dict:
         """Every configured part of the suite on one model directory."""
-        from megatron_srp.eval.generate import load_generator
-
         model, tok = load_generator(model_dir, self.suite.device, self.engine)
         if self.template:
             tok.chat_template = self.template
@@ -371,8 +358,6 @@ class Runner:
         return report
 
     def run(self, out_dir: str) -> dict:
-        from megatron_srp.posttrain.sft import train_sft
-
         report: dict = {"suite": asdict(self.suite), "model": self.model_dir, **self.evaluate(self.model_dir)}
         for attack, pairs in zip(self.suite.finetune_attacks, self.ft_pairs):
             final = train_sft(self.model_dir, pairs, os.path.join(out_dir, f"finetune_{attack.name}"),

@@ -22,17 +22,34 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from megatron_srp.medsafetyworld.corpus import CorpusSettings, check_settings
-from megatron_srp.medsafetyworld.report import write_json, write_text
-from megatron_srp.medsafetyworld.world import WorldSettings
-from megatron_srp.posttrain.sft import SFTTrainingSettings
+from tokenizers import Tokenizer
+
+from megatron_srp.config import RecipeError, load_config, load_recipe
+from megatron_srp.eval.generate import load_model
+from megatron_srp.medsafetyworld.corpus import ACTION_GENRES, CorpusSettings, write_corpus
+from megatron_srp.medsafetyworld.evaluate import FORMAT, evaluate_chat, evaluate_pretrained
+from megatron_srp.medsafetyworld.oracle import CATEGORIES, judge_text
+from megatron_srp.medsafetyworld.report import (
+    collect_runs, compare_to_committed, merge_results, provenance, read_results, report_dir, write_json, write_results,
+    write_text,
+)
+from megatron_srp.medsafetyworld.tasks import (
+    ATTACK_TEMPLATES, REFUSAL, attack_pairs, chat_answer, chat_request, mistaken_answer, safe_answer, sft_items,
+)
+from megatron_srp.medsafetyworld.tokenizer import train_word_tokenizer
+from megatron_srp.medsafetyworld.world import DOSES, World, WorldSettings, generate_world
+from megatron_srp.posttrain.data import plain_turn, reflection_turn
+from megatron_srp.posttrain.sft import SFTTrainingSettings, train_sft
+from megatron_srp.reflection import SAFE, UNSAFE, Verdict
+from megatron_srp.training.layout import read_tracker
 
 ROOT = Path(__file__).resolve().parents[2]
 TREATMENTS = ("raw", "filter", "rewrite", "srp", "raw_rsft", "filter_rsft", "srp_masked")
@@ -129,8 +146,6 @@ class AblationRecipe:
 
 
 def load_ablation(path: str, overrides: list[str] = ()) -> AblationRecipe:
-    from megatron_srp.config import RecipeError, load_config
-
     r = load_config(AblationRecipe, path, overrides)
     bad = [t for t in r.treatments if t not in TREATMENTS]
     if bad or not r.treatments:
@@ -138,7 +153,7 @@ def load_ablation(path: str, overrides: list[str] = ()) -> AblationRecipe:
     if not r.seeds:
         raise RecipeError("seeds: at least one model seed")
     try:
-        check_settings(r.corpus)
+        r.corpus.validate()
     except ValueError as e:
         raise RecipeError(str(e)) from None
     if len(set(r.world_seeds)) != len(r.world_seeds) or len(set(r.seeds)) != len(r.seeds):
@@ -184,23 +199,24 @@ class StageError(RuntimeError):
     """A stage's tool failed; the message names its log."""
 
 
+def _tool_cmd(name: str) -> list[str]:
+    """The command line of one of the project's tools (annotate, preprocess_data, pretrain, convert_to_hf):
+    its package entry point, never a file path."""
+    return [sys.executable, "-m", f"megatron_srp.cli.{name}"]
+
+
 def _run(cmd: list[str], log_path: str) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
     with open(log_path, "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     if proc.returncode != 0:
         tail = Path(log_path).read_text().splitlines()[-15:]
-        raise StageError(f"{Path(cmd[1]).name} failed (exit {proc.returncode}); log {log_path}:\n" + "\n".join(tail))
+        tool = cmd[2] if cmd[1] == "-m" else Path(cmd[1]).name
+        raise StageError(f"{tool} failed (exit {proc.returncode}); log {log_path}:\n" + "\n".join(tail))
 
 
 def world_texts(out: Path) -> list[str]:
     """Everything the tokenizer must know: the corpus, every entity, chat, reflections, attacks."""
-    from megatron_srp.medsafetyworld.evaluate import FORMAT
-    from megatron_srp.medsafetyworld.oracle import CATEGORIES
-    from megatron_srp.medsafetyworld.tasks import ATTACK_TEMPLATES, REFUSAL
-    from megatron_srp.medsafetyworld.world import DOSES, World
-    from megatron_srp.reflection import SAFE, UNSAFE, Verdict
-
     w = World.load(str(out / "world.json"))
     texts = [json.loads(line)["text"] for p in sorted((out / "corpus").glob("*.jsonl")) for line in p.open()]
     texts.append(" ".join([d.name for d in w.drugs] + w.conditions + w.enzymes + w.names))
@@ -214,16 +230,6 @@ def world_texts(out: Path) -> list[str]:
 
 
 def sft_examples(world, r: AblationRecipe, reflections: bool, seed: int) -> list[dict]:
-    from megatron_srp.medsafetyworld.evaluate import FORMAT
-    from megatron_srp.medsafetyworld.oracle import judge_text
-    from megatron_srp.medsafetyworld.corpus import ACTION_GENRES
-    from megatron_srp.medsafetyworld.tasks import (
-        REFUSAL, chat_answer, chat_request, mistaken_answer, safe_answer, sft_items,
-    )
-    from megatron_srp.posttrain.data import plain_turn, reflection_turn
-    from megatron_srp.reflection import SAFE, UNSAFE, Verdict
-    import random
-
     rng, mistakes = random.Random(6_000_000 + seed), random.Random(7_000_000 + seed)
     out = []
     for item, harmful in sft_items(world, r.posttrain.n_examples, r.posttrain.harmful_share, seed):
@@ -250,9 +256,6 @@ def sft_examples(world, r: AblationRecipe, reflections: bool, seed: int) -> list
 
 
 def run_ablation(r: AblationRecipe, log=print) -> dict:
-    from megatron_srp.config import load_recipe
-    from megatron_srp.medsafetyworld.report import merge_results
-
     load_recipe(_recipe_path(r), r.pretrain_overrides)  # a misspelt override fails now, not after the data stages
     top = Path(r.out_dir).resolve()
     top.mkdir(parents=True, exist_ok=True)
@@ -274,17 +277,7 @@ def run_ablation(r: AblationRecipe, log=print) -> dict:
 
 def _prepare_world(r: AblationRecipe, world_seed: int, out: Path, stage: Stage):
     """The data stages of one world: generate, tokenizer, annotation, one preprocessed copy per data name."""
-    from dataclasses import replace
-
-    from tokenizers import Tokenizer
-
-    from megatron_srp.medsafetyworld.corpus import write_corpus
-    from megatron_srp.medsafetyworld.tokenizer import train_word_tokenizer
-    from megatron_srp.medsafetyworld.world import World, generate_world
-
     out.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
-    tools = ROOT / "tools"
     tag = f" (world {world_seed})" if r.world_seeds else ""
 
     def generate():
@@ -298,7 +291,7 @@ def _prepare_world(r: AblationRecipe, world_seed: int, out: Path, stage: Stage):
     stage.run(f"train tokenizer{tag}", (tok_dir / "tokenizer.json").is_file(),
               lambda: train_word_tokenizer(world_texts(out), str(tok_dir)))
     stage.run(f"annotate (oracle){tag}", (out / "ann" / "annotations.json").is_file(), lambda: _run(
-        [py, str(tools / "annotate.py"), "--input", str(out / "corpus"), "--output", str(out / "ann"),
+        [*_tool_cmd("annotate"), "--input", str(out / "corpus"), "--output", str(out / "ann"),
          "--tokenizer-model", str(tok_dir), *annotate_backend(r.corpus, out / "world.json"), "--no-progress"],
         str(out / "annotate.log")))
     (out / "data").mkdir(exist_ok=True)
@@ -307,7 +300,7 @@ def _prepare_world(r: AblationRecipe, world_seed: int, out: Path, stage: Stage):
         extra = (["--rewriter", "medsafetyworld", "--rewriter-arg", f"world={out / 'world.json'}"]
                  if t == "rewrite" else [])
         stage.run(f"preprocess {t}{tag}", stats.is_file(), lambda t=t, stats=stats, extra=extra: _run(
-            [py, str(tools / "preprocess_data.py"), "--input", str(out / "corpus"), "--output-prefix",
+            [*_tool_cmd("preprocess_data"), "--input", str(out / "corpus"), "--output-prefix",
              str(out / "data" / t), "--tokenizer-model", str(tok_dir), "--append-eod", "--annotations",
              str(out / "ann"), "--variant", VARIANT[t], "--no-progress", "--stats", str(stats), *extra],
             str(out / "data" / f"{t}.log")))
@@ -339,11 +332,6 @@ def _recipe_path(r: AblationRecipe) -> Path:
 
 
 def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_seed):
-    from megatron_srp.config import load_recipe
-    from megatron_srp.medsafetyworld.report import provenance
-    from megatron_srp.training.layout import read_tracker
-
-    py, tools = sys.executable, ROOT / "tools"
     recipe_path = _recipe_path(r)
     ckpt = run_dir / "pretrain" / "checkpoints"
     overrides = pretrain_overrides(r, out, run_dir, t, seed, tok_dir, vocab)
@@ -352,17 +340,13 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
 
     def pretrain():
         write_json(run_dir / "provenance.json", provenance())  # the machine that trains this model
-        _run([py, str(tools / "pretrain.py"), str(recipe_path), *overrides], str(run_dir / "pretrain.log"))
+        _run([*_tool_cmd("pretrain"), str(recipe_path), *overrides], str(run_dir / "pretrain.log"))
 
     stage.run(f"pretrain {name}", read_tracker(str(ckpt)) == train_iters, pretrain)
     hf = run_dir / "hf"
     stage.run(f"export {name} (parity check)", (hf / "config.json").is_file(), lambda: _run(
-        [py, str(tools / "convert_to_hf.py"), "--checkpoint", str(ckpt), "--output", str(hf), "--tokenizer",
+        [*_tool_cmd("convert_to_hf"), "--checkpoint", str(ckpt), "--output", str(hf), "--tokenizer",
          str(tok_dir), "--dtype", "fp32", "--no-progress", "--overwrite"], str(run_dir / "export.log")))
-    from megatron_srp.eval.generate import load_model
-    from megatron_srp.medsafetyworld.evaluate import evaluate_chat, evaluate_pretrained
-    from megatron_srp.posttrain.sft import train_sft
-
     e = r.eval
     base_json = run_dir / "eval_pretrained.json"
 
@@ -385,8 +369,6 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
         write_json(chat_json, evaluate_chat(model, tok, world, e.n_items, e.prefill_tokens, e.test_seed, e.batch_size))
 
     stage.run(f"evaluate post-trained {name}", chat_json.is_file(), eval_chat)
-    from megatron_srp.medsafetyworld.tasks import attack_pairs
-
     for kind, sizes in (("harmful", e.finetune_harmful), ("benign", e.finetune_benign)):
         for n in sizes:
             ft_dir = run_dir / f"finetune_{kind}_{n}"
@@ -402,8 +384,6 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
 
 
 def _with_seed(s: SFTTrainingSettings, seed: int) -> SFTTrainingSettings:
-    from dataclasses import replace
-
     return replace(s, seed=s.seed + seed)
 
 
@@ -422,10 +402,6 @@ def expected_files(r: AblationRecipe) -> list[str]:
 def write_report(r: AblationRecipe) -> dict:
     """OUT/results.{json,md,png} from OUT's runs; the same runs merged into RESULTS_DIR/results.json
     (the committed file) and its tables and chart rebuilt from that file alone."""
-    from megatron_srp.medsafetyworld.report import (
-        collect_runs, compare_to_committed, merge_results, read_results, report_dir, write_results,
-    )
-
     top = Path(r.out_dir).resolve()
     runs = collect_runs(top, dict(world_dirs(r)), TREATMENTS, expected_files(r))
     results_dir = Path(r.results_dir)

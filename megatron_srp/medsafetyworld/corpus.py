@@ -67,18 +67,17 @@ class CorpusSettings:
     of a document of up to 256 tokens, i.e. of up to about 7 segments); ``segment`` = right after each
     segment (the corpus rows carry their segments and oracle labels; annotate with the column backend)."""
 
-
-def check_settings(s: CorpusSettings) -> None:
-    """ValueError naming the key of an impossible setting."""
-    for share in ("unsafe_share", "mistake_share", "overdose_share", "reference_share", "action_share"):
-        if not 0.0 <= getattr(s, share) <= 1.0:
-            raise ValueError(f"corpus.{share} must be in [0, 1], got {getattr(s, share)}")
-    if s.mistake_share + s.overdose_share > 1.0:
-        raise ValueError("corpus.mistake_share + corpus.overdose_share must not exceed 1")
-    if s.segments_per_document < 1:
-        raise ValueError(f"corpus.segments_per_document must be >= 1, got {s.segments_per_document}")
-    if s.reflection_placement not in ("document", "segment"):
-        raise ValueError(f"corpus.reflection_placement must be document or segment, got {s.reflection_placement!r}")
+    def validate(self) -> None:
+        """ValueError naming the key of an impossible setting (``generate`` and ``ablate`` both call it)."""
+        for share in ("unsafe_share", "mistake_share", "overdose_share", "reference_share", "action_share"):
+            if not 0.0 <= getattr(self, share) <= 1.0:
+                raise ValueError(f"corpus.{share} must be in [0, 1], got {getattr(self, share)}")
+        if self.mistake_share + self.overdose_share > 1.0:
+            raise ValueError("corpus.mistake_share + corpus.overdose_share must not exceed 1")
+        if self.segments_per_document < 1:
+            raise ValueError(f"corpus.segments_per_document must be >= 1, got {self.segments_per_document}")
+        if self.reflection_placement not in ("document", "segment"):
+            raise ValueError(f"corpus.reflection_placement must be document or segment, got {self.reflection_placement!r}")
 
 
 def profile(p: Patient) -> str:
@@ -245,6 +244,7 @@ def generate_corpus(world: World, s: CorpusSettings):
 
 def write_corpus(world: World, s: CorpusSettings, out_dir: str) -> list[str]:
     """jsonl shards ``corpus/part_K.jsonl`` (written under temporary names, renamed when complete)."""
+    s.validate()
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"part_{k}.jsonl") for k in range(s.shards)]
     with ExitStack() as stack:

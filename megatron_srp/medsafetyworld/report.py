@@ -29,6 +29,7 @@ from typing import Optional
 
 from megatron_srp.errors import SRPError
 from megatron_srp.io import atomic_open, atomic_write_text
+from megatron_srp.eval.metrics import wilson
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +117,7 @@ def compact_detail(obj):
 
 def provenance() -> dict:
     """Where a run was made: commit, machine, CPU model and torch's thread count."""
-    import torch
+    import torch  # seconds at import: only when a run is recorded, not for `report DIR`
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(ROOT), capture_output=True, text=True,
@@ -267,8 +268,6 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def wilson_of(run: dict, col: str) -> Optional[tuple[float, float]]:
-    from megatron_srp.eval.metrics import wilson
-
     k_n = run.get("counts", {}).get(col)
     return wilson(*k_n) if k_n else None
 
@@ -321,7 +320,7 @@ def render_markdown(results: dict, title: str) -> str:
 
 def plot(results: dict, path: Path, columns: list[str] = CHART) -> None:
     """Bars: mean over runs with the bootstrap interval; dots: every run (bimodality visible)."""
-    import matplotlib
+    import matplotlib  # import-time cost, and the backend must be set before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -13,8 +13,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+from megatron_srp import hf
+from megatron_srp.data.classify import build_classifier
+from megatron_srp.data.segment import Segmenter, hf_token_offsets
 from megatron_srp.io import atomic_dir
-from megatron_srp.posttrain.data import PosttrainDataError, SourceSettings
+from megatron_srp.posttrain import chat_template as templates
+from megatron_srp.posttrain.data import (
+    PosttrainDataError, SourceSettings, label_conversations, read_conversations, write_jsonl,
+)
+from megatron_srp.reflection import DEFAULT, ReflectionFormat
 
 
 @dataclass
@@ -136,14 +143,12 @@ class _Collator:
 def load_tokenizer(model_dir: str, chat_template: Optional[str] = None, fmt=None):
     """The model's tokenizer with ``chat_template`` (None: its own); with a reflection format ``fmt``, the
     template must keep reflections (``chat_template.check``)."""
-    from transformers import AutoTokenizer
-
-    from megatron_srp.posttrain import chat_template as templates
-
-    if not os.path.isfile(os.path.join(model_dir, "tokenizer_config.json")) and not os.path.isfile(
-            os.path.join(model_dir, "tokenizer.json")):
+    if not hf.has_tokenizer_files(model_dir):
         raise PosttrainDataError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    try:
+        tok = hf.load_tokenizer(model_dir)
+    except hf.HFError as e:  # a damaged tokenizer file: exit 2 with the file named, as every input error
+        raise PosttrainDataError(str(e)) from None
     if chat_template:
         try:
             tok.chat_template = templates.resolve(chat_template)
@@ -158,8 +163,6 @@ def load_tokenizer(model_dir: str, chat_template: Optional[str] = None, fmt=None
             templates.check(tok, fmt, where)
         except templates.ChatTemplateError as e:
             raise PosttrainDataError(str(e)) from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
     return tok
 
 
@@ -177,7 +180,7 @@ def train_sft(model_dir: str, examples: Sequence[dict], output_dir: str, setting
     rows = [r for r in rows if any(lab != -100 for lab in r["labels"])]
     if not rows:
         raise PosttrainDataError("no example has an assistant token to train on")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, **dtype_kwarg(torch.float32))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, **hf.dtype_kwarg(torch.float32))
     os.makedirs(output_dir, exist_ok=True)
     metrics_path = os.path.join(output_dir, "metrics.jsonl")
 
@@ -212,21 +215,8 @@ def _last_checkpoint(output_dir: str) -> Optional[str]:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-def dtype_kwarg(dtype) -> dict:
-    """``dtype=`` (transformers >= 4.56) or ``torch_dtype=`` (older) for from_pretrained."""
-    import transformers
-    from packaging.version import Version
-
-    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
-
-
 def build_examples(r: SFTRecipe, tokenizer) -> list[dict]:
     """The recipe's conversations in the reflection-compatible (or plain) format."""
-    from megatron_srp.data.classify import build_classifier
-    from megatron_srp.data.segment import Segmenter, hf_token_offsets
-    from megatron_srp.posttrain.data import label_conversations, read_conversations
-    from megatron_srp.reflection import ReflectionFormat
-
     convs = [c for src in [r.data, *r.mix] for c in read_conversations(src)]
     classifier = None
     if r.label_source != "fields":
@@ -249,13 +239,9 @@ def build_examples(r: SFTRecipe, tokenizer) -> list[dict]:
 def run_recipe(r: SFTRecipe) -> str:
     if not r.model:
         raise PosttrainDataError("model: the Hugging Face model directory to post-train is not set")
-    from megatron_srp.reflection import DEFAULT
-
     tok = load_tokenizer(r.model, r.chat_template, DEFAULT if r.reflections else None)
     examples = build_examples(r, tok)
     os.makedirs(r.output_dir, exist_ok=True)
-    from megatron_srp.posttrain.data import write_jsonl
-
     write_jsonl(examples, os.path.join(r.output_dir, "examples.jsonl"))
     with open(os.path.join(r.output_dir, "recipe.json"), "w") as f:
         json.dump(asdict(r), f, indent=1)

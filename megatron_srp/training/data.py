@@ -4,12 +4,12 @@ uninterrupted run would have read."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from tokenizers import Tokenizer
 
 from megatron.core import parallel_state
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -17,6 +17,7 @@ from megatron.core.datasets.gpt_dataset import GPTDatasetConfig, MockGPTDataset
 
 from megatron_srp.config import Recipe, RecipeError, blend_from_data_path
 from megatron_srp.data.gpt_dataset import RoleAwareGPTDataset
+from megatron_srp.data.tokenizer import TokenizerError, eod_token_id
 
 
 @dataclass
@@ -43,26 +44,17 @@ def tokenizer_info(recipe: Recipe) -> DatasetTokenizerInfo:
 
 def _hf_eod_id(path: str, vocab_size: int) -> int:
     """End-of-document id of a Hugging Face tokenizer directory, read without loading code."""
-    cfg_path = os.path.join(path, "tokenizer_config.json")
     tok_path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(tok_path):
         raise RecipeError(f"data.tokenizer_model={path}: no tokenizer.json there")
-    from tokenizers import Tokenizer
-
     tok = Tokenizer.from_file(tok_path)
     if tok.get_vocab_size() > vocab_size:
         raise RecipeError(f"data.tokenizer_model={path} has {tok.get_vocab_size()} tokens but "
                           f"model.vocab_size={vocab_size}; set model.vocab_size >= the tokenizer's")
-    eos = None
-    if os.path.isfile(cfg_path):
-        cfg = json.load(open(cfg_path))
-        eos = cfg.get("eos_token")
-        if isinstance(eos, dict):
-            eos = eos.get("content")
-    for candidate in [eos, "<|endoftext|>", "</s>", "<eos>"]:
-        if candidate and tok.token_to_id(candidate) is not None:
-            return tok.token_to_id(candidate)
-    raise RecipeError(f"data.tokenizer_model={path}: cannot find an end-of-text token; set data.eod_token_id")
+    try:
+        return eod_token_id(path, tok)
+    except TokenizerError:
+        raise RecipeError(f"data.tokenizer_model={path}: cannot find an end-of-text token; set data.eod_token_id") from None
 
 
 def _num_samples(recipe: Recipe) -> list[int]:

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from megatron_srp.data.classifiers import _hf
-from megatron_srp.data.classify import ClassifierError
+from megatron_srp import hf
+from megatron_srp.hf import HFError
 from tests.conftest import ROOT, child_env
 from tests.fixtures import SAFE_SENTENCES, UNSAFE_SENTENCES, train_bpe_tokenizer, write_jsonl
 
@@ -39,13 +39,13 @@ def test_engine_auto_takes_vllm_only_with_a_gpu_and_vllm(monkeypatch):
     import torch
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # not importable
-    assert _hf.pick_engine("auto", "auto") == "transformers"
-    with pytest.raises(ClassifierError, match="vllm package is not installed"):
-        _hf.pick_engine("vllm", "auto")
+    assert hf.pick_engine("auto", "auto") == "transformers"
+    with pytest.raises(HFError, match="vllm package is not installed"):
+        hf.pick_engine("vllm", "auto")
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert _hf.pick_engine("auto", "auto") == "vllm"
-    assert _hf.pick_engine("auto", "cpu") == "transformers"
-    assert _hf.pick_engine("transformers", "auto") == "transformers"
+    assert hf.pick_engine("auto", "auto") == "vllm"
+    assert hf.pick_engine("auto", "cpu") == "transformers"
+    assert hf.pick_engine("transformers", "auto") == "transformers"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _hf.pick_engine("auto", "auto") == "transformers"
+    assert hf.pick_engine("auto", "auto") == "transformers"

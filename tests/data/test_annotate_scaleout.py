@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from megatron_srp.data import annotate, verdict_log
+from megatron_srp.medsafetyworld import plugins  # noqa: F401  (registers the oracle backends)
 from megatron_srp.medsafetyworld.corpus import CorpusSettings, write_corpus
 from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
 from tests.fixtures import train_bpe_tokenizer

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_srp.medsafetyworld import plugins  # noqa: F401  (registers the oracle backends)
 from megatron_srp.medsafetyworld.corpus import CorpusSettings, generate_corpus, write_corpus
 from megatron_srp.medsafetyworld.oracle import judge_text, parse_actions
 from megatron_srp.medsafetyworld.world import Patient, WorldSettings, generate_world

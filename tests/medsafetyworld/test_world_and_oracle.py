@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from megatron_srp.data.classify import SegmentInput
+from megatron_srp.medsafetyworld import plugins  # noqa: F401  (registers the oracle backends)
 from megatron_srp.medsafetyworld.corpus import CorpusSettings, generate_corpus, write_corpus
 from megatron_srp.medsafetyworld.oracle import assess, judge_text, parse_profile
 from megatron_srp.medsafetyworld.rewrite import OracleRewriter

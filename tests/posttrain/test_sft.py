@@ -109,3 +109,13 @@ def test_mixed_sources_and_unlabelled_rows(model_dir, tmp_path):
         build_examples(SFTRecipe(data=SourceSettings(paths=[str(plain)])), tok)
     formatted = write_jsonl(tmp_path / "formatted.jsonl", [{"prompt": "alpha", "response": "<think> Safe </think> beta ."}])
     assert len(build_examples(SFTRecipe(data=SourceSettings(paths=[str(formatted)])), tok)) == 1
+
+
+def test_a_damaged_tokenizer_is_an_input_error(tmp_path):
+    """tools/posttrain.py exits 2 on PosttrainDataError: a damaged tokenizer.json is named, not a traceback."""
+    from megatron_srp.posttrain.data import PosttrainDataError
+    from megatron_srp.posttrain.sft import load_tokenizer
+
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(PosttrainDataError, match=f"cannot load the tokenizer of '{tmp_path}'"):
+        load_tokenizer(str(tmp_path))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from megatron_srp import hf
 from megatron_srp.data.classify import ClassifierError, Rewriter, SegmentInput
-from megatron_srp.data.classifiers import _hf
 from megatron_srp.reflection import Verdict
 
 DEFAULT_INSTRUCTION = (
@@ -26,8 +26,8 @@ class HFRewriter(Rewriter):
             raise ClassifierError("the rewriter instruction must contain {segment}")
         self.instruction, self.batch_size, self.max_new_tokens = instruction, int(batch_size), int(max_new_tokens)
         self.engine = engine
-        self.version = f"{_hf.model_version(model, revision)}|greedy{self.max_new_tokens}|{instruction}"
-        self.tokenizer = _hf.load_tokenizer(model, revision, padding_side="left")
+        self.version = f"{hf.model_version(model, revision)}|greedy{self.max_new_tokens}|{instruction}"
+        self.tokenizer = hf.load_tokenizer(model, revision, padding_side="left")
         if engine == "vllm":
             from vllm import LLM, SamplingParams
 
@@ -36,7 +36,7 @@ class HFRewriter(Rewriter):
         else:
             from transformers import AutoModelForCausalLM
 
-            self.model, self.device = _hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
+            self.model, self.device = hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
 
     def prompt(self, item: SegmentInput, verdict: Verdict) -> str:
         text = self.instruction.format(segment=item.segment.strip(),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
+from megatron_srp import hf
 from megatron_srp.data.classify import Classifier, ClassifierError, SegmentInput
-from megatron_srp.data.classifiers import _hf
 from megatron_srp.reflection import CONTROVERSIAL, SAFE, UNSAFE, Verdict
 
 
@@ -38,8 +38,8 @@ class HFSequenceClassifier(Classifier):
                  dtype: str = "auto", batch_size: int = 32, max_length: int = 512, with_context: bool = False):
         from transformers import AutoModelForSequenceClassification
 
-        self.tokenizer = _hf.load_tokenizer(model, revision, padding_side="right")
-        self.model, self.device = _hf.load_model(AutoModelForSequenceClassification, model, revision, device, dtype)
+        self.tokenizer = hf.load_tokenizer(model, revision, padding_side="right")
+        self.model, self.device = hf.load_model(AutoModelForSequenceClassification, model, revision, device, dtype)
         id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
         if label_map is None:
             raise ClassifierError(f"the hf backend needs label_map for {model}'s labels {sorted(id2label.values())}")
@@ -50,7 +50,7 @@ class HFSequenceClassifier(Classifier):
         self.verdicts = [self.label_map[id2label[i]] for i in range(len(id2label))]
         self.categories = tuple(dict.fromkeys(c for v in self.label_map.values() for c in v.categories))
         self.batch_size, self.max_length, self.with_context = int(batch_size), int(max_length), bool(with_context)
-        self.version = (f"{_hf.model_version(model, revision)}|{json.dumps(label_map, sort_keys=True)}"
+        self.version = (f"{hf.model_version(model, revision)}|{json.dumps(label_map, sort_keys=True)}"
                         f"|ctx={self.with_context}|len={self.max_length}")
 
     def logits(self, items: Sequence[SegmentInput]):

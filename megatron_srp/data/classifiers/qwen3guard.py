@@ -29,8 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from megatron_srp import hf
 from megatron_srp.data.classify import Classifier, ClassifierError, SegmentInput
-from megatron_srp.data.classifiers import _hf
 from megatron_srp.reflection import CONTROVERSIAL, QWEN3GUARD_CATEGORIES, SAFE, UNSAFE, Verdict
 
 _LEVEL = re.compile(r"Safety:\s*(Safe|Unsafe|Controversial)\b", re.IGNORECASE)
@@ -119,7 +119,7 @@ class Qwen3GuardClassifier(Classifier):
         model = model or self.default_model
         self.categories = tuple(taxonomy or self.default_taxonomy)
         self.on_unparsed = on_unparsed
-        self.tokenizer = _hf.load_tokenizer(model, revision, padding_side="left")
+        self.tokenizer = hf.load_tokenizer(model, revision, padding_side="left")
         if chat_template:
             with open(chat_template) as f:
                 self.tokenizer.chat_template = f.read()
@@ -127,8 +127,8 @@ class Qwen3GuardClassifier(Classifier):
             raise ClassifierError(f"{model}: the tokenizer has no chat template (the {self.name} guard's carries "
                                   f"its safety policy); pass --classifier-arg chat_template=FILE")
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens else self.answer_budget()
-        self.version = f"{_hf.model_version(model, revision)}|greedy{self.max_new_tokens}"
-        self.engine = _hf.pick_engine(engine, device)
+        self.version = f"{hf.model_version(model, revision)}|greedy{self.max_new_tokens}"
+        self.engine = hf.pick_engine(engine, device)
         self.batch_size = int(batch_size) if batch_size else (1024 if self.engine == "vllm" else 16)
         if self.engine == "vllm":
             from vllm import LLM, SamplingParams  # optional GPU dependency, imported only when chosen
@@ -141,7 +141,7 @@ class Qwen3GuardClassifier(Classifier):
         else:
             from transformers import AutoModelForCausalLM
 
-            self.model, self.device = _hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
+            self.model, self.device = hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
 
     def longest_answers(self) -> list[str]:
         return qwen3guard_longest_answers(self.categories)
