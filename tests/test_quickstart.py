@@ -29,7 +29,9 @@ def test_quickstart_script_runs_every_stage_on_the_users_data(tmp_path, watch):
 
     base = work / "hf" / "base"
     assert json.loads((base / "parity.json").read_text())["passed"] is True
-    assert json.loads((base / "tokenizer_config.json").read_text()).get("chat_template")
+    from transformers import AutoTokenizer
+
+    assert "<think>" in AutoTokenizer.from_pretrained(base).chat_template  # the default srp template
 
     report = json.loads((work / "eval" / "report.json").read_text())
     assert report["classification"] and report["harmful"] and "finetune_attacks" in report

@@ -153,7 +153,10 @@ class FastEncoder:
         self._check(hf)
 
     def _load(self):
-        return self._gt.Tokenizer.from_json(self._json)
+        try:
+            return self._gt.Tokenizer.from_json(self._json)
+        except Exception as e:  # a model gigatoken does not implement (WordLevel, Unigram): tokenizers instead
+            raise FastPathUnavailable(f"gigatoken cannot load this tokenizer: {str(e).splitlines()[0]}") from None
 
     @staticmethod
     def _specials_around_text(hf) -> tuple[list[int], list[int]]:

@@ -69,6 +69,19 @@ def test_ids_and_offsets_equal_tokenizers(tok_dir, guard):
     assert (eod in fast.encode_ids([TEXTS[2]])[0]) is (not guard)
 
 
+def test_a_model_gigatoken_does_not_implement_falls_back_to_tokenizers(tmp_path):
+    """A word-level tokenizer (MedSafetyWorld's): the default backend says why and uses tokenizers."""
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the dose is safe", "the dose is not safe"],
+                            trainers.WordLevelTrainer(special_tokens=["[UNK]", "<|endoftext|>"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    t = TextTokenizer(str(tmp_path))
+    assert t.backend == "tokenizers" and "WordLevel" in t.fallback_reason
+    assert t.encode_ids(["the dose is safe"])[0].tolist() == tok.encode("the dose is safe").ids
+
+
 def test_unassigned_characters_go_through_tokenizers(tok_dir):
     """gigatoken 0.10 calls U+16EBB (Unicode 17) a letter, tokenizers 0.23 punctuation: such documents use tokenizers."""
     fast = TextTokenizer(str(tok_dir), backend="gigatoken")
