@@ -132,7 +132,9 @@ class AblationRecipe:
     world_seeds: list[int] = field(default_factory=list)
     """World seeds, each in OUT/worldW/ (empty: the one world ``world.seed``, directly in OUT)."""
     results_dir: Optional[str] = None
-    """Where the small committed results file goes (default results/medsafetyworld/<out_dir's name>)."""
+    """The committed results folder these runs join (results.json, its tables and chart rebuilt), e.g.
+    results/medsafetyworld/tiny_cpu. Null (the default, so `make demo` changes no tracked file): the runs
+    stay under out_dir and are only compared with results/medsafetyworld/<out_dir's name> if it exists."""
     pretrain_recipe: str = "recipes/medsafetyworld/model_tiny.yaml"
     """Megatron-Core recipe of the model (relative to the repository or absolute)."""
     pretrain_overrides: list[str] = field(default_factory=list)
@@ -160,9 +162,12 @@ def load_ablation(path: str, overrides: list[str] = ()) -> AblationRecipe:
         raise RecipeError(f"world_seeds {r.world_seeds} / seeds {r.seeds}: a seed listed twice")
     if r.out_dir is None:
         r.out_dir = f"runs/medsafetyworld/{r.name}"
-    if r.results_dir is None:
-        r.results_dir = f"results/medsafetyworld/{Path(r.out_dir).name}"
     return r
+
+
+def committed_dir(r: AblationRecipe) -> Path:
+    """The committed results these runs join (results_dir) or, without it, are compared with."""
+    return Path(r.results_dir or f"results/medsafetyworld/{Path(r.out_dir).name}")
 
 
 def world_dirs(r: AblationRecipe) -> list[tuple[int, Path]]:
@@ -259,8 +264,8 @@ def run_ablation(r: AblationRecipe, log=print) -> dict:
     load_recipe(_recipe_path(r), r.pretrain_overrides)  # a misspelt override fails now, not after the data stages
     top = Path(r.out_dir).resolve()
     top.mkdir(parents=True, exist_ok=True)
-    results_json = Path(r.results_dir) / "results.json"
-    merge_results(results_json, asdict(r), [])  # a results_dir of another setting fails now, not after hours
+    if r.results_dir:  # a results_dir of another setting fails now, not after hours
+        merge_results(Path(r.results_dir) / "results.json", asdict(r), [])
     (top / "ablation.json").write_text(json.dumps(asdict(r), indent=1))
     worlds = [(w, out, _prepare_world(r, w, out, Stage(log, out / "timings.jsonl"))) for w, out in world_dirs(r)]
     for seed in r.seeds:  # seed-major: an interrupted run has whole seeds of every treatment and world
@@ -400,18 +405,22 @@ def expected_files(r: AblationRecipe) -> list[str]:
 
 
 def write_report(r: AblationRecipe) -> dict:
-    """OUT/results.{json,md,png} from OUT's runs; the same runs merged into RESULTS_DIR/results.json
-    (the committed file) and its tables and chart rebuilt from that file alone."""
+    """OUT/results.{json,md,png} from OUT's runs, and OUT/comparison.md (where they sit among the committed
+    runs); with results_dir, the same runs merged into RESULTS_DIR/results.json (the committed file) and its
+    tables and chart rebuilt from that file alone."""
     top = Path(r.out_dir).resolve()
     runs = collect_runs(top, dict(world_dirs(r)), TREATMENTS, expected_files(r))
-    results_dir = Path(r.results_dir)
-    merged = merge_results(results_dir / "results.json", asdict(r), runs)
-    committed = read_results(results_dir / "results.json") if (results_dir / "results.json").is_file() else {}
+    committed_json = committed_dir(r) / "results.json"
+    committed = read_results(committed_json) if committed_json.is_file() else {}
     invoked = [x for x in runs if x["treatment"] in r.treatments and x["seed"] in r.seeds
                and x["world_seed"] in dict(world_dirs(r))]
-    write_text(top / "comparison.md", compare_to_committed(committed, invoked))  # before this merge
-    write_results(results_dir / "results.json", merged)
-    report_dir(results_dir)
+    write_text(top / "comparison.md", compare_to_committed(committed, invoked))  # before any merge
+    if r.results_dir:
+        merged = merge_results(committed_json, asdict(r), runs)
+        write_results(committed_json, merged)
+        report_dir(committed_json.parent)
+    else:
+        merged = merge_results(top / "results.json", asdict(r), runs)
     local = {**merged, "runs": runs, "recipe": asdict(r)}
     write_results(top / "results.json", local)
     report_dir(top)

@@ -146,7 +146,7 @@ def test_control_arms_share_data_and_get_reflection_post_training(tmp_path):
                       "world_seeds: [1, 5, 7]\nseeds: [0, 1]\n")
     r = ablate.load_ablation(str(recipe))
     assert [w for w, _ in ablate.world_dirs(r)] == [1, 5, 7] and ablate.world_dirs(r)[1][1].name == "world5"
-    assert r.results_dir == "results/medsafetyworld/out"
+    assert r.results_dir is None and ablate.committed_dir(r) == Path("results/medsafetyworld/out")
     masked = ablate.pretrain_overrides(r, tmp_path, tmp_path / "run", "srp_masked", 0, tmp_path / "tok", 99)
     assert f"data.data_path=[{tmp_path / 'data' / 'srp'}_text_document]" in masked
     cfg = load_recipe(ROOT / r.pretrain_recipe, masked)
@@ -242,11 +242,13 @@ def test_the_worlds_sweep_commits_into_the_demos_setting():
     same setting and write there."""
     from dataclasses import asdict
 
-    from megatron_srp.medsafetyworld.ablate import load_ablation
+    from megatron_srp.medsafetyworld.ablate import committed_dir, load_ablation
     from megatron_srp.medsafetyworld.report import setting_of
     from tests.conftest import ROOT
 
     demo = load_ablation(str(ROOT / "recipes/medsafetyworld/tiny_cpu.yaml"))
     sweep = load_ablation(str(ROOT / "recipes/medsafetyworld/worlds.yaml"))
-    assert setting_of(asdict(demo)) == setting_of(asdict(sweep)) and sweep.results_dir == demo.results_dir
+    # the demo (no results_dir) only compares itself with the folder the sweep commits into
+    assert demo.results_dir is None and sweep.results_dir is not None
+    assert setting_of(asdict(demo)) == setting_of(asdict(sweep)) and committed_dir(sweep) == committed_dir(demo)
     assert len(sweep.world_seeds) >= 3 and len(sweep.seeds) >= 5
