@@ -31,7 +31,9 @@ def test_quickstart_script_runs_every_stage_on_the_users_data(tmp_path, watch):
     assert json.loads((base / "parity.json").read_text())["passed"] is True
     from transformers import AutoTokenizer
 
-    assert "<think>" in AutoTokenizer.from_pretrained(base).chat_template  # the default srp template
+    from megatron_srp.posttrain.chat_template import SRP_TEMPLATE
+
+    assert AutoTokenizer.from_pretrained(base).chat_template == SRP_TEMPLATE  # the default, reflection-aware
 
     report = json.loads((work / "eval" / "report.json").read_text())
     assert report["classification"] and report["harmful"] and "finetune_attacks" in report

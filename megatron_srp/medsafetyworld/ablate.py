@@ -276,7 +276,7 @@ def run_ablation(r: AblationRecipe, log=print) -> dict:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, w)
     results = write_report(r)
-    log(f"[ablate] results: {top / 'results.md'}, {results_json}")
+    log(f"[ablate] results: {top / 'results.md'}" + (f", {Path(r.results_dir) / 'results.json'}" if r.results_dir else ""))
     return results
 
 
