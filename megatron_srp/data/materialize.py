@@ -126,11 +126,16 @@ class DocumentEncoder:
         """Each segment's index into ``self._reflections``: per distinct verdict when the codes are given."""
         if doc.verdict_codes is None:
             return np.fromiter(map(self._reflection_index, doc.verdicts), dtype=np.int64, count=len(doc.verdicts))
-        key = id(doc.verdict_table)
-        if key not in self._table_index:  # (the table is kept alive: its id is never reused)
-            self._table_index[key] = (doc.verdict_table, np.fromiter(
-                map(self._reflection_index, doc.verdict_table), dtype=np.int64, count=len(doc.verdict_table)))
-        return self._table_index[key][1][doc.verdict_codes]
+        table = doc.verdict_table
+        if id(table) not in self._table_index:  # (the table is kept alive: its id is never reused)
+            self._table_index[id(table)] = (table, np.full(len(table), -1, dtype=np.int64))
+        mapping = self._table_index[id(table)][1]
+        found = mapping[doc.verdict_codes]
+        if (found < 0).any():  # rendered when first used, so a bad verdict fails on its document, as before
+            for code in np.unique(doc.verdict_codes[found < 0]).tolist():
+                mapping[code] = self._reflection_index(table[code])
+            found = mapping[doc.verdict_codes]
+        return found
 
     def _guard(self, text: str) -> tuple[str, list[int], bool]:
         """(text as tokenized, offsets where U+200B went in, whether the guard changed the document)."""
