@@ -16,8 +16,9 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -234,35 +235,115 @@ def check_reusable(path: str, settings: AnnotateSettings, classifier: Classifier
     return True
 
 
-@dataclass
-class ShardAnnotations:
-    """A sidecar read back, indexed by input line."""
+class DocumentSegments(NamedTuple):
+    """One document's annotation: spans (n, 2), verdicts, and each verdict's code into ``table``."""
 
-    path: str
-    meta: dict
-    by_line: dict
+    spans: np.ndarray
+    verdicts: list
+    codes: np.ndarray
+    table: list
+
+
+_NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
+
+
+def _numpy(arr: pa.Array, what: str, path: str) -> np.ndarray:
+    """An integer array without nulls as numpy, without a copy (``Array.to_numpy`` imports pandas: 0.3 s)."""
+    dtype = _NUMPY_TYPES.get(arr.type)
+    if dtype is None or arr.null_count:
+        raise AnnotationError(f"{path}: damaged sidecar ({what} is {arr.type} with {arr.null_count} missing values)")
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * np.dtype(dtype).itemsize)
+
+
+def _list_column(table: pa.Table, name: str, path: str) -> pa.ListArray:
+    col = table.column(name).combine_chunks()
+    if col.null_count:
+        raise AnnotationError(f"{path}: damaged sidecar (column {name!r} has {col.null_count} missing rows)")
+    return col
+
+
+def _flat_values(col: pa.ListArray, name: str, path: str):
+    """The list column's values for rows 0..n (its offsets index into them)."""
+    if col.values.null_count:
+        raise AnnotationError(f"{path}: damaged sidecar (column {name!r} has missing values)")
+    return col.values
+
+
+class ShardAnnotations:
+    """A sidecar read back as flat columns (numpy offsets and values), indexed by input line.
+
+    Reading builds no per-row objects: a document's spans are a slice of one (segments, 2) array, its
+    verdicts a slice of one list of shared ``Verdict`` objects (one per distinct label and categories).
+    """
+
+    def __init__(self, path: str, meta: dict, table: pa.Table):
+        self.path, self.meta = path, meta
+        lines = _numpy(table.column("line").combine_chunks(), "column 'line'", path)
+        self.row_of_line = dict(zip(lines.tolist(), range(len(lines))))
+        self.ids = table.column("id").to_pylist()
+        self.text_shas = table.column("text_sha").to_pylist()
+        cols = {k: _list_column(table, k, path) for k in ("seg_start", "seg_end", "label", "categories")}
+        offsets = {k: _numpy(c.offsets, f"the offsets of {k!r}", path) for k, c in cols.items()}
+        self.offsets = offsets["seg_start"].astype(np.int64)
+        for k, o in offsets.items():
+            if not np.array_equal(o, self.offsets):
+                raise AnnotationError(f"{path}: damaged sidecar (column {k!r} has other segment counts than "
+                                      f"'seg_start')")
+        starts = _numpy(cols["seg_start"].values, "column 'seg_start'", path)
+        ends = _numpy(cols["seg_end"].values, "column 'seg_end'", path)
+        self.spans = np.stack([starts, ends], axis=1).astype(np.int64)
+        self.codes, self.table = self._verdict_codes(_flat_values(cols["label"], "label", path),
+                                                     _flat_values(cols["categories"], "categories", path), path)
+        self.verdicts = [self.table[c] for c in self.codes.tolist()]
+        self._used: list[int] = []
+
+    @staticmethod
+    def _verdict_codes(labels: pa.Array, categories: pa.ListArray, path: str) -> tuple[np.ndarray, list[Verdict]]:
+        """Each segment's index into the list of distinct verdicts (most segments have no categories)."""
+        keys = labels.to_pylist()
+        cat_off = _numpy(categories.offsets, "the offsets of 'categories'", path)
+        with_cats = np.nonzero(np.diff(cat_off))[0]
+        if len(with_cats):
+            names = categories.values.to_pylist()
+            for j in with_cats.tolist():
+                keys[j] = (keys[j], tuple(names[cat_off[j]:cat_off[j + 1]]))
+        index: dict = {}
+        codes = np.fromiter((index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=len(keys))
+        table = [Verdict(k[0], k[1]) if isinstance(k, tuple) else Verdict(k, ()) for k in index]
+        return codes, table
 
     @classmethod
     def read(cls, path: str) -> "ShardAnnotations":
         meta = read_metadata(path)
-        table = pq.read_table(path).to_pydict()
-        by_line = {}
-        for i, line in enumerate(table["line"]):
-            by_line[line] = {k: table[k][i] for k in table}
-        return cls(path, meta, by_line)
+        # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset and pandas (about 0.4 s)
+        return cls(path, meta, pq.ParquetFile(path).read())
 
-    def for_document(self, doc: Document, input_path: str) -> tuple[list[tuple[int, int]], list[Verdict]]:
-        row = self.by_line.get(doc.line)
+    def segments(self, doc: Document, input_path: str) -> DocumentSegments:
+        """The document's annotation, after checking it is the annotated document (line, id, text hash)."""
+        row = self.row_of_line.get(doc.line)
         where = f"{input_path}:{doc.line} (id {doc.id!r})"
         if row is None:
             raise AnnotationError(f"{where}: no annotation in {self.path}; the input changed since annotation")
-        if row["id"] != doc.id:
-            raise AnnotationError(f"{where}: annotation {self.path} has id {row['id']!r} on that line")
-        if row["text_sha"] != text_hash(doc.text):
+        if self.ids[row] != doc.id:
+            raise AnnotationError(f"{where}: annotation {self.path} has id {self.ids[row]!r} on that line")
+        if self.text_shas[row] != text_hash(doc.text):
             raise AnnotationError(f"{where}: the text differs from the annotated text (hash mismatch with {self.path})")
-        spans = list(zip(row["seg_start"], row["seg_end"]))
-        verdicts = [Verdict(l, tuple(c)) for l, c in zip(row["label"], row["categories"])]
-        return spans, verdicts
+        self._used.append(row)
+        a, b = self.offsets[row], self.offsets[row + 1]
+        return DocumentSegments(self.spans[a:b], self.verdicts[a:b], self.codes[a:b], self.table)
+
+    def for_document(self, doc: Document, input_path: str) -> tuple[np.ndarray, list[Verdict]]:
+        """(spans, verdicts) of the document; see ``segments``."""
+        seg = self.segments(doc, input_path)
+        return seg.spans, seg.verdicts
+
+    def verdict_counts(self) -> dict[Verdict, int]:
+        """How often each verdict occurs in the documents returned so far."""
+        rows = np.asarray(self._used, dtype=np.int64)
+        counts = np.diff(self.offsets)[rows]
+        seg = np.repeat(self.offsets[rows] - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+        per_code = np.bincount(self.codes[seg], minlength=len(self.table))
+        return {v: int(n) for v, n in zip(self.table, per_code.tolist()) if n}
 
 
 def write_manifest(out_dir: str, data: dict) -> None:
@@ -294,6 +375,6 @@ def find_sidecar(annotations_dir: str, input_path: str, shard_name: str) -> str:
     return path
 
 
-__all__ = ["AnnotateSettings", "AnnotationError", "ShardAnnotations", "ShardSummary", "annotate_shard",
+__all__ = ["AnnotateSettings", "AnnotationError", "DocumentSegments", "ShardAnnotations", "ShardSummary", "annotate_shard",
            "build_segmenter", "check_reusable", "find_sidecar", "read_manifest", "read_metadata",
            "sidecar_path", "write_manifest", "CACHE", "PUNKT", "MANIFEST", "ClassifierError"]

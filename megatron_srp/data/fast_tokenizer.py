@@ -19,14 +19,18 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
   letter to gigatoken and punctuation to tokenizers 0.23) is encoded by ``tokenizers`` instead;
   all other characters carry the same class in both.
 
-gigatoken 0.10.0 caches pretokens without a bound (its issue 36): ``FastEncoder`` builds a fresh
-gigatoken tokenizer after every ``refresh_bytes`` of text (256 MB; ``SRP_GIGATOKEN_REFRESH_MB``
-changes it, 0 never refreshes: bench/preprocess_rss.py compares), so memory stays flat as a corpus
-grows.
+gigatoken 0.10.0 caches pretokens without a bound (its issue 36; about 1 MiB per MB of text with new
+words): ``FastEncoder`` drops its gigatoken tokenizer after every ``refresh_bytes`` of text (64 MB;
+``SRP_GIGATOKEN_REFRESH_MB`` changes it, 0 never refreshes: bench/preprocess_rss.py compares), hands
+the freed pages back to the system (glibc's ``malloc_trim``: gigatoken allocates with the system
+malloc, whose per-thread arenas otherwise keep them), and builds a fresh one (about 20 ms), so peak
+memory is bounded by one interval's cache.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -76,6 +80,22 @@ def has_unassigned(text: str) -> bool:
         return True
     rest = np.frombuffer(text[m.start():].encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     return bool(unassigned_table()[rest].any())
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere, e.g. musl or macOS: nothing to hand back there)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Return the allocator's free pages to the system (all arenas, the worker threads' included)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class FastPathUnavailable(Exception):
@@ -129,7 +149,7 @@ class FastEncoder:
         self._json = json.dumps(gt_cfg)
         self._hf = hf
         if refresh_bytes is None:
-            refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 256)) * (1 << 20))
+            refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 64)) * (1 << 20))
         self.refresh_bytes = refresh_bytes
         self._since_refresh = 0
         self._tok = self._load()
@@ -198,7 +218,9 @@ class FastEncoder:
         """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
         self._since_refresh += sum(map(len, texts))
         if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
-            self._tok, self._since_refresh = self._load(), 0
+            self._tok, self._since_refresh = None, 0  # freed before the new one is built
+            release_freed_memory()
+            self._tok = self._load()
         layout = self._tok.encode_batch(list(texts)).layout
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
         flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]

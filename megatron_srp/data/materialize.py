@@ -58,6 +58,10 @@ class DocInput:
     verdicts: Optional[list] = None
     replacements: Optional[dict] = None
     """rewrite: segment index -> replacement text."""
+    verdict_codes: Optional[np.ndarray] = None
+    """Optional: each verdict's index into ``verdict_table`` (the sidecar's distinct verdicts, shared by
+    the documents of a file), so srp looks up reflections per distinct verdict, not per segment."""
+    verdict_table: Optional[list] = None
 
 
 @dataclass
@@ -91,30 +95,47 @@ class ChunkOutput:
     """Documents the injection guard changed (a reflection tag or a special-token string in the text)."""
 
 
-def shift_spans(spans: Sequence[tuple[int, int]], points: Sequence[int]) -> list[tuple[int, int]]:
-    """Spans after inserting one character at each point (sorted) of the original text."""
-    if not points:
-        return list(spans)
-    pts = np.asarray(points)
-    return [(a + int(np.searchsorted(pts, a, "left")), b + int(np.searchsorted(pts, b, "left"))) for a, b in spans]
-
-
 class DocumentEncoder:
     """Turns ``DocInput`` into ``DocOutput``; one per worker process."""
 
     def __init__(self, tokenizer_model: str, settings: MaterializeSettings, backend: str = "auto"):
         self.settings = settings
         self.tok = TextTokenizer(tokenizer_model, guard_special_tokens=settings.injection_guard, backend=backend)
-        self._reflection_ids: dict[Verdict, np.ndarray] = {}
+        self._reflection_ids: dict[Verdict, int] = {}
+        self._reflections: list[np.ndarray] = []
+        self._table_index: dict[int, tuple[list, np.ndarray]] = {}
+        self._refl_len = self._refl_start = self._refl_flat = np.zeros(0, np.int64)
         fmt = settings.reflection
         # One scan finds the documents the guard touches (most have neither a tag nor a special string).
         needles = sorted({fmt.open_tag, fmt.close_tag, *self.tok.special_strings}, key=len, reverse=True)
         self._guard_scan = re.compile("|".join(map(re.escape, needles)))
 
     def reflection_ids(self, verdict: Verdict) -> np.ndarray:
+        return self._reflections[self._reflection_index(verdict)]
+
+    def _reflection_index(self, verdict: Verdict) -> int:
         if verdict not in self._reflection_ids:
-            self._reflection_ids[verdict] = self.tok.encode_control(self.settings.reflection.render(verdict))
+            self._reflection_ids[verdict] = len(self._reflections)
+            self._reflections.append(self.tok.encode_control(self.settings.reflection.render(verdict)))
+            lens = np.fromiter(map(len, self._reflections), dtype=np.int64, count=len(self._reflections))
+            self._refl_len, self._refl_start = lens, np.cumsum(lens) - lens
+            self._refl_flat = np.concatenate(self._reflections).astype(np.int64)
         return self._reflection_ids[verdict]
+
+    def _segment_reflections(self, doc: DocInput) -> np.ndarray:
+        """Each segment's index into ``self._reflections``: per distinct verdict when the codes are given."""
+        if doc.verdict_codes is None:
+            return np.fromiter(map(self._reflection_index, doc.verdicts), dtype=np.int64, count=len(doc.verdicts))
+        table = doc.verdict_table
+        if id(table) not in self._table_index:  # (the table is kept alive: its id is never reused)
+            self._table_index[id(table)] = (table, np.full(len(table), -1, dtype=np.int64))
+        mapping = self._table_index[id(table)][1]
+        found = mapping[doc.verdict_codes]
+        if (found < 0).any():  # rendered when first used, so a bad verdict fails on its document, as before
+            for code in np.unique(doc.verdict_codes[found < 0]).tolist():
+                mapping[code] = self._reflection_index(table[code])
+            found = mapping[doc.verdict_codes]
+        return found
 
     def _guard(self, text: str) -> tuple[str, list[int], bool]:
         """(text as tokenized, offsets where U+200B went in, whether the guard changed the document)."""
@@ -169,23 +190,31 @@ class DocumentEncoder:
         sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 2
         base = np.cumsum(sizes) - sizes + 1
         gstarts = starts + np.repeat(base, lengths)
-        seg_ends, seg_doc, refl = [], [], []
+        ends, which, owner = [], [], []
         for i, (doc, points) in enumerate(zip(docs, all_points)):
-            if lengths[i] == 0:  # empty document: nothing to reflect on
+            if lengths[i] == 0 or not len(doc.verdicts):  # empty document: nothing to reflect on
                 continue
-            b0 = int(base[i])
-            seg_ends.extend(b + b0 for _, b in shift_spans(doc.spans, points))
-            seg_doc.extend([i] * len(doc.verdicts))
-            refl.extend(self.reflection_ids(v) for v in doc.verdicts)
+            e = np.asarray(doc.spans, dtype=np.int64).reshape(-1, 2)[:, 1]
+            if points:  # the guard inserted U+200B: a segment end moves right by the insertions before it
+                e = e + np.searchsorted(np.asarray(points), e, "left")
+            ends.append(e + base[i])
+            which.append(self._segment_reflections(doc))
+            owner.append(i)
+        seg_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        refl = np.concatenate(which) if which else np.zeros(0, np.int64)
+        seg_doc = np.repeat(np.asarray(owner, dtype=np.int64), np.fromiter(map(len, ends), np.int64, len(ends)))
         # A reflection goes before the first token that starts at or after its segment's end.
-        cuts = np.searchsorted(gstarts, np.asarray(seg_ends, dtype=np.int64), side="left")
-        refl_len = np.fromiter(map(len, refl), dtype=np.int64, count=len(refl))
+        cuts = np.searchsorted(gstarts, seg_ends, side="left")
+        refl_len = self._refl_len[refl]
         at = np.repeat(cuts, refl_len)
-        out = np.insert(ids, at, np.concatenate(refl) if refl else np.zeros(0, np.int64))
+        # every reflection's ids, gathered from the flat table of distinct reflections
+        first = np.cumsum(refl_len) - refl_len
+        gather = np.arange(len(at)) - np.repeat(first, refl_len) + np.repeat(self._refl_start[refl], refl_len)
+        out = np.insert(ids, at, self._refl_flat[gather])
         roles = np.full(len(out), ROLE_TEXT, dtype=np.uint8)
         roles[at + np.arange(len(at))] = ROLE_REFLECTION
         # (an insert at a document's end lands before the next one's first token, so it ends this document)
-        added = np.bincount(np.asarray(seg_doc, dtype=np.int64), weights=refl_len, minlength=len(docs))
+        added = np.bincount(seg_doc, weights=refl_len, minlength=len(docs))
         lengths = lengths + added.astype(np.int64)
         if self.settings.append_eod:
             ends = np.cumsum(lengths)[lengths > 0]

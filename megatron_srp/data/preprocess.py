@@ -122,17 +122,18 @@ def _inputs_of(job: Job, path: str, shard_name: str, stats: Stats, read_stats: R
         stats.documents_in += 1
         item = DocInput([doc.texts[k] for k in cfg.json_keys])
         if sidecar is not None:
-            item.spans, item.verdicts = sidecar.for_document(doc, path)
+            item.spans, item.verdicts, item.verdict_codes, item.verdict_table = sidecar.segments(doc, path)
             stats.segments += len(item.spans)
-            for v in item.verdicts:
-                stats.labels[v.label] = stats.labels.get(v.label, 0) + 1
-                for c in v.categories:
-                    stats.categories[c] = stats.categories.get(c, 0) + 1
         chunk.append(item)
         chars += sum(map(len, item.texts))
         if len(chunk) == cfg.chunk_docs or chars >= limit:
             yield _fill_rewrites(job, chunk)
             chunk, chars = [], 0
+    if sidecar is not None:  # label and category counts per distinct verdict, not per segment
+        for v, n in sidecar.verdict_counts().items():
+            stats.labels[v.label] = stats.labels.get(v.label, 0) + n
+            for c in v.categories:
+                stats.categories[c] = stats.categories.get(c, 0) + n
     if chunk:
         yield _fill_rewrites(job, chunk)
 

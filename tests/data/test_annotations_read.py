@@ -1,0 +1,105 @@
+"""Sidecars read back as flat columns: same spans and verdicts as the rows, every check kept, damage named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from megatron_srp.data.annotations import _META_KEY, SCHEMA, AnnotationError, ShardAnnotations
+from megatron_srp.data.corpus import Document, text_hash
+from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
+from megatron_srp.reflection import Verdict
+from tests.fixtures import train_bpe_tokenizer
+
+TEXTS = ["first document. it has two parts.", "", "one segment only", "unsafe words here. and a safe end.",
+         "three. small. parts."]
+SEGMENTS = [  # (start, end, label, categories) per segment
+    [(0, 15, "safe", []), (15, 33, "unsafe", ["Violent", "PII"])],
+    [],
+    [(0, 16, "controversial", [])],
+    [(0, 18, "unsafe", ["Violent"]), (18, 34, "safe", [])],
+    [(0, 6, "safe", []), (6, 13, "unsafe", ["Violent", "PII"]), (13, 20, "unsafe", [""])],
+]
+
+
+def _columns(lines=None):
+    lines = lines or [2 * i + 1 for i in range(len(TEXTS))]
+    return {
+        "line": lines, "id": [f"d{i}" for i in range(len(TEXTS))], "text_sha": [text_hash(t) for t in TEXTS],
+        "seg_start": [[s[0] for s in seg] for seg in SEGMENTS], "seg_end": [[s[1] for s in seg] for seg in SEGMENTS],
+        "label": [[s[2] for s in seg] for seg in SEGMENTS], "categories": [[s[3] for s in seg] for seg in SEGMENTS],
+    }
+
+
+def _write(path, columns, schema=SCHEMA):
+    table = pa.Table.from_pydict(columns, schema=schema.with_metadata({_META_KEY: json.dumps({"settings": {}})}))
+    pq.write_table(table, path, row_group_size=2)  # several row groups: several chunks per column
+    return str(path)
+
+
+def _doc(i, text=None, doc_id=None, line=None):
+    text = TEXTS[i] if text is None else text
+    return Document(line or 2 * i + 1, doc_id or f"d{i}", {"text": text}, {"text": text})
+
+
+def test_documents_get_the_rows_spans_and_verdicts(tmp_path):
+    ann = ShardAnnotations.read(_write(tmp_path / "a.parquet", _columns()))
+    for i in reversed(range(len(TEXTS))):  # any order: documents are found by line
+        seg = ann.segments(_doc(i), "in.jsonl")
+        assert seg.spans.tolist() == [[a, b] for a, b, _, _ in SEGMENTS[i]]
+        assert seg.verdicts == [Verdict(lab, tuple(c)) for _, _, lab, c in SEGMENTS[i]]
+        assert [seg.table[c] for c in seg.codes.tolist()] == seg.verdicts
+    # [""] is a category list of one empty name, not "no categories"
+    assert Verdict("unsafe", ("",)) in ann.table and len(ann.table) == 5
+    counts = ann.verdict_counts()
+    assert counts[Verdict("unsafe", ("Violent", "PII"))] == 2 and counts[Verdict("safe")] == 3
+    assert sum(counts.values()) == sum(map(len, SEGMENTS))
+
+
+def test_verdict_counts_cover_only_the_documents_read(tmp_path):
+    ann = ShardAnnotations.read(_write(tmp_path / "a.parquet", _columns()))
+    ann.segments(_doc(3), "in.jsonl")
+    assert ann.verdict_counts() == {Verdict("unsafe", ("Violent",)): 1, Verdict("safe"): 1}
+
+
+def test_every_check_names_the_input_line_and_the_sidecar(tmp_path):
+    path = _write(tmp_path / "a.parquet", _columns())
+    ann = ShardAnnotations.read(path)
+    with pytest.raises(AnnotationError, match=r"in.jsonl:4 \(id 'd9'\): no annotation in .*a.parquet"):
+        ann.segments(_doc(0, line=4, doc_id="d9"), "in.jsonl")
+    with pytest.raises(AnnotationError, match=r"in.jsonl:3 \(id 'x'\): annotation .*a.parquet has id 'd1'"):
+        ann.segments(_doc(1, doc_id="x"), "in.jsonl")
+    with pytest.raises(AnnotationError, match=r"in.jsonl:5 \(id 'd2'\): the text differs .*hash mismatch"):
+        ann.segments(_doc(2, text="one segment only!"), "in.jsonl")
+
+
+def test_a_damaged_sidecar_is_named(tmp_path):
+    cols = _columns()
+    cols["seg_end"][3] = cols["seg_end"][3][:1]
+    with pytest.raises(AnnotationError, match=r"b.parquet: damaged sidecar \(column 'seg_end' has other segment"):
+        ShardAnnotations.read(_write(tmp_path / "b.parquet", cols))
+    cols = _columns()
+    cols["seg_start"][0] = [0, None]
+    with pytest.raises(AnnotationError, match=r"c.parquet: damaged sidecar \(column 'seg_start'"):
+        ShardAnnotations.read(_write(tmp_path / "c.parquet", cols))
+
+
+def test_srp_with_verdict_codes_equals_srp_with_verdicts(tmp_path):
+    """The sidecar's codes (one lookup per distinct verdict) give the bytes of per-segment verdicts."""
+    tok = train_bpe_tokenizer(tmp_path / "tok", TEXTS * 5 + ["<think> Unsafe </think>"], vocab_size=300)
+    ann = ShardAnnotations.read(_write(tmp_path / "a.parquet", _columns()))
+    coded, plain = [], []
+    for i, text in enumerate(TEXTS[:4]):  # (TEXTS[4] has a category outside the taxonomy)
+        text = text.replace("and", "<think> and") if i == 3 else text  # the guard shifts this document's spans
+        seg = ann.segments(_doc(i), "in.jsonl")
+        coded.append(DocInput([text], seg.spans, seg.verdicts, verdict_codes=seg.codes, verdict_table=seg.table))
+        plain.append(DocInput([text], [tuple(s) for s in seg.spans.tolist()], list(seg.verdicts)))
+    a = DocumentEncoder(str(tok), MaterializeSettings(variant="srp"), "tokenizers").encode(coded).plain
+    b = DocumentEncoder(str(tok), MaterializeSettings(variant="srp"), "tokenizers").encode(plain).plain
+    assert a.flats[0].tolist() == b.flats[0].tolist() and a.roles.tolist() == b.roles.tolist()
+    assert a.lengths[0].tolist() == b.lengths[0].tolist()
+    assert int(np.sum(a.roles)) > 0

@@ -1,0 +1,45 @@
+"""The gigatoken tokenizer is renewed every interval of text (its pretoken cache has no bound), ids unchanged."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from megatron_srp.data import fast_tokenizer
+from megatron_srp.data.tokenizer import TextTokenizer
+from tests.fixtures import labelled_corpus, train_bpe_tokenizer
+
+pytest.importorskip("gigatoken")
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return train_bpe_tokenizer(tmp_path_factory.mktemp("tok"), [r["text"] for r in labelled_corpus(40)], 400)
+
+
+def test_renewed_tokenizer_gives_the_same_ids(tok_dir):
+    texts = [r["text"] for r in labelled_corpus(30, seed=1)]
+    fast = TextTokenizer(str(tok_dir), backend="gigatoken")
+    ref = TextTokenizer(str(tok_dir), backend="tokenizers")
+    enc = fast._fast
+    enc.refresh_bytes = 2000  # renew after every ~2 kB of text
+    seen, want = [], [x.tolist() for x in ref.encode_ids(texts)]
+    for start in range(0, len(texts), 3):
+        got = fast.encode_ids(texts[start:start + 3])
+        assert [x.tolist() for x in got] == want[start:start + 3]
+        seen.append(enc._tok)  # (kept alive, so no two share an id)
+    assert len({id(t) for t in seen}) > 3  # renewed several times
+
+
+def test_default_interval_is_64_mb_and_the_variable_changes_it(tok_dir, monkeypatch):
+    monkeypatch.delenv("SRP_GIGATOKEN_REFRESH_MB", raising=False)
+    assert TextTokenizer(str(tok_dir), backend="gigatoken")._fast.refresh_bytes == 64 << 20
+    monkeypatch.setenv("SRP_GIGATOKEN_REFRESH_MB", "0")
+    assert TextTokenizer(str(tok_dir), backend="gigatoken")._fast.refresh_bytes == 0
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_memory_goes_back_to_the_system_on_glibc():
+    assert fast_tokenizer._malloc_trim() is not None
+    fast_tokenizer.release_freed_memory()
