@@ -40,6 +40,10 @@ QWEN3GUARD_CATEGORIES = (
 ZERO_WIDTH_SPACE = "\u200b"
 
 
+class ReflectionFormatError(SRPError, ValueError):
+    """A reflection format, verdict or segment list that cannot be rendered (a flag or annotation error)."""
+
+
 class ReflectionParseError(SRPError, ValueError):
     """Text that looks like a reflection but does not follow the format."""
 
@@ -86,13 +90,13 @@ class ReflectionFormat:
 
     def __post_init__(self):
         if not self.open_tag or not self.close_tag or self.open_tag == self.close_tag:
-            raise ValueError("reflection tags must be non-empty and different")
+            raise ReflectionFormatError("reflection tags must be non-empty and different")
         words = [self.safe_word, self.unsafe_word, self.controversial_word]
         if len(set(words)) != 3 or any(not w.strip() for w in words):
-            raise ValueError(f"label words must be distinct and non-empty: {words}")
+            raise ReflectionFormatError(f"label words must be distinct and non-empty: {words}")
         bad = [c for c in self.categories if self.category_separator.strip() and self.category_separator.strip() in c]
         if bad:
-            raise ValueError(f"categories contain the separator {self.category_separator!r}: {bad}")
+            raise ReflectionFormatError(f"categories contain the separator {self.category_separator!r}: {bad}")
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -108,10 +112,10 @@ class ReflectionFormat:
     def render(self, verdict: Verdict) -> str:
         """`` <think> Unsafe, Violent </think>`` for Verdict("unsafe", ("Violent",))."""
         if verdict.label not in (SAFE, UNSAFE, CONTROVERSIAL):
-            raise ValueError(f"unknown label {verdict.label!r}")
+            raise ReflectionFormatError(f"unknown label {verdict.label!r}")
         unknown = [c for c in verdict.categories if c not in self.categories]
         if unknown:
-            raise ValueError(f"categories not in the taxonomy: {unknown}")
+            raise ReflectionFormatError(f"categories not in the taxonomy: {unknown}")
         body = self._word_of[verdict.label]
         if verdict.label != SAFE:  # a Safe reflection carries no category
             body = self.category_separator.join([body, *verdict.categories])
@@ -173,7 +177,7 @@ class ReflectionFormat:
     def interleave(self, segments: list[str], verdicts: list[Verdict]) -> str:
         """Each segment followed by its reflection."""
         if len(segments) != len(verdicts):
-            raise ValueError(f"{len(segments)} segments but {len(verdicts)} verdicts")
+            raise ReflectionFormatError(f"{len(segments)} segments but {len(verdicts)} verdicts")
         return "".join(s + self.render(v) for s, v in zip(segments, verdicts))
 
     def first_flag(self, text: str) -> Optional[tuple[int, Verdict]]:

@@ -12,6 +12,7 @@ import gzip
 import json
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,12 +22,13 @@ from tqdm import tqdm
 
 from megatron_srp.data import annotations as ann
 from megatron_srp.data import verdict_log
-from megatron_srp.data.classify import ClassifierError, build_classifier
-from megatron_srp.data.corpus import CorpusError, expand_inputs, read_documents, relative_names
+from megatron_srp.data.classify import build_classifier, registered, restore_registered
+from megatron_srp.data.corpus import expand_inputs, read_documents, relative_names
 from megatron_srp.data.datatrove_steps import run_with_datatrove
 from megatron_srp.data.segment import punkt_to_json, train_punkt
 from megatron_srp.data.settings import AnnotateConfig, annotate_config, annotate_parser
-from megatron_srp.data.tokenizer import TextTokenizer, TokenizerError
+from megatron_srp.data.tokenizer import TextTokenizer
+from megatron_srp.errors import SRPError
 from megatron_srp.io import atomic_write_json
 
 
@@ -85,10 +87,19 @@ def _annotate_one(job: ShardJob, classifier, segmenter, progress) -> ann.ShardSu
             cache.close()
 
 
-def _worker(job_and_queue) -> ann.ShardSummary:
-    job, progress_q = job_and_queue
+_progress_q = None  # a pool process's queue to the parent's progress bar
+
+
+def _init_worker(progress_q, backends) -> None:
+    """A spawned pool process: the parent's progress queue and its registered backends (plugins)."""
+    global _progress_q
+    _progress_q = progress_q
+    restore_registered(backends)
+
+
+def _worker(job: ShardJob) -> ann.ShardSummary:
     classifier = build_classifier(job.config.classifier, **job.config.classifier_options)
-    return _annotate_one(job, classifier, _segmenter(job.settings), lambda d, s: progress_q.put((d, s)))
+    return _annotate_one(job, classifier, _segmenter(job.settings), lambda d, s: _progress_q.put((d, s)))
 
 
 _SAMPLE_BYTES = 1 << 20
@@ -187,26 +198,31 @@ def annotate_files(p: Plan, indices, rank=None) -> list:
                 progress.shard_done(summaries[-1])
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Manager() as manager:
-                q = manager.Queue()
-                with ctx.Pool(min(cfg.workers, len(todo))) as pool:
-                    jobs = [(job, q) for job in todo]
-                    results = pool.imap_unordered(_worker, jobs)
-                    while len(summaries) < len(jobs):
-                        try:
-                            summaries.append(results.next(timeout=0.2))
-                            progress.shard_done(summaries[-1])
-                        except mp.TimeoutError:
-                            pass
-                        while not q.empty():
-                            progress.update(*q.get())
-                    while not q.empty():
-                        progress.update(*q.get())
+            q = ctx.Queue()  # not a Manager: its server process would outlive a kill -9 of this one
+            with ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker,
+                          initargs=(q, registered())) as pool:
+                results = pool.imap_unordered(_worker, todo)
+                while len(summaries) < len(todo):
+                    try:
+                        summaries.append(results.next(timeout=0.2))
+                        progress.shard_done(summaries[-1])
+                    except mp.TimeoutError:
+                        pass
+                    _drain(q, progress)
+                _drain(q, progress)
             order = {job.input_path: k for k, job in enumerate(todo)}
             summaries.sort(key=lambda s: order[s.input])
     finally:
         progress.close()
     return summaries
+
+
+def _drain(q, progress: "_Progress") -> None:
+    while True:
+        try:
+            progress.update(*q.get_nowait())
+        except queue.Empty:
+            return
 
 
 def write_manifest(p: Plan) -> None:
@@ -243,8 +259,7 @@ def finish_task(cfg: AnnotateConfig) -> None:
     finish(plan(cfg))
 
 
-ERRORS = (CorpusError, ClassifierError, TokenizerError, ann.AnnotationError, verdict_log.VerdictLogError, TypeError,
-          ValueError)
+ERRORS = (SRPError,)  # user errors: bad input, flags, annotations (exit 2); anything else is a bug
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import sqlite3
@@ -140,6 +141,10 @@ def _resolve(table: dict, kind: str, name: str):
 
 def _build(table: dict, kind: str, name: str, options: dict):
     factory = _resolve(table, kind, name)
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as e:  # an option the backend does not take: a flag error, not a bug in the backend
+        raise ClassifierError(f"{kind} {name!r}: {e} (options given: {sorted(options)})") from None
     try:
         return factory(**options)
     except HFError as e:  # a model, tokenizer, engine or dtype of an HF backend

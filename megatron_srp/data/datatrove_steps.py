@@ -26,10 +26,15 @@ from typing import Any
 from datatrove.pipeline.base import PipelineStep
 
 from megatron_srp.data import classify
+from megatron_srp.errors import SRPError
 from megatron_srp.data.settings import ExecutorConfig
 
 # Module names, not imports: the tool modules import this one (their --executor runs through it).
 TOOLS = {"annotate": "megatron_srp.data.annotate", "preprocess": "megatron_srp.data.preprocess"}
+
+
+class ExecutorError(SRPError, ValueError):
+    """Executor flags that cannot start a run (e.g. Slurm without a partition)."""
 
 
 def tool_module(tool: str) -> ModuleType:
@@ -93,7 +98,7 @@ def run_with_datatrove(tool: str, settings: Any, output: str, n_inputs: int) -> 
         last.run()
         return 0
     if not ex.slurm_partition:
-        raise ValueError("--executor slurm needs --slurm-partition")
+        raise ExecutorError("--executor slurm needs --slurm-partition")
     common = dict(time=ex.slurm_time, partition=ex.slurm_partition, qos=ex.slurm_qos, venv_path=ex.slurm_venv,
                   env_command=ex.slurm_env_command, sbatch_args=ex.slurm_sbatch_args or None)
     first = SlurmPipelineExecutor([shards], tasks=tasks, cpus_per_task=ex.slurm_cpus_per_task,

@@ -12,6 +12,12 @@ import struct
 
 import numpy as np
 
+from megatron_srp.errors import SRPError
+
+
+class IndexFileError(SRPError, ValueError):
+    """A .bin/.idx part that cannot be merged (another dtype, a damaged header)."""
+
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
                np.uint16: 8}
@@ -49,7 +55,7 @@ class IndexedWriter:
         """Append a finished dataset (Megatron-Core's ``add_index``)."""
         lengths, boundaries, dtype = read_index(f"{prefix}.idx")
         if dtype != self.dtype:
-            raise ValueError(f"{prefix}.idx holds {dtype.__name__}, not {self.dtype.__name__}")
+            raise IndexFileError(f"{prefix}.idx holds {dtype.__name__}, not {self.dtype.__name__}")
         self._lengths.append(lengths)
         self._boundaries.append(self._sequences + boundaries[1:])
         self._sequences += len(lengths)
@@ -83,7 +89,7 @@ def read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray, type]:
     with open(idx_path, "rb") as f:
         data = f.read()
     if data[:9] != INDEX_HEADER:
-        raise ValueError(f"{idx_path}: not a Megatron .idx file (bad header)")
+        raise IndexFileError(f"{idx_path}: not a Megatron .idx file (bad header)")
     code = data[17]
     n_seq, n_doc = struct.unpack_from("<QQ", data, 18)
     pos = 34

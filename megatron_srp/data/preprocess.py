@@ -38,8 +38,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from megatron_srp.data.classify import REWRITERS, ClassifierError, RewriteCache, SegmentInput, build_rewriter
-from megatron_srp.data.corpus import CorpusError, ReadStats, expand_inputs, read_documents, relative_names
+from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
+from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names
 from megatron_srp.data.datatrove_steps import run_with_datatrove
 from megatron_srp.data.indexed_writer import optimal_dtype
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
@@ -350,7 +350,7 @@ def finish_task(cfg: PreprocessConfig) -> None:
         job.close()
 
 
-ERRORS = (CorpusError, ClassifierError, TokenizerError, UsageError, TypeError, ValueError)  # AnnotationError: a ValueError
+ERRORS = (SRPError,)  # user errors: bad input, flags, annotations (exit 2); anything else is a bug
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
+from megatron_srp.errors import SRPError
+
 # (text) -> [(start, end)] character offsets of each token; the tokenizer adapters below build it.
 TokenOffsets = Callable[[list[str]], list[list[tuple[int, int]]]]
 
@@ -78,6 +80,10 @@ def punkt_from_json(data: dict) -> PunktSentenceTokenizer:
     return PunktSentenceTokenizer(params)
 
 
+class SegmentBudgetError(SRPError, ValueError):
+    """A segment budget that cannot work (the --segment-tokens flag)."""
+
+
 @dataclass
 class Segmenter:
     """Cuts documents into sentence-aligned segments of at most ``budget`` tokens."""
@@ -88,7 +94,7 @@ class Segmenter:
 
     def __post_init__(self):
         if self.budget < 1:
-            raise ValueError(f"segment budget must be >= 1 token, got {self.budget}")
+            raise SegmentBudgetError(f"segment budget must be >= 1 token, got {self.budget}")
         if self.splitter is None:
             self.splitter = PunktSentenceTokenizer()
 
