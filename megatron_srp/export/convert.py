@@ -23,12 +23,14 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from megatron_srp.config import Recipe, load_recipe, padded_vocab_size
+from megatron_srp.config import Recipe, RecipeError, load_recipe, padded_vocab_size, recipe_from_dict
 from megatron_srp.export import hf_files, mapping, model_card
 from megatron_srp.export.model_card import PARITY_FILE
 from megatron_srp.export.megatron_side import load_weights, logits, megatron_model, round_params_to
 from megatron_srp.export.torch_dist_reader import TorchDistCheckpoint
 from megatron_srp.io import replace_dir
+from megatron_srp.posttrain.chat_template import ChatTemplateError
+from megatron_srp.training import layout as ck
 from megatron_srp.training.layout import CheckpointError
 from megatron_srp.training.megatron_lm_args import megatron_lm_common
 
@@ -262,7 +264,6 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
             progress: bool = True) -> dict:
     from megatron.core import dist_checkpointing
 
-    from megatron_srp.training import layout as ck
 
     recipe = recipe_for_hf(hf_dir, base_recipe, list(overrides))
     shape = mapping.shape_from_recipe(recipe)
@@ -273,7 +274,6 @@ def from_hf(hf_dir: str, output: str, base_recipe: Optional[str] = None, overrid
     with staged_output(output, True) as tmp:
         d = recipe.to_dict()
         d["checkpoint"]["dir"] = output
-        from megatron_srp.config import recipe_from_dict
 
         recipe = recipe_from_dict(d)
         report = None
@@ -341,8 +341,6 @@ def parity_from_args(args) -> ParitySettings:
 def run_cli(convert, **kwargs) -> int:
     """What both command-line tools do around a conversion: exit 0 and the result as JSON, 2 on bad input
     (the message names it), 3 when the parity check failed."""
-    from megatron_srp.config import RecipeError
-    from megatron_srp.posttrain.chat_template import ChatTemplateError
 
     try:
         result = convert(**kwargs)

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from safetensors.torch import save_file
 
+from megatron_srp.config import blend_from_data_path
+from megatron_srp.data.roles import has_roles
 from megatron_srp.export.mapping import Shape, UnsupportedModel
 from megatron_srp.posttrain import chat_template as chat_templates
 
@@ -196,8 +198,6 @@ def hf_rope_theta(cfg: dict) -> float:
 
 def data_variant(recipe) -> str:
     """What the training data was, as far as the files tell: srp data carries the role sidecar."""
-    from megatron_srp.config import blend_from_data_path
-    from megatron_srp.data.roles import has_roles
 
     if recipe.data.mock or not recipe.data.data_path:
         return "mock data"

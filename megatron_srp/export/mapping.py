@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from megatron_srp.config import RecipeError
+from megatron_srp.config import RecipeError, padded_vocab_size
 
 
 class UnsupportedModel(RecipeError):
@@ -48,7 +48,6 @@ class Shape:
 
 
 def shape_from_recipe(recipe) -> Shape:
-    from megatron_srp.config import padded_vocab_size
 
     m = recipe.model
     problems = []

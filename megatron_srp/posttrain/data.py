@@ -21,8 +21,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence
 
+from megatron_srp.data.classify import SegmentInput
 from megatron_srp.errors import SRPError
 from megatron_srp.io import atomic_open
+from megatron_srp.posttrain.formats import FormatError, get_format
 from megatron_srp.reflection import SAFE, ReflectionFormat, Verdict
 
 
@@ -117,7 +119,6 @@ def iter_rows(paths: Sequence[str] = (), hf_dataset: Optional[str] = None, hf_co
 def read_conversations(src: SourceSettings) -> Iterator[tuple[str, dict, list[dict]]]:
     """(where, example, messages) for every input conversation; ``example`` is the row in the chat
     format of megatron_srp.posttrain.formats (messages plus any verdict fields)."""
-    from megatron_srp.posttrain.formats import FormatError, get_format
 
     try:
         to_chat = get_format(src.format)
@@ -149,7 +150,6 @@ def label_conversations(convs: Iterable[tuple[str, dict, list[dict]]], fmt: Refl
     present (``response_label``: every segment of the response gets that label), else ``classifier`` on
     the request (alone) and on each response segment (with the request and the earlier segments as
     context). The response of a flagged request is not needed and not classified."""
-    from megatron_srp.data.classify import SegmentInput
 
     for where, row, msgs in convs:
         request_text = "\n".join(m["content"] for m in msgs[:-1] if m["role"] == "user")

@@ -18,6 +18,7 @@ from megatron.core.datasets.gpt_dataset import GPTDatasetConfig, MockGPTDataset
 from megatron_srp.config import Recipe, RecipeError, blend_from_data_path
 from megatron_srp.data.gpt_dataset import RoleAwareGPTDataset
 from megatron_srp.data.tokenizer import TokenizerError, eod_token_id
+from megatron_srp.training.signals import EXIT_SIGNALS
 
 
 @dataclass
@@ -158,7 +159,6 @@ def ignore_exit_signals(_worker_id: int) -> None:
     every process of a step, and a worker killed by the default action would crash the rank."""
     import signal
 
-    from megatron_srp.training.signals import EXIT_SIGNALS
 
     for sig in EXIT_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
