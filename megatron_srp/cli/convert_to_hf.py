@@ -3,7 +3,7 @@
   python tools/convert_to_hf.py --checkpoint runs/tiny_cpu/checkpoints --output hf/tiny_cpu
   python tools/convert_to_hf.py --checkpoint runs/tiny_cpu/checkpoints/iter_0000020 --output hf/step20
 
---checkpoint is a run folder (its latest_checkpointed_iteration.txt, or --iteration) or one
+--checkpoint is a run folder (the iteration its tracker file names, or --iteration) or one
 iter_NNNNNNN folder in it, ours or Megatron-LM's (without a recipe.yaml the model is read from the
 `args` Megatron-LM saves in common.pt). Writes LlamaForCausalLM (Qwen3ForCausalLM with
 qk-layernorm) as safetensors, config.json, the tokenizer (--tokenizer, or the recipe's
@@ -22,6 +22,7 @@ import sys
 
 from megatron_srp.errors import exit_2_on_user_error
 from megatron_srp.export.convert import add_parity_args, parity_from_args, run_cli, to_hf
+from megatron_srp.training.layout import TRACKER
 
 
 def parse_size(text: str) -> int:
@@ -37,7 +38,7 @@ def parse_size(text: str) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="run folder (with latest_checkpointed_iteration.txt) or one iter_NNNNNNN folder")
+                   help=f"run folder (with {TRACKER}) or one iter_NNNNNNN folder")
     p.add_argument("--iteration", type=int, help="iteration to convert (default: the latest)")
     p.add_argument("--output", required=True, help="Hugging Face model directory to write")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's data.tokenizer_model)")
