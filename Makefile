@@ -16,7 +16,7 @@ REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut 
 VENV312 ?= $(CACHE)/venv-py312-mcore0.19.2-$(REQ_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-pretrain test test-mcore016 test-mcore019 bench clean
+.PHONY: install demo demo-pretrain test test-mcore016 test-mcore019 test-gpu bench clean
 
 install: $(VENV)/.installed
 
@@ -39,7 +39,7 @@ demo-pretrain: install
 test: test-mcore016 test-mcore019
 
 test-mcore016: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS) tests
 
 # No file prerequisites: the path is keyed on the requirements' hash, and a fresh clone's newer
 # file times must not trigger a rebuild of the cached environment.
@@ -54,6 +54,13 @@ $(VENV312)/.installed:
 test-mcore019: $(VENV312)/.installed
 	$(VENV312)/bin/python -c "import megatron.core as m, sys; print('megatron-core', m.__version__, 'python', sys.version.split()[0])"
 	PYTHONPATH=$(CURDIR) $(VENV312)/bin/python -m pytest -q -m mcore_matrix $(PYTEST_ARGS) tests/training tests/data tests/export
+
+# The GPU leg (tests/gpu, marker gpu) on a GPU node, with the Python that has CUDA torch, Transformer
+# Engine and megatron-core (an NGC PyTorch container): `make test-gpu GPU_PYTHON=python`. The CPU legs
+# above hide the GPUs from themselves. tools/gpu_check.sh runs this leg and the throughput check as one command.
+GPU_PYTHON ?= python3
+test-gpu:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -rs -m gpu $(PYTEST_ARGS) tests/gpu
 
 bench: install
 	$(PY) bench/cpu_step.py --compare

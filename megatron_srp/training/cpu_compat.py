@@ -1,14 +1,15 @@
 """Run real Megatron-Core on a CPU: every patch the library needs, in one place.
 
 Megatron-Core assumes CUDA in a handful of places (device="cuda", torch.cuda.* calls, tensor type
-strings, the CUDA RNG tracker). ``enable()`` redirects those to the CPU. It is only ever called
-when the run's device is the CPU (``device: cpu``, or ``auto`` without CUDA), never on a GPU.
+strings, the CUDA RNG tracker). ``enable()`` redirects those to the CPU. It is called when the run's
+device is the CPU (``device: cpu``, or ``auto`` without CUDA); on a GPU node it hides the GPUs first.
 Each patch is here because switching it off made a tiny CPU run fail or train wrongly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -141,8 +142,11 @@ def enable() -> None:
     global _ENABLED, _MODE
     if _ENABLED:
         return
-    if torch.cuda.is_available():
-        raise RuntimeError("cpu_compat.enable() called on a machine with CUDA; use device: cuda")
+    # `device: cpu` on a GPU node: this process (and its DataLoader workers) then sees no CUDA, so every
+    # "is there a GPU?" branch, Megatron-Core's and ours, takes the CPU path the recipe asked for.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    torch.cuda.is_available = lambda: False
+    torch.cuda.device_count = lambda: 0
     # Megatron asks for the current device index and passes it back as device=...
     torch.cuda.current_device = lambda: 0
     # Timers, checkpointing and p2p call synchronize(); nothing to wait for on the CPU.

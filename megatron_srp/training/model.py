@@ -8,7 +8,6 @@ the train loop, checkpointing or export, which only see ``list[MegatronModule]``
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 from typing import Optional
 
@@ -19,32 +18,24 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
 from megatron_srp.config import Recipe, RecipeError, padded_vocab_size
+from megatron_srp.training import te_support
 
 log = logging.getLogger(__name__)
-
-
-def transformer_engine_available() -> bool:
-    if importlib.util.find_spec("transformer_engine") is None:
-        return False
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except Exception as e:  # a broken TE install must not break local-spec runs
-        log.warning("transformer_engine is installed but does not import (%s); using the local spec", e)
-        return False
-    return True
 
 
 def resolve_transformer_impl(recipe: Recipe, on_cpu: bool) -> str:
     impl = recipe.model.transformer_impl
     if impl == "auto":
-        return "transformer_engine" if (not on_cpu and transformer_engine_available()) else "local"
+        return "transformer_engine" if (not on_cpu and te_support.available()) else "local"
     if impl == "transformer_engine":
         if on_cpu:
             raise RecipeError("model.transformer_impl=transformer_engine needs a GPU; use local or auto")
-        if not transformer_engine_available():
-            raise RecipeError("model.transformer_impl=transformer_engine but transformer_engine does not import")
+        if not te_support.available():
+            raise RecipeError(f"model.transformer_impl=transformer_engine, but {te_support.import_error()}")
     return impl
 
 
@@ -53,6 +44,10 @@ def build_transformer_config(recipe: Recipe, on_cpu: bool) -> TransformerConfig:
     impl = resolve_transformer_impl(recipe, on_cpu)
     if prec.fp8 is not None and impl != "transformer_engine":
         raise RecipeError("precision.fp8 needs Transformer Engine, which is not available here")
+    if prec.fp8 is not None:
+        ok, why = te_support.fp8_recipe_support(prec.fp8_recipe)
+        if not ok:
+            raise RecipeError(f"precision.fp8_recipe={prec.fp8_recipe} does not run here: {why}")
     dtype = torch.bfloat16 if prec.bf16 else torch.float32
     kwargs = dict(
         num_layers=m.num_layers,
@@ -121,7 +116,8 @@ def build_transformer_config(recipe: Recipe, on_cpu: bool) -> TransformerConfig:
     return TransformerConfig(**kwargs)
 
 
-def layer_spec(recipe: Recipe, config: TransformerConfig, on_cpu: bool):
+def layer_spec(recipe: Recipe, config: TransformerConfig, on_cpu: bool, vp_stage: Optional[int] = None):
+    """The TE layer spec, or the local spec as a whole block whose every norm is PyTorch's."""
     impl = resolve_transformer_impl(recipe, on_cpu)
     if impl == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -133,7 +129,16 @@ def layer_spec(recipe: Recipe, config: TransformerConfig, on_cpu: bool):
         from megatron_srp.training.attention import SDPADotProductAttention
 
         spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
-    return spec
+    # Megatron-Core picks apex's FusedLayerNorm for the layers' LayerNorm and TE's TENorm for the
+    # final norm whenever those import, even in the local spec: CUDA-only kernels that break a
+    # `device: cpu` run on a GPU node. "local" means PyTorch layers throughout.
+    layer = spec.submodules
+    layer.input_layernorm = layer.pre_mlp_layernorm = WrappedTorchNorm
+    attention = layer.self_attention.submodules
+    if recipe.model.qk_layernorm:
+        attention.q_layernorm = attention.k_layernorm = WrappedTorchNorm
+    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config, vp_stage),
+                                      layer_norm=WrappedTorchNorm)
 
 
 def build_model_chunk(recipe: Recipe, config: TransformerConfig, on_cpu: bool,
@@ -144,7 +149,7 @@ def build_model_chunk(recipe: Recipe, config: TransformerConfig, on_cpu: bool,
     m = recipe.model
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(recipe, config, on_cpu),
+        transformer_layer_spec=layer_spec(recipe, config, on_cpu, vp_stage),
         vocab_size=padded_vocab_size(recipe),
         max_sequence_length=m.max_position_embeddings or m.seq_length,
         pre_process=pre,

@@ -10,9 +10,10 @@ around those reads only.
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from contextlib import contextmanager
+
+from megatron_srp.training import te_support
 
 # The messages (regexes matched at the start), as megatron-core 0.16 and 0.19 word them. 0.19 also
 # warns, while the first model is built, about an experimental multimodal config this project never uses.
@@ -54,6 +55,5 @@ def backend_note(impl: str, requested: str, on_cpu: bool) -> str:
         return "layers: Transformer Engine"
     if requested == "local":
         return "layers: Megatron-Core's local PyTorch spec (model.transformer_impl=local); no FP8"
-    why = ("Transformer Engine is not installed" if importlib.util.find_spec("transformer_engine") is None
-           else "Transformer Engine needs a GPU" if on_cpu else "Transformer Engine does not import")
+    why = te_support.import_error() or "Transformer Engine needs a GPU"
     return f"layers: Megatron-Core's local PyTorch spec ({why}); no FP8, no fused TE kernels"

@@ -22,10 +22,11 @@ MODELS = {
 }
 
 
-def tool(*args, check=True, timeout=300, umask=None):
-    """Run a conversion tool (under ``umask`` when given); fail with its output unless it exits 0."""
+def tool(*args, check=True, timeout=300, umask=None, env=None):
+    """Run a conversion tool (under ``umask`` when given, with ``env`` added); fail with its output unless
+    it exits 0."""
     preexec = (lambda: os.umask(umask)) if umask is not None else None
-    proc = subprocess.run([sys.executable, *map(str, args), "--no-progress"], cwd=ROOT, env=child_env(),
+    proc = subprocess.run([sys.executable, *map(str, args), "--no-progress"], cwd=ROOT, env={**child_env(), **(env or {})},
                           capture_output=True, text=True, timeout=timeout, preexec_fn=preexec)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

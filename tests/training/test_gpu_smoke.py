@@ -1,15 +1,18 @@
-"""tools/gpu_smoke.sh, the one script a lent GPU runs: its whole flow rehearsed on the CPU, so the
-GPU's few minutes are never spent on a script bug."""
+"""tools/gpu_check.sh and tools/gpu_smoke.sh, the command a lent GPU runs: their whole flow rehearsed
+on the CPU, so the GPU's few minutes are never spent on a script bug."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, child_env
+import pytest
+
+from tests.conftest import ROOT, child_env, cuda_visible
 from tests.slurm.test_shellcheck import shellcheck
 
 SCRIPT = str(ROOT / "tools" / "gpu_smoke.sh")
+CHECK = str(ROOT / "tools" / "gpu_check.sh")
 
 
 def _smoke(tmp_path, **env):
@@ -17,11 +20,13 @@ def _smoke(tmp_path, **env):
     return subprocess.run(["bash", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_gpu_smoke_is_shellcheck_clean():
-    proc = subprocess.run([shellcheck(), "-x", "--severity=style", SCRIPT], capture_output=True, text=True)
+@pytest.mark.parametrize("script", [SCRIPT, CHECK], ids=["gpu_smoke", "gpu_check"])
+def test_gpu_scripts_are_shellcheck_clean(script):
+    proc = subprocess.run([shellcheck(), "-x", "--severity=style", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(cuda_visible(), reason="a CUDA device is visible: this checks the refusal where there is none")
 def test_gpu_smoke_refuses_to_run_without_a_gpu(tmp_path):
     proc = _smoke(tmp_path)
     assert proc.returncode == 1
@@ -36,7 +41,7 @@ def test_gpu_smoke_rehearsal_runs_bf16_and_judges_the_result(tmp_path):
     assert len(result) == 1 and float(result[0][2]) > 0 and result[0][3] == "n/a"  # CPU: no MFU
     summary = out.split("== summary", 1)[1]
     assert f"bf16: {int(result[0][2]):,} tokens/s/GPU" in summary
-    assert "fp8: not measurable (Transformer Engine does not import here)" in summary
+    assert "fp8: not measurable (a CPU rehearsal of the branch without Transformer Engine)" in summary
     metrics = Path(tmp_path) / "bf16_local" / "metrics.jsonl"
     assert len(metrics.read_text().splitlines()) == 4  # STEPS=4 in a rehearsal, every step logged
 
@@ -47,3 +52,17 @@ def test_gpu_smoke_reports_a_failed_run(tmp_path):
     assert proc.returncode == 1
     assert "FAILED: bf16_local" in proc.stdout and "bf16: FAILED (no result)" in proc.stdout
     assert os.path.isfile(Path(tmp_path) / "bf16_local.log")
+
+
+def test_gpu_check_rehearsal_runs_the_gpu_leg_and_the_te_branch_of_the_smoke_test(tmp_path):
+    """The prepared command as a lent GPU runs it, on the CPU: the GPU leg's tests with their stand-ins,
+    then the smoke test's Transformer Engine branch (bf16 and FP8 runs, the FP8 verdict)."""
+    env = {**child_env(), "PYTHON": sys.executable, "OUT": str(tmp_path), "REHEARSE": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", CHECK], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    leg = next(line for line in summary.splitlines() if line.startswith("gpu leg:"))
+    assert "5 passed" in leg and "failed" not in leg and "(exit 0)" in leg, summary
+    assert "smoke: fp8:" in summary and "x bf16 (target >= 1.2x:" in summary, summary
+    for name in ("bf16_te", "fp8_te"):
+        assert len((tmp_path / "smoke" / name / "metrics.jsonl").read_text().splitlines()) == 4
