@@ -2,7 +2,7 @@
 
   python tools/medsafetyworld.py ablate recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
   python tools/medsafetyworld.py report recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
-  python tools/medsafetyworld.py report results/medsafetyworld/SETTING
+  python tools/medsafetyworld.py report results/medsafetyworld/SETTING [--into RESULTS.md]
   python tools/medsafetyworld.py generate --out runs/msw [--world-seed 1] [--n-documents 80000]
       [--unsafe-share 0.05] [--mistake-share 0.4] [--overdose-share 0.2] [--shards 4]
 
@@ -13,7 +13,8 @@ Every run is also merged into RESULTS_DIR/results.json (default results/medsafet
 name>: the small file to commit), whose results.md and results.png are rebuilt with it.
 ``report RECIPE`` rebuilds both from what has finished under OUT; ``report DIR`` rebuilds DIR's
 tables and chart from DIR/results.json alone (means with 95% bootstrap intervals over the runs,
-every run with its 95% Wilson interval, per-run dots on the chart).
+every run with its 95% Wilson interval, per-run dots on the chart); ``--into FILE`` also puts those
+tables into FILE, between ``<!-- BEGIN report DIR -->`` and ``<!-- END report DIR -->``.
 
 ``generate`` alone:
 
@@ -39,7 +40,7 @@ from pathlib import Path
 from megatron_srp.errors import exit_2_on_user_error
 from megatron_srp.medsafetyworld import ablate
 from megatron_srp.medsafetyworld.corpus import CorpusSettings, write_corpus
-from megatron_srp.medsafetyworld.report import report_dir
+from megatron_srp.medsafetyworld.report import report_dir, splice_into
 from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
 
 
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
         a.add_argument("recipe", help="an ablation recipe" + ("" if name == "ablate" else
                                                               ", or a results directory holding results.json"))
         a.add_argument("overrides", nargs="*", help="key.sub=value")
+        if name == "report":
+            a.add_argument("--into", metavar="FILE", help="with a results directory: also replace its marked block in FILE")
     args = p.parse_args(argv)
     if args.command in ("ablate", "report"):
         return ablate_or_report(args)
@@ -88,7 +91,10 @@ def main(argv=None) -> int:
 def ablate_or_report(args) -> int:
     """A bad recipe, a results directory holding another setting: an SRPError, exit 2 (through main)."""
     if args.command == "report" and Path(args.recipe).is_dir():
-        print(report_dir(Path(args.recipe)))
+        md = report_dir(Path(args.recipe))
+        if args.into:
+            splice_into(Path(args.into), Path(args.recipe), md)
+        print(md)
         return 0
     r = ablate.load_ablation(args.recipe, args.overrides)
     if args.command == "report":

@@ -386,3 +386,17 @@ def report_dir(directory: Path) -> str:
     atomic_write_text(directory / "results.md", md, fsync=False)
     plot(results, directory / "results.png")
     return md
+
+
+def splice_into(doc: Path, directory: Path, md: str) -> None:
+    """Replace the block between ``<!-- BEGIN report DIR -->`` and ``<!-- END report DIR -->`` in ``doc``
+    with ``md`` (headings one level down), so a hand-written page carries the generated tables unedited."""
+    begin, end = f"<!-- BEGIN report {directory.as_posix()} -->", f"<!-- END report {directory.as_posix()} -->"
+    text = doc.read_text()
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ResultsError(f"{doc}: needs one line {begin!r} and, after it, one line {end!r} around the block to replace")
+    body = "\n".join("#" + line if line.startswith("#") else line for line in md.strip().splitlines())
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    atomic_write_text(doc, f"{head}{begin}\n{body}\n{end}{tail}", fsync=False)
+

@@ -136,3 +136,13 @@ def console_line(r: dict, train_iters: int) -> str:
 
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def verdict_line(val: dict) -> str:
+    """The validation log line's reflection part, when the run measures it (training/reflection_metrics.py)."""
+    acc, f1, ff = (val.get(k) for k in ("reflection_verdict_accuracy", "reflection_unsafe_f1", "reflection_false_flags"))
+    if acc is None:
+        return ""
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    return f" | reflection verdicts: accuracy {fmt(acc)}, F1 on Unsafe {fmt(f1)}, false flags {fmt(ff)}"
+

@@ -17,17 +17,19 @@ import torch
 
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_attr_wrapped_model
 
 from megatron_srp.config import Recipe, RecipeError, padded_vocab_size
 from megatron_srp.data.gpt_dataset import ROLE_REFLECTION
 from megatron_srp.training import checkpointing, distributed
 from megatron_srp.training.data import build_datasets, build_iterator, check_data_files, check_token_ids
 from megatron_srp.training.metrics import (MetricsWriter, check_wandb, console_line, device_name, format_loss,
-                                           gpu_peak_tflops, peak_memory_gib)
+                                           gpu_peak_tflops, peak_memory_gib, verdict_line)
 from megatron_srp.training.model import (build_model_chunk, build_transformer_config, model_flops_per_token,
                                          resolve_transformer_impl)
 from megatron_srp.training.optim import build_optimizer, build_scheduler, resume_schedule, wrap_ddp
 from megatron_srp.training.quiet import backend_note, missing_kernel_warnings_ignored
+from megatron_srp.training.reflection_metrics import VerdictTokens, other_verdict, verdict_report, verdict_tokens
 from megatron_srp.training.signals import ExitRequest
 
 log = logging.getLogger("megatron_srp")
@@ -60,7 +62,21 @@ def loss_func(reflection_loss: str, loss_mask: torch.Tensor, roles: Optional[tor
     return loss_sum, num_tokens, report
 
 
-def make_forward_step(recipe: Recipe, device: torch.device):
+def verdict_loss_func(reflection_loss: str, loss_mask: torch.Tensor, roles: torch.Tensor, labels: torch.Tensor,
+                      verdicts: VerdictTokens, lm_loss, logits: torch.Tensor):
+    """``loss_func`` on the losses read from the logits, plus the reflection-verdict entries."""
+    sbv = logits.transpose(0, 1)  # the model returns [b, s, v]; its loss takes [s, b, v]
+    # Megatron's vocab-parallel cross entropy works in place on the logits: each call gets its own copy.
+    loss_true = lm_loss(labels, sbv.clone(memory_format=torch.contiguous_format))
+    loss_other = lm_loss(other_verdict(verdicts, labels), sbv.clone(memory_format=torch.contiguous_format))
+    loss_sum, num_tokens, report = loss_func(reflection_loss, loss_mask, roles, loss_true)
+    report.update(verdict_report(verdicts, labels, roles, loss_mask, loss_true, loss_other))
+    return loss_sum, num_tokens, report
+
+
+def make_forward_step(recipe: Recipe, device: torch.device, verdicts: Optional[VerdictTokens] = None):
+    """The forward step of training, or with ``verdicts`` (validation of data with a role sidecar) one
+    that takes the logits, so the loss of the other verdict word is read from them too."""
     vocab_size = padded_vocab_size(recipe)
 
     def forward_step(data_iterator, model):
@@ -72,10 +88,16 @@ def make_forward_step(recipe: Recipe, device: torch.device):
         attention_mask = batch.get("attention_mask")
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
+        loss_mask = batch["loss_mask"].to(device)
         roles = batch.get("roles")
-        output = model(tokens, position_ids, attention_mask, labels=labels)
-        return output, partial(loss_func, recipe.data.reflection_loss, batch["loss_mask"].to(device),
-                               None if roles is None else roles.to(device))
+        roles = None if roles is None else roles.to(device)
+        if verdicts is None or roles is None:
+            output = model(tokens, position_ids, attention_mask, labels=labels)
+            return output, partial(loss_func, recipe.data.reflection_loss, loss_mask, roles)
+        output = model(tokens, position_ids, attention_mask)  # logits on the last stage
+        lm_loss = get_attr_wrapped_model(model, "compute_language_model_loss")
+        return output, partial(verdict_loss_func, recipe.data.reflection_loss, loss_mask, roles, labels, verdicts,
+                               lm_loss)
 
     return forward_step
 
@@ -139,6 +161,8 @@ class Trainer:
         self.num_microbatches = r.training.global_batch_size // (r.training.micro_batch_size * self.env.dp_size)
         self.forward_backward = get_forward_backward_func()
         self.forward_step = make_forward_step(r, self.env.device)
+        self.verdicts = verdict_tokens(r)
+        self.eval_forward_step = make_forward_step(r, self.env.device, self.verdicts)
         # Losses exist on the last pipeline stage; they are reduced over its data-parallel
         # group and written by one rank.
         self.holds_loss = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
@@ -238,7 +262,7 @@ class Trainer:
         try:
             for _ in range(t.eval_iters):
                 reports += self.forward_backward(
-                    forward_step_func=self.forward_step, data_iterator=it, model=self.model,
+                    forward_step_func=self.eval_forward_step, data_iterator=it, model=self.model,
                     num_microbatches=self.num_microbatches, seq_length=self.recipe.model.seq_length,
                     micro_batch_size=t.micro_batch_size, decoder_seq_length=self.recipe.model.seq_length,
                     forward_only=True)
@@ -310,7 +334,7 @@ class Trainer:
                     if self.is_logger:
                         self.metrics.write({"step": self.iteration, "split": "validation", **val})
                         log.info(f"step {self.iteration:>6}/{t.train_iters} | validation loss "
-                                 f"{format_loss(val.get('loss'))}")
+                                 f"{format_loss(val.get('loss'))}" + verdict_line(val))
                 saved = False
                 if save_interval and self.iteration % save_interval == 0:
                     self.save()

@@ -216,6 +216,17 @@ def test_report_rebuilds_tables_and_chart_from_the_results_file_alone(tmp_path):
     tool = [sys.executable, str(ROOT / "tools" / "medsafetyworld.py"), "report"]
     ok = subprocess.run(tool + [str(d)], capture_output=True, text=True, env=child_env())
     assert ok.returncode == 0 and "| held-out acted on |" in ok.stdout
+    # --into: the generated tables replace the marked block of a hand-written page, nothing else
+    page = tmp_path / "RESULTS.md"
+    page.write_text(f"# Results\nwords\n<!-- BEGIN report {d.as_posix()} -->\nold\n<!-- END report {d.as_posix()} -->\nend\n")
+    into = subprocess.run(tool + [str(d), "--into", str(page)], capture_output=True, text=True, env=child_env())
+    assert into.returncode == 0, into.stderr
+    text = page.read_text()
+    assert text.startswith("# Results\nwords\n") and text.endswith("end\n") and "\nold\n" not in text
+    assert filter_row in text and "\n# " not in text.split("words", 1)[1]  # headings one level down
+    page.write_text("no markers\n")
+    unmarked = subprocess.run(tool + [str(d), "--into", str(page)], capture_output=True, text=True, env=child_env())
+    assert unmarked.returncode == 2 and "RESULTS.md: needs one line '<!-- BEGIN report" in unmarked.stderr
     (d / "results.json").write_text('{"runs": [{"treatment": "srp"}]}')
     bad = subprocess.run(tool + [str(d)], capture_output=True, text=True, env=child_env())
     assert bad.returncode == 2 and "results.json" in bad.stderr and "runs[0] lacks" in bad.stderr
