@@ -3,6 +3,8 @@
   python tools/medsafetyworld.py ablate recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
   python tools/medsafetyworld.py report recipes/medsafetyworld/tiny_cpu.yaml [key=value ...]
   python tools/medsafetyworld.py report results/medsafetyworld/SETTING [--into RESULTS.md]
+  python tools/medsafetyworld.py sweep recipes/medsafetyworld/sweep.yaml [--points a,b] [--confirm POINT]
+      [--plan] [--report] [key=value ...]
   python tools/medsafetyworld.py generate --out runs/msw [--world-seed 1] [--n-documents 80000]
       [--unsafe-share 0.05] [--mistake-share 0.4] [--overdose-share 0.2] [--shards 4]
 
@@ -15,6 +17,11 @@ name>: the small file to commit), whose results.md and results.png are rebuilt w
 tables and chart from DIR/results.json alone (means with 95% bootstrap intervals over the runs,
 every run with its 95% Wilson interval, per-run dots on the chart); ``--into FILE`` also puts those
 tables into FILE, between ``<!-- BEGIN report DIR -->`` and ``<!-- END report DIR -->``.
+
+``sweep`` screens each point of a sweep recipe (srp, pretrained evaluation, a few worlds and seeds),
+or with ``--confirm POINT`` runs one point on more worlds and seeds with the control arms; ``--plan``
+prints what would run, ``--report`` only rebuilds RESULTS_DIR/sweep.md and sweep.png
+(megatron_srp/medsafetyworld/sweep.py says what the target is).
 
 ``generate`` alone:
 
@@ -38,7 +45,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from megatron_srp.errors import exit_2_on_user_error
-from megatron_srp.medsafetyworld import ablate
+from megatron_srp.medsafetyworld import ablate, sweep
 from megatron_srp.medsafetyworld.corpus import CorpusSettings, write_corpus
 from megatron_srp.medsafetyworld.report import report_dir, splice_into
 from megatron_srp.medsafetyworld.world import WorldSettings, generate_world
@@ -62,9 +69,18 @@ def main(argv=None) -> int:
         a.add_argument("overrides", nargs="*", help="key.sub=value")
         if name == "report":
             a.add_argument("--into", metavar="FILE", help="with a results directory: also replace its marked block in FILE")
-    args = p.parse_args(argv)
+    w = sub.add_parser("sweep", help="the search over corpus, cadence and model knobs")
+    w.add_argument("recipe", help="a sweep recipe")
+    w.add_argument("overrides", nargs="*", help="key.sub=value")
+    w.add_argument("--points", help="comma-separated point names (default: all)")
+    w.add_argument("--confirm", metavar="POINT", help="run the confirmation stage of this point")
+    w.add_argument("--plan", action="store_true", help="print each run's ablation settings; run nothing")
+    w.add_argument("--report", action="store_true", help="only rebuild the sweep's report")
+    args = p.parse_intermixed_args(argv) if argv and argv[0] == "sweep" else p.parse_args(argv)
     if args.command in ("ablate", "report"):
         return ablate_or_report(args)
+    if args.command == "sweep":
+        return run_sweep(args)
     ws = WorldSettings(**{f.name: getattr(args, f"world_{f.name}") for f in fields(WorldSettings)})
     cs = CorpusSettings(**{f.name: getattr(args, f.name) for f in fields(CorpusSettings)})
     try:
@@ -85,6 +101,28 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "generate.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps({"out": args.out, "kinds": dict(kinds)}))
+    return 0
+
+
+def run_sweep(args) -> int:
+    s = sweep.load_sweep(args.recipe, args.overrides)
+    stage = "confirm" if args.confirm else "screen"
+    points = [args.confirm] if args.confirm else (args.points.split(",") if args.points else list(s.points))
+    recipes = [sweep.point_recipe(s, name, stage) for name in points]  # an unknown point fails here
+    if args.plan:
+        for name, r in zip(points, recipes):
+            print(f"{stage} {name}: worlds {r.world_seeds} seeds {r.seeds} treatments {r.treatments} "
+                  f"skip_posttrain={r.skip_posttrain} -> {r.results_dir}")
+            print(f"  corpus {asdict(r.corpus)}\n  pretrain_overrides {r.pretrain_overrides}")
+        return 0
+    if args.report:
+        print(sweep.write_report(s))
+        return 0
+    try:
+        print(sweep.run(s, stage, points, log=lambda m: print(m, flush=True)))
+    except ablate.StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
