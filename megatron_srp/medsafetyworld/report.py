@@ -388,6 +388,11 @@ def report_dir(directory: Path) -> str:
     return md
 
 
+def demoted(md: str) -> str:
+    """``md`` with every heading one level down: the block as a hand-written page carries it."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in md.strip().splitlines())
+
+
 def splice_into(doc: Path, directory: Path, md: str) -> None:
     """Replace the block between ``<!-- BEGIN report DIR -->`` and ``<!-- END report DIR -->`` in ``doc``
     with ``md`` (headings one level down), so a hand-written page carries the generated tables unedited."""
@@ -395,7 +400,7 @@ def splice_into(doc: Path, directory: Path, md: str) -> None:
     text = doc.read_text()
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ResultsError(f"{doc}: needs one line {begin!r} and, after it, one line {end!r} around the block to replace")
-    body = "\n".join("#" + line if line.startswith("#") else line for line in md.strip().splitlines())
+    body = demoted(md)
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     atomic_write_text(doc, f"{head}{begin}\n{body}\n{end}{tail}", fsync=False)

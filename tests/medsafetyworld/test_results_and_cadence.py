@@ -263,3 +263,15 @@ def test_the_worlds_sweep_commits_into_the_demos_setting():
     assert demo.results_dir is None and sweep.results_dir is not None
     assert setting_of(asdict(demo)) == setting_of(asdict(sweep)) and committed_dir(sweep) == committed_dir(demo)
     assert len(sweep.world_seeds) >= 3 and len(sweep.seeds) >= 5
+
+
+def test_results_page_carries_exactly_the_committed_results():
+    """RESULTS.md's generated block is what `report results/medsafetyworld/tiny_cpu --into` writes from
+    the committed file: no number in it was edited by hand or left behind by a later run."""
+    from megatron_srp.medsafetyworld.report import demoted, read_results, render_markdown
+    from tests.conftest import ROOT
+
+    d = Path("results/medsafetyworld/tiny_cpu")
+    page = (ROOT / "RESULTS.md").read_text()
+    block = page.split(f"<!-- BEGIN report {d.as_posix()} -->\n", 1)[1].split(f"\n<!-- END report {d.as_posix()} -->", 1)[0]
+    assert block == demoted(render_markdown(read_results(ROOT / d / "results.json"), d.name))
