@@ -16,8 +16,8 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 
 def _schema(path):
-    """Pretraining recipes everywhere but recipes/posttrain (SFT), recipes/eval (suites) and the
-    MedSafetyWorld ablations (recipes/medsafetyworld/*, except its model_*.yaml)."""
+    """Pretraining recipes everywhere but recipes/posttrain (SFT), recipes/eval (suites), the
+    MedSafetyWorld sweep and its ablations (recipes/medsafetyworld/*, except its model_*.yaml)."""
     rel = path.relative_to(ROOT / "recipes")
     if rel.parts[0] == "posttrain":
         from megatron_srp.posttrain.sft import SFTRecipe
@@ -25,6 +25,8 @@ def _schema(path):
     if rel.parts[0] == "eval":
         from megatron_srp.eval.suite import Suite
         return Suite
+    if rel.parts[0] == "medsafetyworld" and rel.name.startswith("sweep"):
+        return "sweep"
     if rel.parts[0] == "medsafetyworld" and not rel.name.startswith("model_"):
         return "ablation"
     return None
@@ -41,6 +43,13 @@ def test_every_shipped_recipe_loads(path):
 
         r = load_ablation(str(path))
         load_recipe(ROOT / r.pretrain_recipe, r.pretrain_overrides)  # its model recipe and overrides too
+    elif schema == "sweep":
+        from megatron_srp.medsafetyworld.sweep import load_sweep, point_recipe
+
+        s = load_sweep(str(path))  # builds every point's ablation recipe
+        for name in s.points:
+            r = point_recipe(s, name, "screen")
+            load_recipe(ROOT / r.pretrain_recipe, r.pretrain_overrides)
     else:
         assert C.load_config(schema, path) is not None
 
