@@ -78,8 +78,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.mcore_matrix)
     if GPU_REHEARSAL or cuda_visible():
         return
-    skip = pytest.mark.skip(reason="GPU leg: no CUDA device visible (the CPU legs hide the GPUs; run "
-                                   "`make test-gpu`, i.e. pytest -m gpu, on a GPU node)")
+    gpu_leg = (config.option.markexpr or "").strip() == "gpu"
+    skip = pytest.mark.skip(reason="GPU leg: no CUDA device visible here" if gpu_leg else
+                            "GPU leg: the CPU legs hide the GPUs (run `make test-gpu`, i.e. pytest -m gpu, on a GPU node)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
