@@ -266,12 +266,15 @@ def test_the_worlds_sweep_commits_into_the_demos_setting():
 
 
 def test_results_page_carries_exactly_the_committed_results():
-    """RESULTS.md's generated block is what `report results/medsafetyworld/tiny_cpu --into` writes from
-    the committed file: no number in it was edited by hand or left behind by a later run."""
+    """Each generated block of RESULTS.md is what `report DIR --into` writes from DIR's committed file:
+    no number in it was edited by hand or left behind by a later run."""
+    import re
+
     from megatron_srp.medsafetyworld.report import demoted, read_results, render_markdown
     from tests.conftest import ROOT
 
-    d = Path("results/medsafetyworld/tiny_cpu")
     page = (ROOT / "RESULTS.md").read_text()
-    block = page.split(f"<!-- BEGIN report {d.as_posix()} -->\n", 1)[1].split(f"\n<!-- END report {d.as_posix()} -->", 1)[0]
-    assert block == demoted(render_markdown(read_results(ROOT / d / "results.json"), d.name))
+    blocks = re.findall(r"<!-- BEGIN report (\S+) -->\n(.*?)\n<!-- END report \1 -->", page, re.S)
+    assert "results/medsafetyworld/tiny_cpu" in dict(blocks)
+    for d, block in blocks:
+        assert block == demoted(render_markdown(read_results(ROOT / d / "results.json"), Path(d).name)), d
