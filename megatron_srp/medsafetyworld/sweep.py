@@ -23,7 +23,7 @@ from typing import Optional
 from megatron_srp.config import RecipeError, load_config
 from megatron_srp.io import atomic_write_text
 from megatron_srp.medsafetyworld import ablate
-from megatron_srp.medsafetyworld.report import bootstrap_ci, read_results
+from megatron_srp.medsafetyworld.report import read_results, summarize
 
 F1 = "reflection F1, held-out forced"
 FALSE_FLAGS = "reflection false flags, held-out forced"
@@ -118,9 +118,9 @@ def point_summary(results: dict, target: Target) -> dict:
     means; whether the target holds in every world."""
     runs = [r for r in results["runs"] if r["treatment"] == "srp" and r.get("finished")]
     out = {"runs": len(runs), "worlds": sorted({r["world_seed"] for r in runs})}
-    for col in CRITERIA:
-        vals = [r["metrics"][col] for r in runs if r["metrics"].get(col) is not None]
-        out[col] = {"mean": statistics.fmean(vals) if vals else None, "ci95": list(bootstrap_ci(vals)), "values": vals}
+    table = summarize(runs).get("srp", {})
+    empty = {"mean": None, "ci95": [None, None], "n": 0, "values": []}
+    out.update({col: table.get(col, empty) for col in CRITERIA})
     per_world = {w: {c: _mean(r["metrics"].get(c) for r in runs if r["world_seed"] == w) for c in CRITERIA}
                  for w in out["worlds"]}
     out["per_world"] = per_world

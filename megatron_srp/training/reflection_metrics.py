@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from megatron_srp.config import Recipe
+from megatron_srp.config import Recipe, blend_from_data_path
 from megatron_srp.data.roles import ROLE_REFLECTION, has_roles
 from megatron_srp.reflection import DEFAULT, SAFE, UNSAFE, Verdict
 
@@ -32,19 +32,11 @@ class VerdictTokens:
     unsafe: int
 
 
-def _prefixes(recipe: Recipe) -> list[str]:
-    out = []
-    for entry in recipe.data.data_path:
-        try:
-            float(entry)  # a blend weight
-        except ValueError:
-            out.append(entry)
-    return out
-
-
 def verdict_tokens(recipe: Recipe) -> Optional[VerdictTokens]:
     """The ids to look for, or None when the run has no role sidecar or no tokenizer (mock data)."""
-    if recipe.data.mock or not recipe.data.tokenizer_model or not any(map(has_roles, _prefixes(recipe))):
+    if recipe.data.mock or not recipe.data.tokenizer_model:
+        return None
+    if not any(map(has_roles, blend_from_data_path(recipe.data.data_path)[0])):
         return None
     from tokenizers import Tokenizer
 

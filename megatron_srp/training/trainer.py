@@ -161,8 +161,7 @@ class Trainer:
         self.num_microbatches = r.training.global_batch_size // (r.training.micro_batch_size * self.env.dp_size)
         self.forward_backward = get_forward_backward_func()
         self.forward_step = make_forward_step(r, self.env.device)
-        self.verdicts = verdict_tokens(r)
-        self.eval_forward_step = make_forward_step(r, self.env.device, self.verdicts)
+        self.eval_forward_step = make_forward_step(r, self.env.device, verdict_tokens(r))
         # Losses exist on the last pipeline stage; they are reduced over its data-parallel
         # group and written by one rank.
         self.holds_loss = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
