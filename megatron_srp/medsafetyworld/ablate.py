@@ -7,7 +7,9 @@ each world in OUT/worldW/):
   tokenizer/                   a word-level tokenizer trained once on the world's text
   ann/                         tools/annotate.py with the oracle backend (one annotation)
   data/TREATMENT_*             tools/preprocess_data.py --variant plain | filter | rewrite | srp
-  TREATMENT/seedS/pretrain/    tools/pretrain.py on recipes/medsafetyworld/*.yaml (Megatron-Core)
+  TREATMENT/seedS/pretrain/    tools/pretrain.py on recipes/medsafetyworld/*.yaml (Megatron-Core); raw_rsft
+                               and filter_rsft link to raw's / filter's model of the same seed (pretrained
+                               once; the pair differs only in post-training)
   TREATMENT/seedS/hf/          tools/convert_to_hf.py with the logit parity check
   TREATMENT/seedS/sft/final    reflection-compatible SFT (srp) or plain SFT (the others)
   TREATMENT/seedS/eval*.json   every metric (evaluate.py), incl. finetuning attacks
@@ -62,6 +64,9 @@ VARIANT = {"raw": "plain", "filter": "filter", "rewrite": "rewrite", "srp": "srp
 # Together they separate what pretraining with reflections does from what post-training does.
 REFLECTION_SFT = {"srp", "raw_rsft", "filter_rsft", "srp_masked"}
 REFLECTION_DATA = {"srp", "srp_masked"}  # reflections in the pretraining data: scored on the pretrained model
+# raw_rsft / filter_rsft post-train the very model raw / filter pretrained (same data, seed and recipe):
+# the pair differs only in post-training, and the arm costs no second pretraining.
+SHARED_PRETRAINING = {"raw_rsft": "raw", "filter_rsft": "filter"}
 PRETRAIN_EXTRA = {"srp_masked": ["data.reflection_loss=mask"]}
 
 
@@ -336,12 +341,12 @@ def _recipe_path(r: AblationRecipe) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
-def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_seed):
+def _pretrained_model(r, stage, out, run_dir, t, seed, tok_dir, vocab, name) -> Path:
+    """Pretrain and export one model into ``run_dir`` (both skipped when done); the exported folder."""
     recipe_path = _recipe_path(r)
     ckpt = run_dir / "pretrain" / "checkpoints"
     overrides = pretrain_overrides(r, out, run_dir, t, seed, tok_dir, vocab)
     train_iters = load_recipe(recipe_path, overrides).training.train_iters
-    name = f"{t} seed {seed}" + (f" world {world_seed}" if r.world_seeds else "")
 
     def pretrain():
         write_json(run_dir / "provenance.json", provenance())  # the machine that trains this model
@@ -352,6 +357,30 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
     stage.run(f"export {name} (parity check)", (hf / "config.json").is_file(), lambda: _run(
         [*_tool_cmd("convert_to_hf"), "--checkpoint", str(ckpt), "--output", str(hf), "--tokenizer",
          str(tok_dir), "--dtype", "fp32", "--no-progress", "--overwrite"], str(run_dir / "export.log")))
+    return hf
+
+
+def _link_shared(run_dir: Path, base_dir: Path) -> None:
+    """The arm's pretrain/ and hf/ are links to the base treatment's (relative, so OUT can move), and
+    its provenance is the base's: the machine that pretrained the model."""
+    for name in ("pretrain", "hf", "provenance.json"):
+        link = run_dir / name
+        if not link.is_symlink() and not link.exists():  # an arm pretrained on its own keeps its model
+            link.symlink_to(os.path.relpath(base_dir / name, run_dir))
+
+
+def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_seed):
+    tag = f" seed {seed}" + (f" world {world_seed}" if r.world_seeds else "")
+    name = t + tag
+    if t in SHARED_PRETRAINING:
+        base = SHARED_PRETRAINING[t]
+        base_dir = out / base / f"seed{seed}"
+        base_dir.mkdir(parents=True, exist_ok=True)
+        _pretrained_model(r, stage, out, base_dir, base, seed, tok_dir, vocab, base + tag)
+        _link_shared(run_dir, base_dir)
+        hf = run_dir / "hf"
+    else:
+        hf = _pretrained_model(r, stage, out, run_dir, t, seed, tok_dir, vocab, name)
     e = r.eval
     base_json = run_dir / "eval_pretrained.json"
 

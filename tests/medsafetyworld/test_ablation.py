@@ -64,7 +64,7 @@ name: mini
 out_dir: {out}
 results_dir: {results}
 corpus: {{n_documents: 2500, shards: 2, unsafe_share: 0.15, mistake_share: 0.7, overdose_share: 0.1}}
-treatments: [filter, rewrite, srp, raw_rsft, srp_masked]
+treatments: [filter, rewrite, srp, raw_rsft, filter_rsft, srp_masked]
 world_seeds: [3]
 seeds: [0]
 pretrain_overrides: [training.train_iters=12, scheduler.lr_warmup_iters=2, checkpoint.save_interval=12,
@@ -73,6 +73,11 @@ posttrain: {{n_examples: 48, training: {{max_steps: 3, per_device_train_batch_si
 eval: {{n_items: 6, prefill_tokens: [3], finetune_harmful: [10], finetune_benign: [10],
         attack_training: {{max_steps: 2}}}}
 """
+
+
+def _final_loss_of(run_dir):
+    losses = [json.loads(line)["loss"] for line in (run_dir / "pretrain" / "metrics.jsonl").open() if '"loss"' in line]
+    return losses[-1]
 
 
 def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
@@ -84,10 +89,10 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "medsafetyworld.py"), "ablate", str(recipe)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
-    treatments = ["filter", "rewrite", "srp", "raw_rsft", "srp_masked"]
+    treatments = ["filter", "rewrite", "srp", "raw_rsft", "filter_rsft", "srp_masked"]
     results = json.loads((out / "results.json").read_text())
     runs = {r["treatment"]: r for r in results["runs"]}
-    assert set(runs) == set(treatments) and len(results["runs"]) == 5
+    assert set(runs) == set(treatments) and len(results["runs"]) == 6
     world = out / "world3"
     assert (world / "world.json").is_file() and json.loads((world / "world.json").read_text())["settings"]["seed"] == 3
     for t in treatments:
@@ -109,6 +114,15 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
         assert "eval_finetune_harmful_10" in run["detail"] and "eval_finetune_benign_10" in run["detail"]
         assert json.loads((world / t / "seed0" / "hf" / "parity.json").read_text())["passed"] is True
         assert run["metrics"]["pretrain_final_loss"] is not None
+    # raw_rsft / filter_rsft post-train the model raw / filter pretrained: one pretraining each, linked
+    for arm, base in (("raw_rsft", "raw"), ("filter_rsft", "filter")):
+        assert (world / arm / "seed0" / "pretrain").resolve() == (world / base / "seed0" / "pretrain").resolve()
+        assert (world / base / "seed0" / "hf" / "model.safetensors").is_file()
+        assert runs[arm]["metrics"]["pretrain_final_loss"] == _final_loss_of(world / base / "seed0")
+    assert not any((world / "raw" / "seed0").glob("eval*.json"))  # raw itself was not asked for
+    assert runs["filter_rsft"]["detail"]["eval_pretrained"] == runs["filter"]["detail"]["eval_pretrained"]
+    sft = [(world / t / "seed0" / "sft" / "final" / "model.safetensors").read_bytes() for t in ("filter", "filter_rsft")]
+    assert sft[0] != sft[1]  # ...and post-trains it with reflections
     # the control arms train on the shared data: one preprocessed copy per data variant
     assert sorted(p.name for p in (world / "data").glob("*.stats.json")) == [
         "filter.stats.json", "raw.stats.json", "rewrite.stats.json", "srp.stats.json"]
@@ -128,7 +142,7 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
         return r["treatment"], r["world_seed"], r["seed"]
 
     assert sorted(json.loads((committed / "results.json").read_text())["runs"], key=key) == sorted(results["runs"], key=key)
-    assert sum(line.startswith('{"treatment"') for line in (committed / "results.json").open()) == 5  # a line per run
+    assert sum(line.startswith('{"treatment"') for line in (committed / "results.json").open()) == 6  # a line per run
     assert sorted(p.name for p in committed.iterdir()) == ["results.json", "results.md", "results.png"]
     # the srp data really carries the oracle's reflections, the filter data none
     stats = {t: json.loads((world / "data" / f"{t}.stats.json").read_text()) for t in ("srp", "filter")}
