@@ -57,14 +57,15 @@ def make_corpus(out: str, mb: float) -> None:
     print(json.dumps({"corpus": out, "documents": len(texts), "mb": round(written / 1e6, 1)}))
 
 
-def measure(corpus: str, docs: int, batch_docs: int, segment_tokens: int) -> dict:
+def measure(corpus: str, docs: int, batch_docs: int, segment_tokens: int, backend: str = "auto") -> dict:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core (also bounds the tokenizer's threads)
+    os.environ["RAYON_NUM_THREADS"] = "1"  # gigatoken's pool, started at its first encode
     from megatron_srp.data import annotations as ann
     from megatron_srp.data.tokenizer import TextTokenizer
 
     tok_dir = os.path.join(corpus, "tokenizer")
     seg = ann.build_segmenter(ann.AnnotateSettings(tokenizer_model=tok_dir, segment_tokens=segment_tokens),
-                              TextTokenizer(tok_dir)._text)
+                              TextTokenizer(tok_dir, backend=backend))
     with open(os.path.join(corpus, "corpus.jsonl")) as f:
         texts = [json.loads(line)["text"] for _, line in zip(range(docs), f)]
     t_punkt = t_tok = t_pack = 0.0
@@ -86,11 +87,15 @@ def measure(corpus: str, docs: int, batch_docs: int, segment_tokens: int) -> dic
         t_punkt, t_tok, t_pack = t_punkt + t1 - t0, t_tok + t2 - t1, t_pack + t3 - t2
         tokens += sum(map(len, offsets))
     wall = time.perf_counter() - start
-    return {"documents": len(texts), "mb": round(sum(len(t.encode()) for t in texts) / 1e6, 1),
+    return {"backend": seg_backend(seg), "documents": len(texts), "mb": round(sum(len(t.encode()) for t in texts) / 1e6, 1),
             "segments": segments, "tokens": tokens, "segment_tokens": segment_tokens, "wall_s": round(wall, 1),
             "segments_per_s": round(segments / wall), "tokens_per_s": round(tokens / wall),
             "share": {"punkt": round(t_punkt / wall, 2), "tokenizer": round(t_tok / wall, 2),
                       "packing": round(t_pack / wall, 2)}, "cores": len(os.sched_getaffinity(0))}
+
+
+def seg_backend(seg) -> str:
+    return "gigatoken" if "FastEncoder" in repr(getattr(seg.token_offsets, "__self__", None)) else "tokenizers"
 
 
 def main(argv=None):
@@ -101,11 +106,13 @@ def main(argv=None):
     ap.add_argument("--docs", type=int, default=4000)
     ap.add_argument("--batch-docs", type=int, default=64)
     ap.add_argument("--segment-tokens", type=int, default=256)
+    ap.add_argument("--backend", default="auto", choices=["auto", "gigatoken", "tokenizers"],
+                    help="the token counter: auto (gigatoken when installed, as the annotator runs) or one of them")
     args = ap.parse_args(argv)
     if args.make_corpus:
         make_corpus(args.make_corpus, args.mb)
     if args.corpus:
-        print(json.dumps(measure(args.corpus, args.docs, args.batch_docs, args.segment_tokens), indent=2))
+        print(json.dumps(measure(args.corpus, args.docs, args.batch_docs, args.segment_tokens, args.backend), indent=2))
 
 
 if __name__ == "__main__":

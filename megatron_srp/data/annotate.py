@@ -74,7 +74,7 @@ def _shard_cache(job: ShardJob):
 
 
 def _segmenter(settings: ann.AnnotateSettings):
-    return ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model)._text)
+    return ann.build_segmenter(settings, TextTokenizer(settings.tokenizer_model))
 
 
 def _annotate_one(job: ShardJob, classifier, segmenter, progress) -> ann.ShardSummary:

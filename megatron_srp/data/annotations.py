@@ -119,15 +119,16 @@ def _comparable(meta: dict) -> dict:
     return {"classifier": meta["classifier"], "classifier_version": meta["classifier_version"], **keep}
 
 
-def build_segmenter(settings: AnnotateSettings, backend_tokenizer) -> Segmenter:
+def build_segmenter(settings: AnnotateSettings, tokenizer) -> Segmenter:
+    """The annotator's segmenter; ``tokenizer`` is the corpus's ``TextTokenizer``."""
     # here, not at the top: NLTK takes seconds to import, and preprocessing reads sidecars without it
-    from megatron_srp.data.segment import Segmenter, hf_token_offsets, punkt_from_json
+    from megatron_srp.data.segment import Segmenter, punkt_from_json
 
     splitter = None
     if settings.punkt != "untrained":
         with open(settings.punkt) as f:
             splitter = punkt_from_json(json.load(f))
-    return Segmenter(hf_token_offsets(backend_tokenizer), budget=settings.segment_tokens, splitter=splitter)
+    return Segmenter(tokenizer.token_offsets(), budget=settings.segment_tokens, splitter=splitter)
 
 
 def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:

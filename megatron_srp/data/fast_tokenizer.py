@@ -305,6 +305,12 @@ class FastEncoder:
             out.append((ids, starts))
         return out
 
+    def piece_offsets(self, texts: Sequence[str]) -> list["PieceTokens"]:
+        """Each text's tokens without the post-processor's (a sentence of a document, as the segmenter
+        counts it): the count at once, start offsets only when indexed."""
+        flat, offsets = self._batch(texts)
+        return [PieceTokens(self, text, flat[offsets[i]:offsets[i + 1]]) for i, text in enumerate(texts)]
+
     def _starts(self, text: str, ids: np.ndarray) -> np.ndarray:
         lens = self._byte_len[ids]
         ends = np.cumsum(lens)
@@ -317,3 +323,26 @@ class FastEncoder:
                 lead = np.where(first, 0, lead)
             starts = np.minimum(starts + lead, ends)
         return starts if text.isascii() else self._byte_to_char(text)[starts]
+
+
+class PieceTokens:
+    """One text's tokens for the segmenter: ``len`` is the count; ``[i][0]`` is where token i starts (as
+    ``tokenizers``' offsets give it), built only when indexed: packing needs just the count, and only
+    a sentence over the budget is cut at token starts."""
+
+    __slots__ = ("_enc", "_text", "_ids", "_starts_of")
+
+    def __init__(self, enc: FastEncoder, text: str, ids: np.ndarray):
+        self._enc, self._text, self._ids, self._starts_of = enc, text, ids, None
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        if self._starts_of is None:
+            if self._enc.offsets_exact:
+                self._starts_of = self._enc._starts(self._text, self._ids.astype(np.int64)).tolist()
+            else:  # the probes found an offset rule we do not reproduce: tokenizers' own
+                self._starts_of = [a for a, _ in self._enc._hf.encode(self._text, add_special_tokens=False).offsets]
+        start = self._starts_of[i]
+        return start, (self._starts_of[i + 1] if i + 1 < len(self._starts_of) else len(self._text))

@@ -130,6 +130,16 @@ class TextTokenizer:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
         return np.concatenate([e.ids for e in encs]), np.concatenate([e.starts for e in encs]), lengths
 
+    def token_offsets(self):
+        """The segmenter's ``TokenOffsets`` (``segment.py``): each text's tokens without the post-processor's,
+        guarded as document text is; gigatoken counts them when it is the backend (the same counts and
+        starts: tests/data/test_segment.py)."""
+        if self._fast is not None:
+            return self._fast.piece_offsets
+        from megatron_srp.data.segment import hf_token_offsets  # nltk: imported only by the segmenter's users
+
+        return hf_token_offsets(self._text)
+
     def encode_control(self, text: str) -> np.ndarray:
         """Ids of text we insert ourselves (a reflection): registered special tokens map to their ids."""
         return np.asarray(self._control.encode(text, add_special_tokens=False).ids, dtype=np.int64)

@@ -176,3 +176,21 @@ def test_progress_has_a_total(tok_dir, tmp_path, capsys):
                                  str(tok_dir), "--append-eod"]) == 0
     err = capsys.readouterr().err
     assert "100%" in err, err[-500:]  # a bar without a total shows no percentage (nor an ETA)
+
+
+@pytest.mark.parametrize("budget", [4, 16, 64])
+def test_the_segmenter_counts_with_gigatoken_as_with_tokenizers(tok_dir, budget):
+    """The annotator's segments are the same whichever library counts the tokens (hard cuts included)."""
+    from megatron_srp.data.segment import Segmenter
+
+    docs = [t["text"] for t in labelled_corpus(30)] + TEXTS + [
+        "First sentence here. " + "word " * 90 + "end. Short one. " + "héllo wörld 🙂 " * 40 + "Done.",
+        "A <|endoftext|> in a sentence. And <think> Unsafe, Violent </think> tags. U+16EBB \U00016ebb here."]
+    fast, ref = TextTokenizer(str(tok_dir), backend="gigatoken"), TextTokenizer(str(tok_dir), backend="tokenizers")
+    assert fast.backend == "gigatoken"
+    got = Segmenter(fast.token_offsets(), budget=budget).segment_many(docs)
+    want = Segmenter(ref.token_offsets(), budget=budget).segment_many(docs)
+    assert got == want
+    assert any(len(s) > 1 for s in want) and ["".join(s) for s in got] == docs
+    pieces = fast.token_offsets()(docs)
+    assert [len(p) for p in pieces] == [len(e) for e in ref.token_offsets()(docs)]
