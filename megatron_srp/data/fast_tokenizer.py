@@ -157,11 +157,13 @@ class FastEncoder:
         self._empty = hf.encode("", add_special_tokens=True)
         self._trim = _trim_rule(cfg.get("post_processor"))
         vocab_size = hf.get_vocab_size(with_added_tokens=True)
-        self._byte_len = np.zeros(vocab_size, dtype=np.int64)
-        self._lead = np.zeros(vocab_size, dtype=np.int64)
+        lens = np.zeros(vocab_size, dtype=np.int64)
         for i, b in self._tok.vocab.items():
             if i < vocab_size:
-                self._byte_len[i] = len(b)
+                lens[i] = len(b)
+        # the narrowest type: gathering it over every token of a chunk is srp's largest array pass
+        self._byte_len = lens.astype(np.uint8 if lens.max(initial=0) < 256 else np.int64)
+        self._lead = np.zeros(vocab_size, dtype=self._byte_len.dtype)
         if self._trim is not None:
             for i in range(vocab_size):
                 tok = hf.id_to_token(i)
@@ -253,34 +255,24 @@ class FastEncoder:
         flat, lengths = self.encode_flat(texts)
         return np.split(flat, np.cumsum(lengths)[:-1]) if len(texts) else []
 
-    def encode_flat_with_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``encode_with_starts`` as flat arrays: ids, each token's start in its text, each text's length."""
-        if self._prefix or self._suffix or self._empty.ids:
-            pairs = self.encode_with_starts(texts)
-            lengths = np.fromiter((len(i) for i, _ in pairs), dtype=np.int64, count=len(pairs))
-            if not pairs:
-                return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
-            return np.concatenate([i for i, _ in pairs]), np.concatenate([s for _, s in pairs]), lengths
+    def encode_flat_with_byte_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_flat_with_starts`` on the chunk's byte line (see ``byte_line``), without mapping a
+        token to characters: ids (as gigatoken gives them), starts, each text's length, each text's base."""
+        if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
+            return byte_line(texts, self.encode_with_starts(texts))
         flat, offsets = self._batch(texts)
-        ids = flat.astype(np.int64)
         lengths = np.diff(offsets)
-        nbytes = self._byte_len[ids]
-        ends = np.cumsum(nbytes)
-        doc_start_byte = np.repeat(np.concatenate([[0], ends])[offsets[:-1]], lengths)
-        starts = ends - nbytes - doc_start_byte
-        ends -= doc_start_byte
+        nbytes = self._byte_len[flat]
+        ends = np.cumsum(nbytes, dtype=np.int64)
+        starts = ends - nbytes
         if self._trim is not None:
-            lead = self._lead[ids]
-            if self._trim and len(lead):
-                first = (starts == 0) & (lead == 1)
-                first[offsets[:-1][lengths > 0]] |= lead[offsets[:-1][lengths > 0]] == 1
-                lead = np.where(first, 0, lead)
-            starts = np.minimum(starts + lead, ends)
-        for i, text in enumerate(texts):
-            if not text.isascii():
-                a, b = offsets[i], offsets[i + 1]
-                starts[a:b] = self._byte_to_char(text)[starts[a:b]]
-        return ids, starts, lengths
+            lead = self._lead[flat]  # a gathered copy: safe to edit
+            if self._trim:  # add_prefix_space keeps one leading space of a text's first token
+                firsts = offsets[:-1][lengths > 0]
+                lead[firsts[lead[firsts] == 1]] = 0
+            starts = np.minimum(starts + lead, ends, out=starts)
+        bases = np.concatenate([[0], ends])[offsets[:-1]]
+        return flat, starts, lengths, bases
 
     @staticmethod
     def _byte_to_char(text: str) -> np.ndarray:
@@ -313,7 +305,7 @@ class FastEncoder:
 
     def _starts(self, text: str, ids: np.ndarray) -> np.ndarray:
         lens = self._byte_len[ids]
-        ends = np.cumsum(lens)
+        ends = np.cumsum(lens, dtype=np.int64)
         starts = ends - lens
         if self._trim is not None:
             lead = self._lead[ids]
@@ -323,6 +315,39 @@ class FastEncoder:
                 lead = np.where(first, 0, lead)
             starts = np.minimum(starts + lead, ends)
         return starts if text.isascii() else self._byte_to_char(text)[starts]
+
+
+def char_to_byte(text: str, positions) -> np.ndarray:
+    """UTF-8 byte offsets of increasing character offsets of ``text``."""
+    if text.isascii():
+        return np.asarray(positions, dtype=np.int64)
+    out, pos, prev = [], 0, 0
+    for x in np.asarray(positions).tolist():  # C-speed encodes of the pieces between them
+        pos += len(text[prev:x].encode("utf-8", "surrogatepass"))
+        prev = x
+        out.append(pos)
+    return np.asarray(out, dtype=np.int64)
+
+
+def byte_line(texts: Sequence[str], pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Texts laid end to end as UTF-8 bytes, two apart: text i at ``bases[i]``, its leading post-processor
+    tokens at ``bases[i] - 1`` and trailing ones at ``bases[i] + its bytes``, so token starts never decrease
+    across a chunk and a document's reflections can be placed with one ``searchsorted``. ``pairs`` are each
+    text's (ids, character starts) as ``TextTokenizer.encode_batch`` gives them."""
+    ids, starts, lengths, bases, base = [], [], [], [], 1
+    for text, (i, s) in zip(texts, pairs):
+        nbytes = len(text.encode("utf-8", "surrogatepass"))
+        inner = (s >= 0) & (s < len(text))
+        b = np.where(s < 0, -1, nbytes).astype(np.int64)
+        b[inner] = char_to_byte(text, s[inner]) if len(text) else []
+        ids.append(np.asarray(i, dtype=np.int64))
+        starts.append(b + base)
+        lengths.append(len(i))
+        bases.append(base)
+        base += nbytes + 2
+    empty = np.zeros(0, np.int64)
+    return (np.concatenate(ids) if ids else empty, np.concatenate(starts) if starts else empty,
+            np.asarray(lengths, dtype=np.int64), np.asarray(bases, dtype=np.int64))
 
 
 class PieceTokens:

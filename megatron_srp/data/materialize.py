@@ -26,6 +26,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT
+from megatron_srp.data.fast_tokenizer import char_to_byte
 from megatron_srp.data.tokenizer import TextTokenizer
 from megatron_srp.reflection import ReflectionFormat, Verdict
 
@@ -93,6 +94,19 @@ class ChunkOutput:
     reflection_tokens: int = 0
     guard_changed: int = 0
     """Documents the injection guard changed (a reflection tag or a special-token string in the text)."""
+
+
+def _scatter_insert(ids: np.ndarray, at: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.insert(ids, at, values)`` (equal indices keep their order in ``at``), and where each value landed."""
+    order = np.argsort(at, kind="stable")
+    new_pos = np.empty(len(at), dtype=np.int64)
+    new_pos[order] = at[order] + np.arange(len(at))
+    out = np.empty(len(ids) + len(at), dtype=np.result_type(ids.dtype, values.dtype))
+    keep = np.ones(len(out), dtype=bool)
+    keep[new_pos] = False
+    out[keep] = ids
+    out[new_pos] = values
+    return out, new_pos
 
 
 class DocumentEncoder:
@@ -182,14 +196,12 @@ class DocumentEncoder:
         return ChunkOutput(plain=PlainBatch(flats, lengths), guard_changed=int(changed.sum()))
 
     def _srp(self, docs) -> ChunkOutput:
-        """The chunk's tokens in one array; every reflection inserted with one searchsorted and one insert."""
+        """The chunk's tokens in one array; every reflection and end of document placed with one searchsorted
+        and written with one scatter."""
         texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
-        ids, starts, lengths = self.tok.encode_flat_with_starts(texts)
-        # Token starts made increasing across documents: document i's offsets are shifted by base[i],
-        # which leaves room for its leading (-1) and trailing (len(text)) special tokens.
-        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 2
-        base = np.cumsum(sizes) - sizes + 1
-        gstarts = starts + np.repeat(base, lengths)
+        # Token starts on the chunk's byte line (text i's UTF-8 bytes from bases[i]): increasing across
+        # documents, so each segment end finds its token in one search over the whole chunk.
+        ids, starts, lengths, bases = self.tok.encode_flat_with_byte_starts(texts)
         ends, which, owner = [], [], []
         for i, (doc, points) in enumerate(zip(docs, all_points)):
             if lengths[i] == 0 or not len(doc.verdicts):  # empty document: nothing to reflect on
@@ -197,30 +209,30 @@ class DocumentEncoder:
             e = np.asarray(doc.spans, dtype=np.int64).reshape(-1, 2)[:, 1]
             if points:  # the guard inserted U+200B: a segment end moves right by the insertions before it
                 e = e + np.searchsorted(np.asarray(points), e, "left")
-            ends.append(e + base[i])
+            ends.append(char_to_byte(texts[i], e) + bases[i])
             which.append(self._segment_reflections(doc))
             owner.append(i)
         seg_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
         refl = np.concatenate(which) if which else np.zeros(0, np.int64)
         seg_doc = np.repeat(np.asarray(owner, dtype=np.int64), np.fromiter(map(len, ends), np.int64, len(ends)))
-        # A reflection goes before the first token that starts at or after its segment's end.
-        cuts = np.searchsorted(gstarts, seg_ends, side="left")
+        # A reflection goes before the first token that starts at or after its segment's end (at a document's
+        # end: before the next document's first token, so it ends this document).
+        cuts = np.searchsorted(starts, seg_ends, side="left")
         refl_len = self._refl_len[refl]
-        at = np.repeat(cuts, refl_len)
-        # every reflection's ids, gathered from the flat table of distinct reflections
         first = np.cumsum(refl_len) - refl_len
-        gather = np.arange(len(at)) - np.repeat(first, refl_len) + np.repeat(self._refl_start[refl], refl_len)
-        out = np.insert(ids, at, self._refl_flat[gather])
+        gather = np.arange(int(refl_len.sum())) - np.repeat(first, refl_len) + np.repeat(self._refl_start[refl], refl_len)
+        at, values = np.repeat(cuts, refl_len), self._refl_flat[gather].astype(ids.dtype)
+        text_ends = np.cumsum(lengths)  # in ids: where each document's text tokens end
+        lengths = lengths + np.bincount(seg_doc, weights=refl_len, minlength=len(docs)).astype(np.int64)
+        n_refl = len(at)
+        if self.settings.append_eod:  # after the document's reflections: the same index, later in ``at``
+            nonempty = lengths > 0
+            at = np.concatenate([at, text_ends[nonempty]])
+            values = np.concatenate([values, np.full(int(nonempty.sum()), self.tok.eod, dtype=values.dtype)])
+            lengths = lengths + nonempty
+        out, new_pos = _scatter_insert(ids, at, values)
         roles = np.full(len(out), ROLE_TEXT, dtype=np.uint8)
-        roles[at + np.arange(len(at))] = ROLE_REFLECTION
-        # (an insert at a document's end lands before the next one's first token, so it ends this document)
-        added = np.bincount(seg_doc, weights=refl_len, minlength=len(docs))
-        lengths = lengths + added.astype(np.int64)
-        if self.settings.append_eod:
-            ends = np.cumsum(lengths)[lengths > 0]
-            out = np.insert(out, ends, self.tok.eod)
-            roles = np.insert(roles, ends, np.uint8(ROLE_TEXT))
-            lengths = lengths + (lengths > 0)
+        roles[new_pos[:n_refl]] = ROLE_REFLECTION
         return ChunkOutput(plain=PlainBatch([out], [lengths], roles), guard_changed=int(changed.sum()),
                            reflection_tokens=int(refl_len.sum()))
 

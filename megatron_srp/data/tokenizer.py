@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from megatron_srp.data.fast_tokenizer import FastEncoder, FastPathUnavailable
+from megatron_srp.data.fast_tokenizer import FastEncoder, FastPathUnavailable, byte_line
 from megatron_srp.errors import SRPError
 
 BACKENDS = ("auto", "gigatoken", "tokenizers")
@@ -120,20 +120,17 @@ class TextTokenizer:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), lengths
 
-    def encode_flat_with_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``encode_batch`` as flat arrays: all ids, each token's start in its own text, each text's length."""
+    def encode_flat_with_byte_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_batch`` on one byte line (``fast_tokenizer.byte_line``): all ids, each token's start on
+        it, each text's length, and where each text's UTF-8 bytes begin (srp places reflections by these)."""
         if self._fast is not None and self._fast.offsets_exact:
-            return self._fast.encode_flat_with_starts(texts)
-        encs = self.encode_batch(texts)
-        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-        if not encs:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), lengths
-        return np.concatenate([e.ids for e in encs]), np.concatenate([e.starts for e in encs]), lengths
+            return self._fast.encode_flat_with_byte_starts(texts)
+        return byte_line(texts, [(e.ids, e.starts) for e in self.encode_batch(texts)])
 
     def token_offsets(self):
         """The segmenter's ``TokenOffsets`` (``segment.py``): each text's tokens without the post-processor's,
         guarded as document text is; gigatoken counts them when it is the backend (the same counts and
-        starts: tests/data/test_segment.py)."""
+        starts: tests/data/test_fast_tokenizer.py)."""
         if self._fast is not None:
             return self._fast.piece_offsets
         from megatron_srp.data.segment import hf_token_offsets  # nltk: imported only by the segmenter's users

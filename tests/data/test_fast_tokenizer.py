@@ -61,9 +61,19 @@ def test_ids_and_offsets_equal_tokenizers(tok_dir, guard):
     flat, lengths = fast.encode_flat(TEXTS)
     assert np.split(flat, np.cumsum(lengths)[:-1]) and [x.tolist() for x in np.split(flat, np.cumsum(lengths)[:-1])] \
         == [x.tolist() for x in ref.encode_ids(TEXTS)]
-    ids, starts, lengths = fast.encode_flat_with_starts(TEXTS)
-    assert ids.tolist() == np.concatenate([e.ids for e in ref.encode_batch(TEXTS)]).tolist()
-    assert starts.tolist() == np.concatenate([e.starts for e in ref.encode_batch(TEXTS)]).tolist()
+    # srp's byte line: the same ids, and every token at the same UTF-8 byte of its text
+    lines = [t.encode_flat_with_byte_starts(TEXTS) for t in (fast, ref)]
+    assert lines[0][0].tolist() == np.concatenate([e.ids for e in ref.encode_batch(TEXTS)]).tolist()
+    for ids, starts, lengths, bases in lines:
+        assert (np.diff(starts) >= 0).all()  # never decreasing: one searchsorted places a chunk's reflections
+    relative = [np.split(starts - np.repeat(bases, lengths), np.cumsum(lengths)[:-1]) for _, starts, lengths, bases in lines]
+    for text, enc, fast_rel, ref_rel in zip(TEXTS, ref.encode_batch(TEXTS), *relative):
+        inner = (enc.starts >= 0) & (enc.starts < len(text))
+        char_at_byte = [i for i, ch in enumerate(text) for _ in ch.encode()] + [len(text)]
+        assert ref_rel[inner].tolist() == [len(text[:c].encode()) for c in enc.starts[inner]]
+        # gigatoken's tokens may start inside a character (byte-level BPE): the character is tokenizers' start
+        assert [char_at_byte[b] for b in fast_rel[inner]] == enc.starts[inner].tolist()
+        assert fast_rel[~inner].tolist() == ref_rel[~inner].tolist()
     # the guard's meaning: a special-token string is one control id only without it
     eod = ref.eod
     assert (eod in fast.encode_ids([TEXTS[2]])[0]) is (not guard)
