@@ -34,6 +34,7 @@ import ctypes.util
 import json
 import os
 import re
+import threading
 import unicodedata
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -152,6 +153,7 @@ class FastEncoder:
             refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 64)) * (1 << 20))
         self.refresh_bytes = refresh_bytes
         self._since_refresh = 0
+        self._lock = threading.Lock()
         self._tok = self._load()
         self._prefix, self._suffix = self._specials_around_text(hf)
         self._empty = hf.encode("", add_special_tokens=True)
@@ -218,19 +220,22 @@ class FastEncoder:
 
     def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
-        self._since_refresh += sum(map(len, texts))
-        if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
-            self._tok, self._since_refresh = None, 0  # freed before the new one is built
-            release_freed_memory()
-            self._tok = self._load()
-        layout = self._tok.encode_batch(list(texts)).layout
+        with self._lock:  # preprocessing encodes two chunks at once
+            self._since_refresh += sum(map(len, texts))
+            if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
+                self._tok, self._since_refresh = None, 0  # freed (once no chunk still uses it) before the new one
+                release_freed_memory()
+                self._tok = self._load()
+            tok = self._tok
+        layout = tok.encode_batch(list(texts)).layout
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
         flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
         offsets = offsets - offsets[0]
         unsure = [i for i, t in enumerate(texts) if has_unassigned(t)]
         if not unsure:
             return flat, offsets
-        self.reference_documents += len(unsure)
+        with self._lock:
+            self.reference_documents += len(unsure)
         parts = np.split(flat, offsets[1:-1]) if len(texts) > 1 else [flat]
         for i in unsure:
             parts[i] = np.asarray(self._hf.encode(texts[i], add_special_tokens=False).ids, dtype=flat.dtype)

@@ -20,6 +20,7 @@ whose tokens differ from Megatron-LM's.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
@@ -110,7 +111,7 @@ def _scatter_insert(ids: np.ndarray, at: np.ndarray, values: np.ndarray) -> tupl
 
 
 class DocumentEncoder:
-    """Turns ``DocInput`` into ``DocOutput``; one per worker process."""
+    """Turns ``DocInput`` into ``DocOutput``; one per worker process, shared by its encoding threads."""
 
     def __init__(self, tokenizer_model: str, settings: MaterializeSettings, backend: str = "auto"):
         self.settings = settings
@@ -119,6 +120,7 @@ class DocumentEncoder:
         self._reflections: list[np.ndarray] = []
         self._table_index: dict[int, tuple[list, np.ndarray]] = {}
         self._refl_len = self._refl_start = self._refl_flat = np.zeros(0, np.int64)
+        self._lock = threading.RLock()
         fmt = settings.reflection
         # One scan finds the documents the guard touches (most have neither a tag nor a special string).
         needles = sorted({fmt.open_tag, fmt.close_tag, *self.tok.special_strings}, key=len, reverse=True)
@@ -128,26 +130,33 @@ class DocumentEncoder:
         return self._reflections[self._reflection_index(verdict)]
 
     def _reflection_index(self, verdict: Verdict) -> int:
-        if verdict not in self._reflection_ids:
-            self._reflection_ids[verdict] = len(self._reflections)
-            self._reflections.append(self.tok.encode_control(self.settings.reflection.render(verdict)))
-            lens = np.fromiter(map(len, self._reflections), dtype=np.int64, count=len(self._reflections))
-            self._refl_len, self._refl_start = lens, np.cumsum(lens) - lens
-            self._refl_flat = np.concatenate(self._reflections).astype(np.int64)
-        return self._reflection_ids[verdict]
+        index = self._reflection_ids.get(verdict)
+        if index is not None:
+            return index
+        with self._lock:  # preprocessing encodes two chunks at once; a new verdict is added by one of them
+            if verdict not in self._reflection_ids:
+                self._reflections.append(self.tok.encode_control(self.settings.reflection.render(verdict)))
+                lens = np.fromiter(map(len, self._reflections), dtype=np.int64, count=len(self._reflections))
+                self._refl_len, self._refl_start = lens, np.cumsum(lens) - lens
+                self._refl_flat = np.concatenate(self._reflections).astype(np.int64)
+                self._reflection_ids[verdict] = len(self._reflections) - 1  # last: the tables are ready
+            return self._reflection_ids[verdict]
 
     def _segment_reflections(self, doc: DocInput) -> np.ndarray:
         """Each segment's index into ``self._reflections``: per distinct verdict when the codes are given."""
         if doc.verdict_codes is None:
             return np.fromiter(map(self._reflection_index, doc.verdicts), dtype=np.int64, count=len(doc.verdicts))
         table = doc.verdict_table
-        if id(table) not in self._table_index:  # (the table is kept alive: its id is never reused)
-            self._table_index[id(table)] = (table, np.full(len(table), -1, dtype=np.int64))
-        mapping = self._table_index[id(table)][1]
+        entry = self._table_index.get(id(table))  # (the table is kept alive: its id is never reused)
+        if entry is None:
+            with self._lock:
+                entry = self._table_index.setdefault(id(table), (table, np.full(len(table), -1, dtype=np.int64)))
+        mapping = entry[1]
         found = mapping[doc.verdict_codes]
         if (found < 0).any():  # rendered when first used, so a bad verdict fails on its document, as before
-            for code in np.unique(doc.verdict_codes[found < 0]).tolist():
-                mapping[code] = self._reflection_index(table[code])
+            with self._lock:
+                for code in np.unique(doc.verdict_codes[found < 0]).tolist():
+                    mapping[code] = self._reflection_index(table[code])
             found = mapping[doc.verdict_codes]
         return found
 

@@ -166,7 +166,7 @@ def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) ->
         if pool is not None:
             results = pool.imap(_encode_chunk, chunks)
         else:
-            results = _overlapped(job.encoder.encode, chunks)
+            results = _overlapped(job.encoder.encode, chunks, threads=min(job.config.workers, 2))
         _write(results, writer, stats, lambda: progress.advance(read_stats.position))
     except BaseException:
         writer.abort()
@@ -177,13 +177,15 @@ def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) ->
     return stats
 
 
-def _overlapped(encode, chunks, ahead: int = 2):
-    """encode(chunk) in a thread, in order, while the next chunks are read (the encoders release the GIL)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="encode") as ex:
+def _overlapped(encode, chunks, threads: int = 1):
+    """encode(chunk) on ``threads`` threads, results in order, while the next chunks are read. The encoders
+    release the GIL (gigatoken, numpy), so with two threads one chunk's Python and numpy work overlaps the
+    other's tokenization: about 15% of the wall time on 2 cores (BENCHMARKS.md)."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="encode") as ex:
         pending = deque()
         for chunk in chunks:
             pending.append(ex.submit(encode, chunk))
-            if len(pending) > ahead:
+            if len(pending) > threads + 1:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

@@ -125,6 +125,36 @@ def test_every_variant_encodes_as_with_tokenizers(tok_dir, variant, guard):
             [d.tokens[0] is None or d.tokens[0].tolist() for d in b.docs]
 
 
+def test_two_encoding_threads_give_one_threads_output(tok_dir):
+    """Preprocessing encodes two chunks at once: new verdicts, tokenizer renewals and the fallback count
+    arrive from both threads and the output is the same as with one."""
+    from megatron_srp.data.preprocess import _overlapped
+
+    from megatron_srp.reflection import QWEN3GUARD_CATEGORIES as categories
+    texts = [t["text"] for t in labelled_corpus(60)] + TEXTS * 4
+
+    def chunks():
+        rng = np.random.default_rng(0)
+        for c in range(0, len(texts), 7):
+            docs = []
+            for text in texts[c:c + 7]:
+                cuts = sorted({0, len(text), *rng.integers(0, len(text) + 1, 3).tolist()})
+                spans = list(zip(cuts, cuts[1:]))
+                verdicts = [Verdict("unsafe", tuple(map(str, rng.choice(categories, rng.integers(1, 3), replace=False))))
+                            if rng.random() < 0.5 else Verdict("safe") for _ in spans]
+                docs.append(DocInput([text], spans, verdicts))
+            yield docs
+
+    runs = []
+    for threads in (1, 2):
+        enc = DocumentEncoder(str(tok_dir), MaterializeSettings(variant="srp"), "gigatoken")
+        enc.tok._fast.refresh_bytes = 2000  # renewals while the other thread encodes
+        runs.append([(r.plain.flats[0].tolist(), r.plain.lengths[0].tolist(), r.plain.roles.tolist(), r.guard_changed)
+                     for r in _overlapped(enc.encode, chunks(), threads=threads)])
+        runs[-1].append(enc.tok._fast.reference_documents)
+    assert runs[0] == runs[1] and len(runs[0]) > 10
+
+
 def test_writer_bytes_equal_megatron_core(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
     import torch
