@@ -270,6 +270,13 @@ def _flat_values(col: pa.ListArray, name: str, path: str):
     return col.values
 
 
+def check_texts(checks) -> None:
+    """Each (recorded hash, text, where, sidecar) of ``ShardAnnotations.segments``: the text is the annotated one."""
+    for sha, text, where, sidecar in checks:
+        if sha != text_hash(text):
+            raise AnnotationError(f"{where}: the text differs from the annotated text (hash mismatch with {sidecar})")
+
+
 class ShardAnnotations:
     """A sidecar read back as flat columns (numpy offsets and values), indexed by input line.
 
@@ -319,16 +326,21 @@ class ShardAnnotations:
         # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset and pandas (about 0.4 s)
         return cls(path, meta, pq.ParquetFile(path).read())
 
-    def segments(self, doc: Document, input_path: str) -> DocumentSegments:
-        """The document's annotation, after checking it is the annotated document (line, id, text hash)."""
+    def segments(self, doc: Document, input_path: str, deferred: Optional[list] = None) -> DocumentSegments:
+        """The document's annotation, after checking it is the annotated document (line, id, text hash).
+        With ``deferred``, the text-hash check is appended there for ``check_texts`` instead (preprocessing
+        runs it on its encoding threads: hashing releases the GIL, the reading thread is the busiest)."""
         row = self.row_of_line.get(doc.line)
         where = f"{input_path}:{doc.line} (id {doc.id!r})"
         if row is None:
             raise AnnotationError(f"{where}: no annotation in {self.path}; the input changed since annotation")
         if self.ids[row] != doc.id:
             raise AnnotationError(f"{where}: annotation {self.path} has id {self.ids[row]!r} on that line")
-        if self.text_shas[row] != text_hash(doc.text):
-            raise AnnotationError(f"{where}: the text differs from the annotated text (hash mismatch with {self.path})")
+        check = (self.text_shas[row], doc.text, where, self.path)
+        if deferred is None:
+            check_texts([check])
+        else:
+            deferred.append(check)
         self._used.append(row)
         a, b = self.offsets[row], self.offsets[row + 1]
         return DocumentSegments(self.spans[a:b], self.verdicts[a:b], self.codes[a:b], self.table)
@@ -377,5 +389,5 @@ def find_sidecar(annotations_dir: str, input_path: str, shard_name: str) -> str:
 
 
 __all__ = ["AnnotateSettings", "AnnotationError", "DocumentSegments", "ShardAnnotations", "ShardSummary", "annotate_shard",
-           "build_segmenter", "check_reusable", "find_sidecar", "read_manifest", "read_metadata",
+           "build_segmenter", "check_reusable", "check_texts", "find_sidecar", "read_manifest", "read_metadata",
            "sidecar_path", "write_manifest", "CACHE", "PUNKT", "MANIFEST", "ClassifierError"]

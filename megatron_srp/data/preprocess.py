@@ -34,6 +34,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -72,7 +73,17 @@ def _init_worker(tokenizer_model, settings, backend):
 
 
 def _encode_chunk(chunk):
-    return _ENCODER.encode(chunk)
+    return _encode_checked(_ENCODER.encode, chunk)
+
+
+def _encode_checked(encode, chunk):
+    """A chunk is (documents, the text-hash checks the reading thread deferred): checked, then encoded."""
+    docs, checks = chunk
+    if checks:
+        from megatron_srp.data.annotations import check_texts
+
+        check_texts(checks)
+    return encode(docs)
 
 
 # -- main side --------------------------------------------------------------------------------
@@ -109,38 +120,42 @@ class Job:
             self.rewrite_cache.close()
 
 
-def _inputs_of(job: Job, path: str, shard_name: str, stats: Stats, read_stats: ReadStats) -> Iterator[list]:
-    """Chunks of DocInput for one file (annotations matched and rewrites filled in)."""
+def _inputs_of(job: Job, path: str, shard_name: str, stats: Stats, read_stats: ReadStats) -> Iterator[tuple]:
+    """Chunks for one file: (DocInput list with annotations matched and rewrites filled in, the text-hash
+    checks left to the encoding step)."""
     cfg, sidecar = job.config, None
     limit = int(cfg.chunk_mb * 1e6)
     if cfg.variant != "plain":
         from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
         sidecar = ann.ShardAnnotations.read(ann.find_sidecar(cfg.annotations, path, shard_name))
-    chunk, chars = [], 0
+    chunk, checks, chars = [], [], 0
     for doc in read_documents(path, cfg.json_keys, cfg.id_key, cfg.on_error, cfg.max_doc_chars, read_stats):
         stats.documents_in += 1
         item = DocInput([doc.texts[k] for k in cfg.json_keys])
         if sidecar is not None:
-            item.spans, item.verdicts, item.verdict_codes, item.verdict_table = sidecar.segments(doc, path)
+            item.spans, item.verdicts, item.verdict_codes, item.verdict_table = sidecar.segments(doc, path, checks)
             stats.segments += len(item.spans)
         chunk.append(item)
         chars += sum(map(len, item.texts))
         if len(chunk) == cfg.chunk_docs or chars >= limit:
-            yield _fill_rewrites(job, chunk)
-            chunk, chars = [], 0
+            yield _fill_rewrites(job, chunk, checks)
+            chunk, checks, chars = [], [], 0
     if sidecar is not None:  # label and category counts per distinct verdict, not per segment
         for v, n in sidecar.verdict_counts().items():
             stats.labels[v.label] = stats.labels.get(v.label, 0) + n
             for c in v.categories:
                 stats.categories[c] = stats.categories.get(c, 0) + n
     if chunk:
-        yield _fill_rewrites(job, chunk)
+        yield _fill_rewrites(job, chunk, checks)
 
 
-def _fill_rewrites(job: Job, chunk: list) -> list:
+def _fill_rewrites(job: Job, chunk: list, checks: list) -> tuple[list, list]:
     if job.settings.variant != "rewrite":
-        return chunk
+        return chunk, checks
+    from megatron_srp.data.annotations import check_texts
+
+    check_texts(checks)  # before the rewriter spends anything on a changed document
     items, verdicts, where = [], [], []
     for d, doc in enumerate(chunk):
         text = doc.texts[0]
@@ -153,7 +168,7 @@ def _fill_rewrites(job: Job, chunk: list) -> list:
         for (d, i), new in zip(where, job.rewrite_cache.rewrite(job.rewriter, items, verdicts)):
             chunk[d].replacements = chunk[d].replacements or {}
             chunk[d].replacements[i] = new
-    return chunk
+    return chunk, []
 
 
 def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) -> Stats:
@@ -166,7 +181,8 @@ def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) ->
         if pool is not None:
             results = pool.imap(_encode_chunk, chunks)
         else:
-            results = _overlapped(job.encoder.encode, chunks, threads=min(job.config.workers, 2))
+            results = _overlapped(partial(_encode_checked, job.encoder.encode), chunks,
+                                  threads=min(job.config.workers, 2))
         _write(results, writer, stats, lambda: progress.advance(read_stats.position))
     except BaseException:
         writer.abort()
