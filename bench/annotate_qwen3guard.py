@@ -84,7 +84,7 @@ def cut_segments(args):
     segmenter = ann.build_segmenter(ann.AnnotateSettings(tokenizer_model=args.tokenizer_model,
                                                          segment_tokens=args.segment_tokens),
                                     TextTokenizer(args.tokenizer_model))
-    items, tokens = [], 0
+    items = []
     with open(args.input) as f:
         for line in f:
             text = json.loads(line)["text"]
