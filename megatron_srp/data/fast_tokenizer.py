@@ -223,7 +223,7 @@ class FastEncoder:
         with self._lock:  # preprocessing encodes two chunks at once
             self._since_refresh += sum(map(len, texts))
             if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
-                self._tok, self._since_refresh = None, 0  # freed (once no chunk still uses it) before the new one
+                self._tok, self._since_refresh = None, 0  # freed, once no chunk still uses it
                 release_freed_memory()
                 self._tok = self._load()
             tok = self._tok
@@ -261,8 +261,9 @@ class FastEncoder:
         return np.split(flat, np.cumsum(lengths)[:-1]) if len(texts) else []
 
     def encode_flat_with_byte_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``encode_flat_with_starts`` on the chunk's byte line (see ``byte_line``), without mapping a
-        token to characters: ids (as gigatoken gives them), starts, each text's length, each text's base."""
+        """All ids (as gigatoken gives them), each token's start on the chunk's byte line (``byte_line``; here
+        texts lie back to back, with no post-processor tokens to make room for), each text's length and
+        base. Starts stay in bytes: srp maps only its segment ends, not 30 M token starts, to bytes."""
         if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
             return byte_line(texts, self.encode_with_starts(texts))
         flat, offsets = self._batch(texts)
