@@ -64,8 +64,8 @@ def measure(corpus: str, docs: int, batch_docs: int, segment_tokens: int, backen
     from megatron_srp.data.tokenizer import TextTokenizer
 
     tok_dir = os.path.join(corpus, "tokenizer")
-    seg = ann.build_segmenter(ann.AnnotateSettings(tokenizer_model=tok_dir, segment_tokens=segment_tokens),
-                              TextTokenizer(tok_dir, backend=backend))
+    tok = TextTokenizer(tok_dir, backend=backend)
+    seg = ann.build_segmenter(ann.AnnotateSettings(tokenizer_model=tok_dir, segment_tokens=segment_tokens), tok)
     with open(os.path.join(corpus, "corpus.jsonl")) as f:
         texts = [json.loads(line)["text"] for _, line in zip(range(docs), f)]
     t_punkt = t_tok = t_pack = 0.0
@@ -87,15 +87,11 @@ def measure(corpus: str, docs: int, batch_docs: int, segment_tokens: int, backen
         t_punkt, t_tok, t_pack = t_punkt + t1 - t0, t_tok + t2 - t1, t_pack + t3 - t2
         tokens += sum(map(len, offsets))
     wall = time.perf_counter() - start
-    return {"backend": seg_backend(seg), "documents": len(texts), "mb": round(sum(len(t.encode()) for t in texts) / 1e6, 1),
+    return {"backend": tok.backend, "documents": len(texts), "mb": round(sum(len(t.encode()) for t in texts) / 1e6, 1),
             "segments": segments, "tokens": tokens, "segment_tokens": segment_tokens, "wall_s": round(wall, 1),
             "segments_per_s": round(segments / wall), "tokens_per_s": round(tokens / wall),
             "share": {"punkt": round(t_punkt / wall, 2), "tokenizer": round(t_tok / wall, 2),
                       "packing": round(t_pack / wall, 2)}, "cores": len(os.sched_getaffinity(0))}
-
-
-def seg_backend(seg) -> str:
-    return "gigatoken" if "FastEncoder" in repr(getattr(seg.token_offsets, "__self__", None)) else "tokenizers"
 
 
 def main(argv=None):

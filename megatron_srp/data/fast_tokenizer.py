@@ -267,18 +267,23 @@ class FastEncoder:
         if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
             return byte_line(texts, self.encode_with_starts(texts))
         flat, offsets = self._batch(texts)
-        lengths = np.diff(offsets)
-        nbytes = self._byte_len[flat]
+        starts, ends = self._byte_starts(flat, offsets)
+        bases = np.concatenate([[0], ends])[offsets[:-1]]
+        return flat, starts, np.diff(offsets), bases
+
+    def _byte_starts(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each token's start and end in bytes, counted across the texts ``offsets`` delimit in ``ids``, with
+        the ByteLevel post-processor's trim rule (``tokenizers``' offsets, probed at start)."""
+        nbytes = self._byte_len[ids]
         ends = np.cumsum(nbytes, dtype=np.int64)
         starts = ends - nbytes
         if self._trim is not None:
-            lead = self._lead[flat]  # a gathered copy: safe to edit
+            lead = self._lead[ids]  # a gathered copy: safe to edit
             if self._trim:  # add_prefix_space keeps one leading space of a text's first token
-                firsts = offsets[:-1][lengths > 0]
+                firsts = offsets[:-1][np.diff(offsets) > 0]
                 lead[firsts[lead[firsts] == 1]] = 0
             starts = np.minimum(starts + lead, ends, out=starts)
-        bases = np.concatenate([[0], ends])[offsets[:-1]]
-        return flat, starts, lengths, bases
+        return starts, ends
 
     @staticmethod
     def _byte_to_char(text: str) -> np.ndarray:
@@ -310,16 +315,7 @@ class FastEncoder:
         return [PieceTokens(self, text, flat[offsets[i]:offsets[i + 1]]) for i, text in enumerate(texts)]
 
     def _starts(self, text: str, ids: np.ndarray) -> np.ndarray:
-        lens = self._byte_len[ids]
-        ends = np.cumsum(lens, dtype=np.int64)
-        starts = ends - lens
-        if self._trim is not None:
-            lead = self._lead[ids]
-            if self._trim and len(lead):  # add_prefix_space keeps one leading space of the first token
-                first = (starts == 0) & (lead == 1)
-                first[0] |= lead[0] == 1
-                lead = np.where(first, 0, lead)
-            starts = np.minimum(starts + lead, ends)
+        starts, _ = self._byte_starts(ids, np.asarray([0, len(ids)]))
         return starts if text.isascii() else self._byte_to_char(text)[starts]
 
 
