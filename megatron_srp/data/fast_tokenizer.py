@@ -33,7 +33,6 @@ import ctypes
 import ctypes.util
 import json
 import os
-import re
 import threading
 import unicodedata
 from functools import lru_cache
@@ -60,27 +59,13 @@ def unassigned_table() -> np.ndarray:
     return table
 
 
-@lru_cache(maxsize=1)
-def suspect_pattern() -> re.Pattern:
-    """Unassigned BMP characters, or any character beyond the BMP (then the table decides)."""
-    bmp = np.nonzero(unassigned_table()[:0x10000])[0]
-    starts, ends = bmp[np.r_[True, np.diff(bmp) > 1]], bmp[np.r_[np.diff(bmp) > 1, True]]
-    ranges = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in zip(starts, ends))
-    # one range for the astral planes: a long list of them makes ``re`` test every character against each
-    return re.compile(f"[{ranges}\U00010000-\U0010ffff]")
-
-
 def has_unassigned(text: str) -> bool:
-    """Whether ``text`` has a character this Python's Unicode tables leave unassigned."""
+    """Whether ``text`` has a character this Python's Unicode tables leave unassigned (a table lookup per code
+    point: three times faster than a regular expression over the unassigned ranges, and mostly without the GIL)."""
     if text.isascii():
         return False
-    m = suspect_pattern().search(text)
-    if m is None:
-        return False
-    if ord(m.group()) < 0x10000:
-        return True
-    rest = np.frombuffer(text[m.start():].encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return bool(unassigned_table()[rest].any())
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return bool(unassigned_table()[points].any())
 
 
 @lru_cache(maxsize=1)
@@ -170,7 +155,7 @@ class FastEncoder:
             for i in range(vocab_size):
                 tok = hf.id_to_token(i)
                 self._lead[i] = _leading_spaces(tok) if tok else 0
-        suspect_pattern()  # built once per process (about 0.1 s), not during the first chunk
+        unassigned_table()  # built once per process (about 0.05 s), not during the first chunk
         self.reference_documents = 0
         """Documents encoded by ``tokenizers`` for a character the libraries may classify differently."""
         self.offsets_exact = True
@@ -236,10 +221,14 @@ class FastEncoder:
             return flat, offsets
         with self._lock:
             self.reference_documents += len(unsure)
-        parts = np.split(flat, offsets[1:-1]) if len(texts) > 1 else [flat]
-        for i in unsure:
-            parts[i] = np.asarray(self._hf.encode(texts[i], add_special_tokens=False).ids, dtype=flat.dtype)
-        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        # tokenizers' encode_batch releases the GIL (its encode does not): the other chunk's thread goes on
+        redone = [np.asarray(e.ids, dtype=flat.dtype)
+                  for e in self._hf.encode_batch([texts[i] for i in unsure], add_special_tokens=False)]
+        parts, lengths, prev = [], np.diff(offsets), 0
+        for i, ids in zip(unsure, redone):  # splice: the untouched runs between unsure texts stay whole
+            parts += [flat[offsets[prev]:offsets[i]], ids]
+            lengths[i], prev = len(ids), i + 1
+        parts.append(flat[offsets[prev]:])
         return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -268,14 +257,16 @@ class FastEncoder:
             return byte_line(texts, self.encode_with_starts(texts))
         flat, offsets = self._batch(texts)
         starts, ends = self._byte_starts(flat, offsets)
-        bases = np.concatenate([[0], ends])[offsets[:-1]]
+        firsts = offsets[:-1]  # a text's base is where the tokens before it end (0 for the first)
+        bases = np.where(firsts > 0, ends[np.maximum(firsts - 1, 0)], 0) if len(ends) else np.zeros(len(firsts), np.int64)
         return flat, starts, np.diff(offsets), bases
 
     def _byte_starts(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each token's start and end in bytes, counted across the texts ``offsets`` delimit in ``ids``, with
         the ByteLevel post-processor's trim rule (``tokenizers``' offsets, probed at start)."""
         nbytes = self._byte_len[ids]
-        ends = np.cumsum(nbytes, dtype=np.int64)
+        ends = nbytes.astype(np.int64)
+        np.cumsum(ends, out=ends)  # in place on a widened copy: about twice as fast as cumsum(dtype=int64)
         starts = ends - nbytes
         if self._trim is not None:
             lead = self._lead[ids]  # a gathered copy: safe to edit

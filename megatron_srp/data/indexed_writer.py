@@ -42,7 +42,7 @@ class IndexedWriter:
 
     def add_documents(self, flat: np.ndarray, lengths: np.ndarray) -> None:
         """Documents given as their concatenated tokens and each one's length (0: empty document)."""
-        self.data_file.write(np.ascontiguousarray(flat, dtype=self.dtype).tobytes())
+        self.data_file.write(memoryview(np.ascontiguousarray(flat, dtype=self.dtype)))  # no bytes copy
         lengths = np.asarray(lengths, dtype=np.int64)
         nonempty = lengths[lengths > 0]
         self._lengths.append(nonempty.astype(np.int32))

@@ -41,7 +41,6 @@ import numpy as np
 
 from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
 from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names
-from megatron_srp.data.datatrove_steps import run_with_datatrove
 from megatron_srp.data.indexed_writer import optimal_dtype
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
@@ -52,8 +51,9 @@ from megatron_srp.io import atomic_write_json
 from megatron_srp.reflection import QWEN3GUARD_CATEGORIES, ReflectionFormat
 
 # Not imported here: torch and Megatron-Core (the .bin/.idx writer is ours, byte-identical), pyarrow
-# (annotations, parquet: imported in the functions that read them) and the rewriters; --help and the
-# plain hot path start in well under a second (tests/data/test_fast_tokenizer.py checks).
+# (annotations, parquet: imported in the functions that read them), datatrove (executors only) and the
+# rewriters; --help and the plain hot path start in well under a second (tests/data/test_fast_tokenizer.py
+# checks).
 
 
 def settings_from_argv(argv: Optional[Sequence[str]] = None) -> PreprocessConfig:
@@ -378,6 +378,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = settings_from_argv(argv)
         job = setup(cfg)
         if cfg.executor.executor != "none":
+            from megatron_srp.data.datatrove_steps import run_with_datatrove  # datatrove: only for executors
+
             return run_with_datatrove("preprocess", cfg, cfg.output_prefix, len(job.inputs))
         single = len(job.inputs) == 1
         per_file = process_files(job, range(len(job.inputs)), use_parts=not single)
