@@ -3,13 +3,17 @@
 
   python bench/make_text_corpus.py --out /tmp/text_corpus --mb 100
   python bench/preprocess_rss.py --corpus /tmp/text_corpus --gb 1.0 --workers 2
+  python bench/preprocess_rss.py --corpus /tmp/text_corpus --gb 1.0 --parts 8 4 2 1 --repeat 3 --refresh default
 
 Builds /tmp/rss_corpus.jsonl (deleted at the end) from the real-text corpus, copy after copy, each
 copy with its letters permuted (a fixed permutation per copy) so that every copy brings new words
 and gigatoken's pretoken cache keeps growing, as it would on a real web crawl. Runs ours plain
-(fresh processes, one at a time) on the first 1/8 and on the whole file, with the default tokenizer
-renewal (every 64 MB of text, freed pages handed back with malloc_trim) and without it
-(SRP_GIGATOKEN_REFRESH_MB=0). Prints JSON.
+(fresh processes, one at a time) on the first 1/PART of the file for each ``--parts`` value (1: the
+whole file), ``--repeat`` times each, with the default tokenizer renewal (every 64 MB of text, freed
+pages handed back with malloc_trim) and without it (SRP_GIGATOKEN_REFRESH_MB=0). Besides the peak
+(the process's high-water mark, VmHWM), each run's RSS is sampled every 0.1 s from /proc (Linux) and reported as the
+highest sample in each quarter of the run: a bounded process shows the same ceiling in every quarter
+and at every input size, a leak a rising one. Prints JSON.
 """
 
 import argparse
@@ -45,13 +49,38 @@ def build(src: str, dst: str, gb: float) -> list[int]:
     return sizes
 
 
+def _rss_mib(pid: int) -> tuple:
+    """(current, peak) resident memory of a running process, from /proc (None, None elsewhere or once ended)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS:", "VmHWM:")))
+        return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+    except (OSError, KeyError):
+        return None, None
+
+
 def run(cmd, env):
     start = time.time()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    samples, peak = [], 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        rss, hwm = _rss_mib(proc.pid)
+        if rss is not None:
+            samples.append(rss)
+            peak = max(peak, hwm)
+        time.sleep(0.1)
+    # The kernel's maxrss is kept across exec, so a child forked from this (large) process would report this
+    # process's size: the peak is the child's own high-water mark, read while it runs.
+    peak = peak or round(usage.ru_maxrss / 1024)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-3000:]}")
-    return {"wall_s": round(time.time() - start, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    quarters = [max(q, default=None) for q in np.array_split(np.asarray(samples, dtype=np.int64), 4)] \
+        if len(samples) >= 4 else []
+    return {"wall_s": round(time.time() - start, 1), "peak_rss_mib": peak,
+            "rss_max_per_quarter_mib": [int(q) for q in quarters]}
 
 
 def main():
@@ -61,31 +90,37 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--refresh", nargs="+", default=["default", "0"],
                     help="SRP_GIGATOKEN_REFRESH_MB values to run (default: the tool's own, and 0: never)")
-    ap.add_argument("--part", type=int, default=8, help="the smaller run reads the first 1/PART of the file")
+    ap.add_argument("--parts", type=int, nargs="+", default=[8, 1],
+                    help="run on the first 1/PART of the file for each value (1: the whole file)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per input size (the peak varies by tens of MiB)")
     ap.add_argument("--tmp", default="/tmp/rss_corpus")
     args = ap.parse_args()
-    big, small = f"{args.tmp}.jsonl", f"{args.tmp}_part.jsonl"
+    big = f"{args.tmp}.jsonl"
+    parts = {n: (big if n == 1 else f"{args.tmp}_1_{n}.jsonl") for n in args.parts}
     tok = os.path.join(args.corpus, "tokenizer")
     try:
         sizes = build(os.path.join(args.corpus, "corpus.jsonl"), big, args.gb)
-        with open(big, "rb") as f, open(small, "wb") as g:
-            g.write(f.read(sizes[-1] // args.part).rsplit(b"\n", 1)[0] + b"\n")
-        report = {"input_bytes": {"part": os.path.getsize(small), "whole": os.path.getsize(big)}, "runs": {}}
+        for n, path in parts.items():
+            if n != 1:
+                with open(big, "rb") as f, open(path, "wb") as g:
+                    g.write(f.read(sizes[-1] // n).rsplit(b"\n", 1)[0] + b"\n")
+        report = {"input_bytes": {f"1/{n}": os.path.getsize(p) for n, p in parts.items()}, "runs": {}}
         for refresh in args.refresh:
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
             env.pop("SRP_GIGATOKEN_REFRESH_MB", None)
             if refresh != "default":
                 env["SRP_GIGATOKEN_REFRESH_MB"] = refresh
-            for name, path in ((f"first_1_{args.part}", small), ("whole", big)):
+            for n, path in parts.items():
                 cmd = [sys.executable, f"{ROOT}/tools/preprocess_data.py", "--input", path, "--tokenizer-model", tok,
                        "--append-eod", "--workers", str(args.workers), "--no-progress",
                        "--output-prefix", f"{args.tmp}_out"]
+                name = "whole" if n == 1 else f"first_1_{n}"
                 key = f"refresh_{refresh}_{name}" if refresh != "0" else f"no_refresh_{name}"
-                report["runs"][key] = run(cmd, env)
+                report["runs"][key] = [run(cmd, env) for _ in range(args.repeat)]
                 print(key, report["runs"][key], file=sys.stderr)
         print(json.dumps(report, indent=2))
     finally:
-        for p in (big, small, f"{args.tmp}_out_text_document.bin", f"{args.tmp}_out_text_document.idx"):
+        for p in (*parts.values(), big, f"{args.tmp}_out_text_document.bin", f"{args.tmp}_out_text_document.idx"):
             if os.path.exists(p):
                 os.remove(p)
 

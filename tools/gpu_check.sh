@@ -9,9 +9,11 @@
 #                                          # stand-ins (tests/gpu/conftest.py), the smoke test's TE branch
 # Writes $OUT (default runs/gpu_check): gpu_leg.log, smoke.log, summary.txt. Exit 0 when both parts pass.
 set -uo pipefail
-if [[ -n "${WHEELS:-}" ]]; then WHEELS=$(cd "$WHEELS" && pwd) || exit 1; fi
-cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python3}
+# shellcheck source=tools/install_wheels.sh
+source "$(dirname "$0")/install_wheels.sh"
+install_wheels || exit 1  # before cd: a relative WHEELS is the caller's
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/gpu_check}
 LEG_TIMEOUT=${LEG_TIMEOUT:-270}        # the leg's budget; the smoke test's two runs get the rest
 SMOKE_RUN_TIMEOUT=${SMOKE_RUN_TIMEOUT:-140}
@@ -19,12 +21,6 @@ REHEARSE=${REHEARSE:-0}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-if [[ -n "${WHEELS:-}" ]]; then
-  site=${SITE:-/tmp/megatron-srp-site}
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$WHEELS"/*.whl \
-    || { echo "FAILED: installing the wheels in $WHEELS"; exit 1; }
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== GPU leg (tests/gpu)"

@@ -14,9 +14,11 @@
 #                                        # REHEARSE_TE=1 rehearses the Transformer Engine branch (bf16
 #                                        # and FP8 runs, the FP8 verdict) with the local spec standing in
 set -uo pipefail
-if [[ -n "${WHEELS:-}" ]]; then WHEELS=$(cd "$WHEELS" && pwd) || exit 1; fi
-cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python3}
+# shellcheck source=tools/install_wheels.sh
+source "$(dirname "$0")/install_wheels.sh"
+install_wheels || exit 1  # before cd: a relative WHEELS is the caller's
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/gpu_smoke}
 STEPS=${STEPS:-20}
 RUN_TIMEOUT=${RUN_TIMEOUT:-200}  # two runs and the checks stay under 8 minutes
@@ -33,12 +35,6 @@ if [[ $REHEARSE == 1 ]]; then
 fi
 mkdir -p "$OUT"
 
-if [[ -n "${WHEELS:-}" ]]; then
-  site=${SITE:-/tmp/megatron-srp-site}
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$WHEELS"/*.whl \
-    || { echo "FAILED: installing the wheels in $WHEELS"; exit 1; }
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 "$PY" - "$REHEARSE" <<'PYEOF' || { echo "FAILED: torch with CUDA and megatron-core must import"; exit 1; }
 import sys
 import torch

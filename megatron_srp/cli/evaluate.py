@@ -12,35 +12,28 @@ replaces it. Writes OUTPUT/report.json and OUTPUT/report.md. Every input is chec
 generation starts (exit 2 with the file or field named).
 """
 
-import argparse
 import json
 import os
 import sys
 
+from megatron_srp.cli.recipe_args import parse_recipe_args, recipe_parser
 from megatron_srp.config import load_config
 from megatron_srp.errors import exit_2_on_user_error
 from megatron_srp.plugins import load_plugins
 from megatron_srp.eval.suite import Runner, Suite, markdown
-from megatron_srp.posttrain.describe import describe
 
 
 @exit_2_on_user_error
 def main(argv=None) -> int:
     load_plugins()  # judges and classifiers registered outside eval and posttrain (judge: oracle, label_source: oracle)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", nargs="?", help="suite YAML")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p = recipe_parser(__doc__, positional="suite")
     p.add_argument("--model", help="Hugging Face model directory")
     p.add_argument("--output", help="report directory (default runs/eval/<suite name>)")
     p.add_argument("--chat-template", metavar="NAME|FILE",
                    help="same as chat_template=NAME|FILE: srp (built in) or a Jinja file replaces the model's template")
-    p.add_argument("--describe", action="store_true", help="list every suite key with its default and meaning")
-    a = p.parse_intermixed_args(argv)
-    if a.describe:
-        print(describe(Suite))
+    a = parse_recipe_args(p, argv, Suite, required=("suite", "model"))
+    if a is None:
         return 0
-    if not a.suite or not a.model:
-        p.error("a suite path and --model are required")
     overrides = list(a.overrides) + ([f"chat_template={a.chat_template}"] if a.chat_template else [])
     suite = load_config(Suite, a.suite, overrides)  # an SRPError (recipe, suite, model): exit 2
     runner = Runner(suite, a.model)

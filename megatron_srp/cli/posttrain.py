@@ -11,31 +11,24 @@ with its chat template). A rerun resumes from the last checkpoint. The model's o
 used (an export carries srp); --chat-template / chat_template= replaces it. Bad input: exit 2.
 """
 
-import argparse
 import sys
 
+from megatron_srp.cli.recipe_args import parse_recipe_args, recipe_parser
 from megatron_srp.config import load_config
 from megatron_srp.errors import exit_2_on_user_error
 from megatron_srp.plugins import load_plugins
-from megatron_srp.posttrain.describe import describe
 from megatron_srp.posttrain.sft import SFTRecipe, run_recipe
 
 
 @exit_2_on_user_error
 def main(argv=None) -> int:
     load_plugins()  # judges and classifiers registered outside eval and posttrain (judge: oracle, label_source: oracle)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", nargs="?", help="recipe YAML")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p = recipe_parser(__doc__)
     p.add_argument("--chat-template", metavar="NAME|FILE",
                    help="same as chat_template=NAME|FILE: srp (built in) or a Jinja file replaces the model's template")
-    p.add_argument("--describe", action="store_true", help="list every recipe key with its default and meaning")
-    a = p.parse_intermixed_args(argv)
-    if a.describe:
-        print(describe(SFTRecipe))
+    a = parse_recipe_args(p, argv, SFTRecipe)
+    if a is None:
         return 0
-    if not a.recipe:
-        p.error("a recipe path is required")
     overrides = list(a.overrides) + ([f"chat_template={a.chat_template}"] if a.chat_template else [])
     r = load_config(SFTRecipe, a.recipe, overrides)  # an SRPError (recipe, data, classifier): exit 2
     final = run_recipe(r)

@@ -7,33 +7,25 @@ Overrides are ``key.sub=value`` (values parsed as YAML). A run resumes automatic
 ``checkpoint.dir``. SIGTERM / SIGUSR1 save at the next step and exit 0.
 """
 
-import argparse
 import logging
 import os
 import sys
 
-from megatron_srp.config import RecipeError, describe, load_recipe
+from megatron_srp.cli.recipe_args import parse_recipe_args, recipe_parser
+from megatron_srp.config import Recipe, RecipeError, load_recipe
 from megatron_srp.errors import exit_2_on_user_error
 from megatron_srp.training.quiet import missing_kernel_warnings_ignored
 
 
 @exit_2_on_user_error
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", nargs="?", help="recipe YAML")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--save-init", action="store_true",
                         help="save the freshly initialised model as iteration 0 in checkpoint.dir and exit")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
-    parser.add_argument("--describe", action="store_true", help="list every recipe key with its meaning")
-    # Intermixed: flags may come before, between or after the key.sub=value overrides.
-    args = parser.parse_intermixed_args(argv)
-
-    if args.describe:
-        print(describe())
+    args = parse_recipe_args(parser, argv, Recipe)
+    if args is None:
         return 0
-    if not args.recipe:
-        parser.error("a recipe path is required")
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as e:

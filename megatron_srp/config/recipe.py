@@ -15,13 +15,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
 import yaml
 
-from megatron_srp.config.loader import field_docs
 
 
 @dataclass
@@ -305,21 +303,3 @@ def padded_vocab_size(r: Recipe) -> int:
     """Megatron-LM's padding: a multiple of make_vocab_size_divisible_by * TP."""
     mult = r.model.make_vocab_size_divisible_by * r.parallel.tensor_model_parallel_size
     return int(math.ceil(r.model.vocab_size / mult) * mult)
-
-
-def describe() -> str:
-    """Every recipe key with its default and docstring (``tools/pretrain.py --describe``)."""
-    hints = typing.get_type_hints(Recipe)
-    top_docs = field_docs(Recipe)
-    lines = []
-    for f in dataclasses.fields(Recipe):
-        cls = hints[f.name]
-        if not dataclasses.is_dataclass(cls):
-            lines.append(f"{f.name}: {f.default!r}\n    {top_docs.get(f.name, '')}")
-            continue
-        lines.append(f"{f.name}:  # {(cls.__doc__ or '').strip().splitlines()[0]}")
-        docs = field_docs(cls)
-        for sub in dataclasses.fields(cls):
-            default = sub.default if sub.default is not dataclasses.MISSING else sub.default_factory()
-            lines.append(f"  {sub.name}: {default!r}\n      {docs.get(sub.name, '').replace(chr(10), ' ')}")
-    return "\n".join(lines)

@@ -146,18 +146,21 @@ class DocumentEncoder:
         """Each segment's index into ``self._reflections``: per distinct verdict when the codes are given."""
         if doc.verdict_codes is None:
             return np.fromiter(map(self._reflection_index, doc.verdicts), dtype=np.int64, count=len(doc.verdicts))
-        table = doc.verdict_table
+        return self._codes_to_reflections(doc.verdict_table, doc.verdict_codes)
+
+    def _codes_to_reflections(self, table: list, codes: np.ndarray) -> np.ndarray:
+        """Indices into ``self._reflections`` of verdict ``codes`` into ``table`` (a sidecar's distinct verdicts)."""
         entry = self._table_index.get(id(table))  # (the table is kept alive: its id is never reused)
         if entry is None:
             with self._lock:
                 entry = self._table_index.setdefault(id(table), (table, np.full(len(table), -1, dtype=np.int64)))
         mapping = entry[1]
-        found = mapping[doc.verdict_codes]
-        if (found < 0).any():  # rendered when first used, so a bad verdict fails on its document, as before
+        found = mapping[codes]
+        if (found < 0).any():  # rendered when first used
             with self._lock:
-                for code in np.unique(doc.verdict_codes[found < 0]).tolist():
+                for code in np.unique(codes[found < 0]).tolist():
                     mapping[code] = self._reflection_index(table[code])
-            found = mapping[doc.verdict_codes]
+            found = mapping[codes]
         return found
 
     def _guard(self, text: str) -> tuple[str, list[int], bool]:
@@ -211,19 +214,7 @@ class DocumentEncoder:
         # Token starts on the chunk's byte line (text i's UTF-8 bytes from bases[i]): increasing across
         # documents, so each segment end finds its token in one search over the whole chunk.
         ids, starts, lengths, bases = self.tok.encode_flat_with_byte_starts(texts)
-        ends, which, owner = [], [], []
-        for i, (doc, points) in enumerate(zip(docs, all_points)):
-            if lengths[i] == 0 or not len(doc.verdicts):  # empty document: nothing to reflect on
-                continue
-            e = np.asarray(doc.spans, dtype=np.int64).reshape(-1, 2)[:, 1]
-            if points:  # the guard inserted U+200B: a segment end moves right by the insertions before it
-                e = e + np.searchsorted(np.asarray(points), e, "left")
-            ends.append(char_to_byte(texts[i], e) + bases[i])
-            which.append(self._segment_reflections(doc))
-            owner.append(i)
-        seg_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
-        refl = np.concatenate(which) if which else np.zeros(0, np.int64)
-        seg_doc = np.repeat(np.asarray(owner, dtype=np.int64), np.fromiter(map(len, ends), np.int64, len(ends)))
+        seg_ends, refl, seg_doc = self._segment_ends(docs, texts, all_points, lengths, bases)
         # A reflection goes before the first token that starts at or after its segment's end (at a document's
         # end: before the next document's first token, so it ends this document).
         cuts = np.searchsorted(starts, seg_ends, side="left")
@@ -244,6 +235,33 @@ class DocumentEncoder:
         roles[new_pos[:n_refl]] = ROLE_REFLECTION
         return ChunkOutput(plain=PlainBatch([out], [lengths], roles), guard_changed=int(changed.sum()),
                            reflection_tokens=int(refl_len.sum()))
+
+    def _segment_ends(self, docs, texts, all_points, lengths, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every segment end of the chunk on its byte line, the reflection each one gets (an index into
+        ``self._reflections``) and its document; per-document work only where a text is not ASCII or the
+        guard inserted characters."""
+        live = [i for i, d in enumerate(docs) if lengths[i] and len(d.verdicts)]  # empty: nothing to reflect on
+        if not live:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        spans = [np.asarray(docs[i].spans, dtype=np.int64).reshape(-1, 2) for i in live]
+        counts = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
+        ends = np.concatenate(spans)[:, 1]  # characters into each text
+        first = np.cumsum(counts) - counts
+        for k, i in enumerate(live):
+            if all_points[i] or not texts[i].isascii():
+                e = ends[first[k]:first[k] + counts[k]]
+                if all_points[i]:  # the guard inserted U+200B: a segment end moves right by the insertions before it
+                    e = e + np.searchsorted(np.asarray(all_points[i]), e, "left")
+                ends[first[k]:first[k] + counts[k]] = char_to_byte(texts[i], e)
+        owner = np.asarray(live, dtype=np.int64)
+        ends += np.repeat(bases[owner], counts)
+        table = docs[live[0]].verdict_table
+        if table is not None and all(docs[i].verdict_table is table for i in live):  # one sidecar: map codes once
+            refl = self._codes_to_reflections(table, np.concatenate([docs[i].verdict_codes for i in live]))
+        else:
+            refl = np.concatenate([self._segment_reflections(docs[i]) for i in live])
+        return ends, refl, np.repeat(owner, counts)
 
     def _edited(self, docs):
         """filter and rewrite: build the new text, then tokenize it like plain."""

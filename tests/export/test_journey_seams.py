@@ -18,6 +18,7 @@ from tests.fixtures import write_jsonl
 
 POSTTRAIN = str(ROOT / "tools" / "posttrain.py")
 EVALUATE = str(ROOT / "tools" / "evaluate.py")
+PRETRAIN = str(ROOT / "tools" / "pretrain.py")
 SFT_CPU = str(ROOT / "recipes" / "posttrain" / "sft_cpu.yaml")
 
 
@@ -119,10 +120,21 @@ def test_iteration_folder_converts_under_the_umask(trained, tokenizer, tmp_path)
     assert not (tmp_path / "y").exists()
 
 
-@pytest.mark.parametrize("tool_path", [POSTTRAIN, EVALUATE])
+DESCRIBED = {
+    POSTTRAIN: ["model:", "chat_template:", "training:", "  learning_rate: 0.0001", "mix[]:"],
+    EVALUATE: ["judge:", "chat_template:", "classification[]:", "  label_map: {}"],
+    PRETRAIN: ["name: 'run'", "model:  # Shape of the decoder-only transformer", "  num_layers: 2",
+               "      Number of transformer layers.", "data:  # ", "  reflection_loss: "],
+}
+
+
+@pytest.mark.parametrize("tool_path", list(DESCRIBED))
 def test_describe_lists_every_key(tool_path):
+    """One --describe for every recipe-driven tool (config/describe.py), and the same missing-argument usage
+    error (cli/recipe_args.py)."""
     p = run(tool_path, "--describe")
     assert p.returncode == 0, p.stderr
-    for key in (["model:", "chat_template:", "training:", "  learning_rate: 0.0001", "mix[]:"]
-                if tool_path == POSTTRAIN else ["judge:", "chat_template:", "classification[]:", "  label_map: {}"]):
+    for key in DESCRIBED[tool_path]:
         assert key in p.stdout, key
+    p = run(tool_path)
+    assert p.returncode == 2 and "path" in p.stderr and "required" in p.stderr, p.stderr

@@ -13,6 +13,7 @@ from tests.slurm.test_shellcheck import shellcheck
 
 SCRIPT = str(ROOT / "tools" / "gpu_smoke.sh")
 CHECK = str(ROOT / "tools" / "gpu_check.sh")
+WHEELS = str(ROOT / "tools" / "install_wheels.sh")
 
 
 def _smoke(tmp_path, **env):
@@ -20,10 +21,34 @@ def _smoke(tmp_path, **env):
     return subprocess.run(["bash", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("script", [SCRIPT, CHECK], ids=["gpu_smoke", "gpu_check"])
+@pytest.mark.parametrize("script", [SCRIPT, CHECK, WHEELS], ids=["gpu_smoke", "gpu_check", "install_wheels"])
 def test_gpu_scripts_are_shellcheck_clean(script):
-    proc = subprocess.run([shellcheck(), "-x", "--severity=style", script], capture_output=True, text=True)
+    # -x follows `source tools/install_wheels.sh` (a path from the repository root)
+    proc = subprocess.run([shellcheck(), "-x", "--severity=style", script], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_install_wheels_installs_offline_into_a_private_folder_once(tmp_path):
+    """The WHEELS path of both GPU scripts: a relative folder of wheels, no index; PYTHONPATH gets the folder and
+    WHEELS is cleared, so gpu_check.sh's call of gpu_smoke.sh does not install a second time."""
+    pkg = tmp_path / "src"
+    (pkg / "srp_probe_pkg").mkdir(parents=True)
+    (pkg / "srp_probe_pkg" / "__init__.py").write_text("VALUE = 42\n")
+    (pkg / "pyproject.toml").write_text('[project]\nname = "srp-probe-pkg"\nversion = "1.0"\n'
+                                        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    wheels = tmp_path / "work" / "whl"
+    wheels.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(pkg)], check=True, capture_output=True)
+    script = (f'PY={sys.executable}; source {WHEELS}; install_wheels || exit 1; echo "WHEELS=[$WHEELS]"; '
+              f'"$PY" -c "import srp_probe_pkg as p; print(p.VALUE, p.__file__)"')
+    env = {**child_env(), "WHEELS": "whl", "SITE": str(tmp_path / "site")}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path / "work", env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WHEELS=[]" in proc.stdout and f"42 {tmp_path / 'site'}" in proc.stdout, proc.stdout
+    env["WHEELS"] = "missing"
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path / "work", env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "FAILED: WHEELS=missing is not a folder" in proc.stdout, proc.stdout
 
 
 @pytest.mark.skipif(cuda_visible(), reason="a CUDA device is visible: this checks the refusal where there is none")

@@ -1,8 +1,8 @@
 """``--describe`` for any config dataclass: every key (nested sections, list items) with its default
-and the docstring written under its field, as ``tools/pretrain.py --describe`` lists a recipe.
+and the docstring written under its field.
 
-Post-training recipes and evaluation suites are plain dataclasses loaded by ``config.load_config``;
-this walks them the same way (a list of sections is shown as ``key[]``).
+The pretraining recipe, post-training recipes and evaluation suites are all dataclasses loaded by
+``config.load_config``; this walks them the same way (a list of sections is shown as ``key[]``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from megatron_srp.config import field_docs
+from megatron_srp.config.loader import field_docs
 
 
 def _section_class(tp):
@@ -46,6 +46,7 @@ def _lines(cls, indent: str) -> list[str]:
         name = f"{f.name}[]" if is_list else f.name
         default = _default(f)
         shown = "" if is_list and not default else ("  (default: none)" if default is None else "")
+        doc = doc or (section.__doc__ or "").strip().splitlines()[0]  # an undocumented field: its section's line
         out.append(f"{indent}{name}:{shown}  # {doc}")
         out.extend(_lines(section, indent + "  "))
     return out
