@@ -15,7 +15,8 @@ flags, injection guard on), ours plain ``--no-injection-guard``, ours srp (from 
 beforehand with the column backend, not timed; needs a ``label`` field, skipped without one), and
 the limit: gigatoken's ``encode_files`` reading the same jsonl itself (bench/gigatoken_limit.py; no
 guard, no end-of-document ids, nothing written). Each run is a fresh process; wall time includes
-start-up, as a user sees it. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to
+start-up, as a user sees it. Each round starts one command later in that list (no command always runs
+right after Megatron-LM's long one), and dirty pages are synced before every run. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to
 the limit, and peak RSS (largest process of the run's tree, from wait4). Checks byte identity of
 plain with Megatron-LM, with and without the guard, and counts the documents the guard changed.
 """
@@ -114,7 +115,10 @@ def main():
     rss = {k: 0.0 for k in commands}
     limit_tokens = None
     for r in range(args.rounds):
-        for name, (cmd, e, cwd, _) in commands.items():
+        order = list(commands.items())
+        order = order[r % len(order):] + order[:r % len(order)]  # no command always follows the same one
+        for name, (cmd, e, cwd, _) in order:
+            os.sync()  # the previous run's output is written back now, not during this run's timing
             wall, peak, out = run(cmd, e, cwd)
             walls[name].append(wall)
             rss[name] = max(rss[name], peak)

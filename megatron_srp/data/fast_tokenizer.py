@@ -232,12 +232,13 @@ class FastEncoder:
         return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """All texts' ids (int64, post-processor tokens included) in one array, and each text's length."""
+        """All texts' ids (post-processor tokens included) in one array, and each text's length. The ids stay
+        gigatoken's uint32: widening 30 M tokens per 100 MB to int64 cost plain a tenth of its time."""
         flat, offsets = self._batch(texts)
         lengths = np.diff(offsets)
         empty = [i for i, t in enumerate(texts) if not t]
         if not (self._prefix or self._suffix or (empty and self._empty.ids)):
-            return flat.astype(np.int64), lengths
+            return flat, lengths
         parts = []
         for i, t in enumerate(texts):  # rare: tokenizers that add BOS/EOS around every document
             body = self._empty.ids if not t else [*self._prefix, *flat[offsets[i]:offsets[i + 1]], *self._suffix]
@@ -247,7 +248,7 @@ class FastEncoder:
 
     def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         flat, lengths = self.encode_flat(texts)
-        return np.split(flat, np.cumsum(lengths)[:-1]) if len(texts) else []
+        return np.split(flat.astype(np.int64), np.cumsum(lengths)[:-1]) if len(texts) else []
 
     def encode_flat_with_byte_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All ids (as gigatoken gives them), each token's start on the chunk's byte line (``byte_line``; here

@@ -113,7 +113,8 @@ class TextTokenizer:
                 for e in self._text.encode_batch(list(texts), add_special_tokens=True)]
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """All texts' ids in one int64 array, and each text's length (no per-document arrays)."""
+        """All texts' ids in one array (unsigned, as gigatoken gives them, or int64), and each text's length
+        (no per-document arrays)."""
         if self._fast is not None:
             return self._fast.encode_flat(texts)
         ids = self.encode_ids(texts)
