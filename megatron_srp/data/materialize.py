@@ -217,7 +217,7 @@ class DocumentEncoder:
         seg_ends, refl, seg_doc = self._segment_ends(docs, texts, all_points, lengths, bases)
         # A reflection goes before the first token that starts at or after its segment's end (at a document's
         # end: before the next document's first token, so it ends this document).
-        cuts = np.searchsorted(starts, seg_ends, side="left")
+        cuts = np.searchsorted(starts, seg_ends.astype(starts.dtype), side="left")  # same type: no copy of starts
         refl_len = self._refl_len[refl]
         first = np.cumsum(refl_len) - refl_len
         gather = np.arange(int(refl_len.sum())) - np.repeat(first, refl_len) + np.repeat(self._refl_start[refl], refl_len)
