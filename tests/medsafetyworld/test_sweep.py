@@ -89,3 +89,14 @@ def test_a_miniature_sweep_runs_and_reports(tmp_path):
     assert "| [3] |" in row and row.endswith(("| yes |", "| no |"))
     run = tmp_path / "out" / "tiny" / "world3" / "srp" / "seed0"  # screening: the pretrained evaluation only
     assert (run / "eval_pretrained.json").is_file() and not (run / "eval_chat.json").exists()
+
+
+def test_the_committed_sweep_page_is_rebuilt_from_the_committed_results(monkeypatch):
+    """results/medsafetyworld/sweep/sweep.md (cited by RESULTS.md) is exactly what `sweep --report` writes from
+    the committed per-point files: no number edited by hand, no point missing from it."""
+    monkeypatch.chdir(ROOT)  # the recipe's results_dir is relative to the repository root
+    s = sweep.load_sweep(SHIPPED, [])
+    page = ROOT / s.results_dir / "sweep.md"
+    if not page.is_file():
+        pytest.skip("no sweep results committed yet")
+    assert page.read_text() == sweep.render(s, sweep.summaries(s))
