@@ -15,8 +15,8 @@ flags, injection guard on), ours plain ``--no-injection-guard``, ours srp (from 
 beforehand with the column backend, not timed; needs a ``label`` field, skipped without one), and
 the limit: gigatoken's ``encode_files`` reading the same jsonl itself (bench/gigatoken_limit.py; no
 guard, no end-of-document ids, nothing written). Each run is a fresh process; wall time includes
-start-up, as a user sees it. Each round starts one command later in that list (no command always runs
-right after Megatron-LM's long one), and dirty pages are synced before every run. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to
+start-up, as a user sees it. Each round runs Megatron-LM first and the others one place further round
+(a different command runs right after Megatron-LM's long one every round), and dirty pages are synced before every run. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to
 the limit, and peak RSS (largest process of the run's tree, from wait4). Checks byte identity of
 plain with Megatron-LM, with and without the guard, and counts the documents the guard changed.
 """
@@ -115,8 +115,10 @@ def main():
     rss = {k: 0.0 for k in commands}
     limit_tokens = None
     for r in range(args.rounds):
-        order = list(commands.items())
-        order = order[r % len(order):] + order[:r % len(order)]  # no command always follows the same one
+        # Megatron-LM's long run first, the others rotated: the run right after it (which pays for the memory
+        # and page cache it leaves behind) changes every round. Rotating the whole list would not change it.
+        first, *rest = commands.items()
+        order = [first, *rest[r % len(rest):], *rest[:r % len(rest)]]
         for name, (cmd, e, cwd, _) in order:
             os.sync()  # the previous run's output is written back now, not during this run's timing
             wall, peak, out = run(cmd, e, cwd)

@@ -111,7 +111,9 @@ def _lines(f, block: int = 16 << 20) -> Iterator[bytes]:
     object line by line costs more than parsing the JSON on long documents)."""
     rest = b""
     while chunk := f.read(block):
-        lines = (rest + chunk).split(b"\n")
+        lines = chunk.split(b"\n")
+        if rest:  # only the line cut by the block boundary is joined: the block itself is not copied again
+            lines[0] = rest + lines[0]
         rest = lines.pop()
         yield from lines
     if rest:
@@ -165,7 +167,9 @@ def read_documents(path: str, json_keys: Sequence[str] = ("text",), id_key: str 
             for key in json_keys:
                 value = row.get(key)
                 if not isinstance(value, str):
-                    what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+                    kind_of = type(value).__name__
+                    what = "missing" if value is None else \
+                        f"{'an' if kind_of[0] in 'aeiou' else 'a'} {kind_of}, not a string"
                     problem, kind = CorpusError(f"{path}:{line}: field {key!r} is {what}"), "missing_text"
                     break
                 if max_chars is not None and len(value) > max_chars:

@@ -150,6 +150,8 @@ class FastEncoder:
                 lens[i] = len(b)
         # the narrowest type: gathering it over every token of a chunk is srp's largest array pass
         self._byte_len = lens.astype(np.uint8 if lens.max(initial=0) < 256 else np.int64)
+        self._longest = max(1, int(lens.max(initial=1)))
+        """The vocabulary's longest token in bytes: whether a chunk's byte positions fit int32."""
         self._lead = np.zeros(vocab_size, dtype=self._byte_len.dtype)
         if self._trim is not None:
             for i in range(vocab_size):
@@ -267,7 +269,7 @@ class FastEncoder:
         the ByteLevel post-processor's trim rule (``tokenizers``' offsets, probed at start)."""
         nbytes = self._byte_len[ids]
         # int32 while a chunk's bytes fit (always, at --chunk-mb's scale): half the memory traffic of int64
-        wide = np.int32 if len(ids) * int(self._byte_len.max(initial=1)) < 2 ** 31 else np.int64
+        wide = np.int32 if len(ids) * self._longest < 2 ** 31 else np.int64
         ends = nbytes.astype(wide)
         np.cumsum(ends, out=ends)  # in place on a widened copy: about twice as fast as cumsum(dtype=...)
         starts = ends - nbytes
