@@ -16,9 +16,6 @@ import os
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 CASES = {
     "two good rows": b'{"text": "hello"}\n{"text": "world"}\n',
     "a blank line between rows": b'{"text": "a"}\n\n{"text": "b"}\n',

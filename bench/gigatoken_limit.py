@@ -12,7 +12,6 @@ skips), which preprocessing does on the same two cores.
 """
 
 import json
-import os
 import sys
 import time
 
@@ -29,7 +28,6 @@ def main():
     out = {"documents": len(rows), "tokens": int(layout.offsets.data[-1] - layout.offsets.data[0]),
            "encode_files_s": round(seconds, 3)}
     if "--reader" in sys.argv[3:]:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from megatron_srp.data.corpus import read_documents
 
         start = time.perf_counter()
