@@ -159,3 +159,23 @@ def test_data_path_next_to_mock_data_is_refused_naming_both_keys():
 def test_new_keys_are_checked_with_did_you_mean(override, hint):
     with pytest.raises(RecipeError, match=hint):
         load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", [override])
+
+
+def test_a_partial_section_keeps_the_fields_own_defaults(tmp_path):
+    """``section: {one_key: ...}`` changes that key of the section's default, whatever its factory set."""
+
+    @dataclasses.dataclass
+    class Inner:
+        a: int = 1
+        b: list[int] = dataclasses.field(default_factory=lambda: [1])
+
+    @dataclasses.dataclass
+    class Outer:
+        plain: Inner = dataclasses.field(default_factory=Inner)
+        tuned: Inner = dataclasses.field(default_factory=lambda: Inner(a=7, b=[5, 6]))
+
+    path = tmp_path / "r.yaml"
+    path.write_text("tuned: {a: 8}\nplain: {b: [2]}\n")
+    got = C.load_config(Outer, path)
+    assert got.tuned == Inner(a=8, b=[5, 6]) and got.plain == Inner(a=1, b=[2])
+    assert C.load_config(Outer, path, ["tuned.b=[9]"]).tuned == Inner(a=8, b=[9])

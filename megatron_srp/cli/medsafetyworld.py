@@ -76,7 +76,11 @@ def main(argv=None) -> int:
     w.add_argument("--confirm", metavar="POINT", help="run the confirmation stage of this point")
     w.add_argument("--plan", action="store_true", help="print each run's ablation settings; run nothing")
     w.add_argument("--report", action="store_true", help="only rebuild the sweep's report")
-    args = p.parse_intermixed_args(argv) if argv and argv[0] == "sweep" else p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:  # overrides before or after the flags (argparse intermixes only without subcommands)
+        args = w.parse_intermixed_args(argv[1:], argparse.Namespace(command="sweep"))
+    else:
+        args = p.parse_args(argv)
     if args.command in ("ablate", "report"):
         return ablate_or_report(args)
     if args.command == "sweep":

@@ -153,20 +153,34 @@ def _coerce(value: Any, tp, path: str) -> Any:
     raise RecipeError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _build(cls, raw: Any, path: str):
+def _field_default(f: dataclasses.Field):
+    """A field's default value (its factory called), or None when it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls, raw: Any, path: str, base=None):
+    """``cls`` from a mapping; keys it leaves out keep ``base``'s values (the enclosing field's default:
+    ``confirm: {seeds: [0]}`` keeps the confirm stage's worlds, not the Stage class's), else the defaults."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{path or 'recipe'}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
         key_path = f"{path}.{key}" if path else str(key)
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean {(path + '.' if path else '') + near[0]!r}?" if near else ""
             raise RecipeError(f"unknown key {key_path!r}{hint}")
-        kwargs[key] = _coerce(value, hints[key], key_path)
-    return cls(**kwargs)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            default = _field_default(fields[key])
+            kwargs[key] = _build(tp, value, key_path, default if isinstance(default, tp) else None)
+        else:
+            kwargs[key] = _coerce(value, tp, key_path)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def read_tree(path: str | os.PathLike, overrides: list[str] = ()) -> dict:

@@ -33,6 +33,11 @@ def test_every_point_of_the_shipped_sweep_is_an_ablation_recipe():
     assert plan.returncode == 0 and plan.stdout.count("screen ") == 2 and "'unsafe_share': 0.3" in plan.stdout
     bad = subprocess.run(TOOL + [SHIPPED, "--confirm", "nosuch"], capture_output=True, text=True, env=child_env())
     assert bad.returncode == 2 and "point 'nosuch' is not in points" in bad.stderr
+    # overrides after the flags, from the shell; one key of the confirm stage keeps its other keys
+    part = subprocess.run(TOOL + [SHIPPED, "--confirm", "steps3000", "--plan", "confirm.treatments=[srp]",
+                                  "confirm.skip_posttrain=true"], capture_output=True, text=True, env=child_env())
+    assert part.returncode == 0, part.stderr
+    assert "worlds [1, 5, 7] seeds [0, 1, 2] treatments ['srp'] skip_posttrain=True" in part.stdout
 
 
 def _srp(world, seed, f1, ff, acted):
