@@ -6,8 +6,8 @@
 The limit column of bench/preprocess.py is ``encode_files`` reading the jsonl itself. It is not a hot
 loop we could adopt as is: for each small file below it prints the documents ``encode_files``
 returns (decoded) and what ``megatron_srp.data.corpus.read_documents`` does with the same file (the
-documents, or the error naming the file and line). Where it meets a row it cannot use it stops reading the file
-without an error, keeping the documents before it.
+documents, or the error naming the file and line). Where it meets a row it cannot use it stops
+reading the file without an error, keeping the documents before it.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ beforehand with the column backend, not timed; needs a ``label`` field, skipped 
 the limit: gigatoken's ``encode_files`` reading the same jsonl itself (bench/gigatoken_limit.py; no
 guard, no end-of-document ids, nothing written). Each run is a fresh process; wall time includes
 start-up, as a user sees it. Each round runs Megatron-LM first and the others one place further round
-(a different command runs right after Megatron-LM's long one every round), and dirty pages are synced before every run. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to
-the limit, and peak RSS (largest process of the run's tree, from wait4). Checks byte identity of
-plain with Megatron-LM, with and without the guard, and counts the documents the guard changed.
+(a different command runs right after Megatron-LM's long one every round), and dirty pages are synced
+before every run. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to the limit,
+and peak RSS (largest process of the run's tree, from wait4). Checks byte identity of plain with
+Megatron-LM, with and without the guard, and counts the documents the guard changed.
 """
 
 from __future__ import annotations

@@ -149,8 +149,9 @@ class FastEncoder:
             if i < vocab_size:
                 lens[i] = len(b)
         # the narrowest type: gathering it over every token of a chunk is srp's largest array pass
-        self._byte_len = lens.astype(np.uint8 if lens.max(initial=0) < 256 else np.int64)
-        self._longest = max(1, int(lens.max(initial=1)))
+        longest = int(lens.max(initial=0))
+        self._byte_len = lens.astype(np.uint8 if longest < 256 else np.int64)
+        self._longest = max(1, longest)
         """The vocabulary's longest token in bytes: whether a chunk's byte positions fit int32."""
         self._lead = np.zeros(vocab_size, dtype=self._byte_len.dtype)
         if self._trim is not None:
