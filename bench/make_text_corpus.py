@@ -2,6 +2,8 @@
 """A real-text jsonl corpus (id, text) from the documentation and source files of installed packages.
 
   python bench/make_text_corpus.py --out /tmp/text_corpus --mb 100
+  python bench/make_text_corpus.py --out /tmp/text_corpus_1g --mb 1000 --distinct \
+      --site-packages ENV1/lib/python3.11/site-packages ENV2/lib/python3.12/site-packages ...
 
 Every ``.py .md .rst .txt .pyi .c .h .cpp .rs .toml .cfg .json .yaml`` file under the given
 site-packages folders (default: this interpreter's) that decodes as UTF-8 and has 200 B to 1 MB of
@@ -16,6 +18,7 @@ same file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import site
@@ -55,12 +58,20 @@ def main():
     ap.add_argument("--mb", type=float, default=100)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--site-packages", nargs="+", default=site.getsitepackages())
+    ap.add_argument("--distinct", action="store_true",
+                    help="skip a file whose text is already in the corpus (several environments hold the same packages)")
     args = ap.parse_args()
+    seen = set()
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "corpus.jsonl")
     sample, sampled, written, n = [], 0, 0, 0
     with open(path, "w", encoding="utf-8") as f:
         for src, text in documents(args.site_packages):
+            if args.distinct:
+                digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest()
+                if digest in seen:
+                    continue
+                seen.add(digest)
             rel = os.path.relpath(src, os.path.commonpath(args.site_packages + [src]))
             unsafe = zlib.crc32(rel.encode()) % 12 == 0
             row = {"id": rel, "text": text, "label": "unsafe" if unsafe else "safe",

@@ -106,18 +106,37 @@ def input_size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def _lines(f, block: int = 16 << 20) -> Iterator[bytes]:
-    """The lines of a binary file without their newline, read in large blocks (iterating the file
-    object line by line costs more than parsing the JSON on long documents)."""
-    rest = b""
-    while chunk := f.read(block):
-        lines = chunk.split(b"\n")
-        if rest:  # only the line cut by the block boundary is joined: the block itself is not copied again
-            lines[0] = rest + lines[0]
-        rest = lines.pop()
-        yield from lines
-    if rest:
-        yield rest
+def _lines(f, block: int = 16 << 20) -> Iterator[memoryview]:
+    """The lines of a binary file without their newline, as views into one reused buffer: a view is valid
+    until the next line is asked for. Read in large blocks and never copied: splitting each block into
+    line objects cost as much as parsing the JSON, and fresh blocks cost page faults."""
+    buf, end = bytearray(block), 0
+    while n := f.readinto(memoryview(buf)[end:]):
+        end += n
+        view, start, find = memoryview(buf), 0, buf.find
+        while (nl := find(b"\n", start, end)) >= 0:
+            yield view[start:nl]
+            start = nl + 1
+        if start == 0 and end == len(buf):  # one line fills the buffer: a larger one (the views keep the old)
+            grown = bytearray(2 * len(buf))
+            grown[:end] = buf
+            buf = grown
+        elif start:  # the line cut by the block boundary moves to the front (same size: allowed under views)
+            buf[:end - start] = buf[start:end]
+            end -= start
+    if end:
+        yield memoryview(buf)[:end]
+
+
+def _unparsable(path: str, line: int, raw: bytes, error: Exception) -> Optional[CorpusError]:
+    """Why a row did not parse, or None for a blank line (skipped, as Megatron-LM's reader does)."""
+    if not raw.strip():
+        return None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as ue:
+        return CorpusError(f"{path}:{line}: invalid UTF-8 at byte {ue.start}")
+    return CorpusError(f"{path}:{line}: malformed JSON ({error})")
 
 
 def _raw_rows(path: str, stats: ReadStats) -> Iterator[tuple[int, object]]:
@@ -137,17 +156,13 @@ def _raw_rows(path: str, stats: ReadStats) -> Iterator[tuple[int, object]]:
     with (gzip.open if gz else open)(path, "rb") as f:
         for line, raw in enumerate(_lines(f), start=1):
             stats.position = f.fileobj.tell() if gz else stats.position + len(raw) + 1
-            if not raw.strip():
-                continue
             try:
-                yield line, orjson.loads(raw)
+                row = orjson.loads(raw)  # a blank line fails too (an empty document): checked only then
             except orjson.JSONDecodeError as e:
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as ue:
-                    yield line, CorpusError(f"{path}:{line}: invalid UTF-8 at byte {ue.start}")
+                row = _unparsable(path, line, bytes(raw), e)
+                if row is None:
                     continue
-                yield line, CorpusError(f"{path}:{line}: malformed JSON ({e})")
+            yield line, row
 
 
 def read_documents(path: str, json_keys: Sequence[str] = ("text",), id_key: str = "id",
