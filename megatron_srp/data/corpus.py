@@ -110,13 +110,14 @@ def _lines(f, block: int = 16 << 20) -> Iterator[memoryview]:
     """The lines of a binary file without their newline, as views into one reused buffer: a view is valid
     until the next line is asked for. Read in large blocks and never copied: splitting each block into
     line objects cost as much as parsing the JSON, and fresh blocks cost page faults."""
-    buf, end = bytearray(block), 0
+    buf, end, scanned = bytearray(block), 0, 0  # buf[:scanned] is a line's start, searched already
     while n := f.readinto(memoryview(buf)[end:]):
         end += n
         view, start, find = memoryview(buf), 0, buf.find
-        while (nl := find(b"\n", start, end)) >= 0:
+        while (nl := find(b"\n", scanned, end)) >= 0:
             yield view[start:nl]
-            start = nl + 1
+            start = scanned = nl + 1
+        scanned = end - start  # no newline after the last one: not searched again after the next read
         if start == 0 and end == len(buf):  # one line fills the buffer: a larger one (the views keep the old)
             grown = bytearray(2 * len(buf))
             grown[:end] = buf
