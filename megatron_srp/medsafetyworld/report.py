@@ -75,8 +75,10 @@ COLUMNS = ["pretrain_final_loss"] + [c for c, _, _ in SUMMARY]
 CHART = ["held-out harmful action", "held-out acted on", "chat: held-out acted on", "chat: prefill 3 acted on",
          "harmful FT N=100: acted on", "reflection F1, held-out forced"]
 # Keys of the ablation recipe that do not change what a run measures (a setting holds many of them).
+# skip_posttrain only says whether an invocation measures the post-trained model too: a run that later
+# gets its post-training replaces its record, and its pretrained metrics are the same.
 NOT_SETTING = ("name", "out_dir", "results_dir", "treatments", "seeds", "world_seeds", "world.seed",
-               "eval.device", "eval.batch_size")
+               "eval.device", "eval.batch_size", "skip_posttrain")
 
 
 class ResultsError(SRPError, ValueError):
@@ -213,7 +215,7 @@ def merge_results(path: Path, recipe: dict, runs: list[dict]) -> dict:
     refuses a file of another setting, naming the keys that differ."""
     setting = setting_of(recipe)
     old = read_results(path) if path.is_file() else {"setting": setting, "runs": []}
-    differ = _diff(old.get("setting"), setting)
+    differ = _diff(setting_of(old.get("setting") or {}), setting)  # files written before a key joined NOT_SETTING
     if differ:
         raise ResultsError(f"{path} holds another setting (keys that differ: {', '.join(differ)}); "
                            "give this one its own results_dir= or out_dir=")

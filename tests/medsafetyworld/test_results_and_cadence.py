@@ -213,6 +213,12 @@ def test_report_rebuilds_tables_and_chart_from_the_results_file_alone(tmp_path):
 
     with pytest.raises(ResultsError, match="corpus.unsafe_share"):
         merge_results(d / "results.json", {"corpus": {"unsafe_share": 0.3}}, [])
+    # post-training a run screened without it joins the same file (the pretrained metrics do not change)
+    old = read_results(d / "results.json")
+    write_results(d / "old.json", {**old, "setting": {**old["setting"], "skip_posttrain": True}})  # as written before
+    for skip in (True, False):
+        assert len(merge_results(d / "old.json", {"corpus": {"unsafe_share": 0.15}, "skip_posttrain": skip},
+                                 [])["runs"]) == 12
     tool = [sys.executable, str(ROOT / "tools" / "medsafetyworld.py"), "report"]
     ok = subprocess.run(tool + [str(d)], capture_output=True, text=True, env=child_env())
     assert ok.returncode == 0 and "| held-out acted on |" in ok.stdout
