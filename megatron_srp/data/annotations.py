@@ -246,6 +246,7 @@ class DocumentSegments(NamedTuple):
 
 
 _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
+DICTIONARY_COLUMNS = ["label.list.element", "categories.list.element.list.element"]
 
 
 def _numpy(arr: pa.Array, what: str, path: str) -> np.ndarray:
@@ -299,7 +300,8 @@ class ShardAnnotations:
                                       f"'seg_start')")
         starts = _numpy(cols["seg_start"].values, "column 'seg_start'", path)
         ends = _numpy(cols["seg_end"].values, "column 'seg_end'", path)
-        self.spans = np.stack([starts, ends], axis=1).astype(np.int64)
+        self.spans = np.empty((len(starts), 2), dtype=np.int64)
+        self.spans[:, 0], self.spans[:, 1] = starts, ends
         self.codes, self.table = self._verdict_codes(_flat_values(cols["label"], "label", path),
                                                      _flat_values(cols["categories"], "categories", path), path)
         self.verdicts = [self.table[c] for c in self.codes.tolist()]
@@ -307,9 +309,52 @@ class ShardAnnotations:
 
     @staticmethod
     def _verdict_codes(labels: pa.Array, categories: pa.ListArray, path: str) -> tuple[np.ndarray, list[Verdict]]:
-        """Each segment's index into the list of distinct verdicts (most segments have no categories)."""
-        keys = labels.to_pylist()
+        """Each segment's index into the list of distinct verdicts, in order of first appearance. Read with
+        dictionary-encoded strings (``read``), a segment's label and single category are two small integers:
+        one numpy pass keys every segment; only segments with several categories go through Python."""
         cat_off = _numpy(categories.offsets, "the offsets of 'categories'", path)
+        names = categories.values
+        if not (isinstance(labels, pa.DictionaryArray) and isinstance(names, pa.DictionaryArray)):
+            return ShardAnnotations._verdict_codes_python(labels, categories, cat_off, path)
+        label_of = labels.dictionary.to_pylist()
+        category_of = names.dictionary.to_pylist()
+        label_idx = _numpy(labels.indices, "column 'label'", path).astype(np.int64)
+        cat_idx = _numpy(names.indices, "column 'categories'", path)
+        n_cats = np.diff(cat_off)
+        # key: label * (C + 1) + (its one category + 1, or 0 for none); several categories: keys past them all
+        width = len(category_of) + 1
+        keys = label_idx * width
+        one = np.nonzero(n_cats == 1)[0]
+        keys[one] += cat_idx[cat_off[one]] + 1
+        several: dict = {}
+        base = len(label_of) * width
+        for j in np.nonzero(n_cats > 1)[0].tolist():
+            combo = (int(label_idx[j]), tuple(cat_idx[cat_off[j]:cat_off[j + 1]].tolist()))
+            keys[j] = base + several.setdefault(combo, len(several))
+        distinct = np.flatnonzero(np.bincount(keys, minlength=base + len(several)))
+        if len(distinct) <= 64:  # the usual case: a comparison per distinct verdict beats sorting every segment
+            first = np.asarray([int(np.argmax(keys == k)) for k in distinct.tolist()], dtype=np.int64)
+        else:
+            first = np.unique(keys, return_index=True)[1]
+        order = distinct[np.argsort(first, kind="stable")]  # first appearance, as the sidecar lists them
+        code_of = np.empty(base + len(several), dtype=np.int64)
+        code_of[order] = np.arange(len(order))
+        combos = {v: k for k, v in several.items()}
+        table = []
+        for key in order.tolist():
+            if key >= base:
+                label, cats = combos[key - base]
+            else:
+                label, cat = divmod(key, width)
+                cats = (cat - 1,) if cat else ()
+            table.append(Verdict(label_of[label], tuple(category_of[c] for c in cats)))
+        return code_of[keys], table
+
+    @staticmethod
+    def _verdict_codes_python(labels: pa.Array, categories: pa.ListArray, cat_off: np.ndarray,
+                              path: str) -> tuple[np.ndarray, list[Verdict]]:
+        """``_verdict_codes`` for plain (not dictionary-encoded) string columns: a dict over every segment."""
+        keys = labels.to_pylist()
         with_cats = np.nonzero(np.diff(cat_off))[0]
         if len(with_cats):
             names = categories.values.to_pylist()
@@ -323,8 +368,15 @@ class ShardAnnotations:
     @classmethod
     def read(cls, path: str) -> "ShardAnnotations":
         meta = read_metadata(path)
-        # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset and pandas (about 0.4 s)
-        return cls(path, meta, pq.ParquetFile(path).read())
+        # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset and pandas (about 0.4 s). Labels and
+        # categories come dictionary-encoded: no Python string per segment (1.5 M of them per GB of text).
+        # pyarrow reads nested dictionaries from one row group only (tools/annotate.py writes one per shard up
+        # to a million documents); a sidecar of several is read as strings.
+        try:
+            table = pq.ParquetFile(path, read_dictionary=DICTIONARY_COLUMNS).read()
+        except pa.ArrowNotImplementedError:
+            table = pq.ParquetFile(path).read()
+        return cls(path, meta, table)
 
     def segments(self, doc: Document, input_path: str, deferred: Optional[list] = None) -> DocumentSegments:
         """The document's annotation, after checking it is the annotated document (line, id, text hash).

@@ -22,9 +22,9 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
 gigatoken 0.10.0 caches pretokens without a bound (its issue 36; about 1 MiB per MB of text with new
 words): ``FastEncoder`` drops its gigatoken tokenizer after every ``refresh_bytes`` of text (64 MB;
 ``SRP_GIGATOKEN_REFRESH_MB`` changes it, 0 never refreshes: bench/preprocess_rss.py compares), hands
-the freed pages back to the system (glibc's ``malloc_trim``: gigatoken allocates with the system
-malloc, whose per-thread arenas otherwise keep them), and builds a fresh one (about 20 ms), so peak
-memory is bounded by one interval's cache.
+the freed pages back to the system once resident memory has grown by four intervals since it last did
+(glibc's ``malloc_trim``: gigatoken allocates with the system malloc, whose per-thread arenas otherwise
+keep them), and builds a fresh one (about 20 ms), so peak memory is bounded by a few intervals' cache.
 """
 
 from __future__ import annotations
@@ -77,11 +77,24 @@ def _malloc_trim():
         return None
 
 
+def resident_bytes() -> Optional[int]:
+    """This process's resident memory now (Linux's /proc/self/statm; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def release_freed_memory() -> None:
     """Return the allocator's free pages to the system (all arenas, the worker threads' included)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+TRIM_SLACK = 4
+"""Refresh intervals of growth in resident memory after which freed pages go back to the system."""
 
 
 class FastPathUnavailable(Exception):
@@ -138,6 +151,7 @@ class FastEncoder:
             refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 64)) * (1 << 20))
         self.refresh_bytes = refresh_bytes
         self._since_refresh = 0
+        self._trimmed_at = None
         self._lock = threading.Lock()
         self._tok = self._load()
         self._prefix, self._suffix = self._specials_around_text(hf)
@@ -206,13 +220,22 @@ class FastEncoder:
             starts[idx] = np.where(idx < first_text, -1, len(text))
         return starts.tolist()
 
+    def _release(self) -> None:
+        """Hand freed pages back once the process has grown by ``TRIM_SLACK`` refresh intervals since it last did:
+        trimming at every refresh made the next chunks fault every page in again (on a VM a third of srp's
+        system time at 1 GB, BENCHMARKS.md), while the bound on resident memory holds either way."""
+        rss = resident_bytes()
+        if rss is None or self._trimmed_at is None or rss > self._trimmed_at + TRIM_SLACK * self.refresh_bytes:
+            release_freed_memory()
+            self._trimmed_at = resident_bytes()
+
     def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
         with self._lock:  # preprocessing encodes two chunks at once
             self._since_refresh += sum(map(len, texts))
             if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
                 self._tok, self._since_refresh = None, 0  # freed, once no chunk still uses it
-                release_freed_memory()
+                self._release()
                 self._tok = self._load()
             tok = self._tok
         layout = tok.encode_batch(list(texts)).layout

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from megatron_srp.data.annotations import _META_KEY, SCHEMA, AnnotationError, ShardAnnotations
+from megatron_srp.data.annotations import _META_KEY, DICTIONARY_COLUMNS, SCHEMA, AnnotationError, ShardAnnotations
 from megatron_srp.data.corpus import Document, text_hash
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.reflection import Verdict
@@ -35,9 +35,9 @@ def _columns(lines=None):
     }
 
 
-def _write(path, columns, schema=SCHEMA):
+def _write(path, columns, schema=SCHEMA, row_group_size=2):
     table = pa.Table.from_pydict(columns, schema=schema.with_metadata({_META_KEY: json.dumps({"settings": {}})}))
-    pq.write_table(table, path, row_group_size=2)  # several row groups: several chunks per column
+    pq.write_table(table, path, row_group_size=row_group_size)  # several row groups: several chunks per column
     return str(path)
 
 
@@ -58,6 +58,23 @@ def test_documents_get_the_rows_spans_and_verdicts(tmp_path):
     counts = ann.verdict_counts()
     assert counts[Verdict("unsafe", ("Violent", "PII"))] == 2 and counts[Verdict("safe")] == 3
     assert sum(counts.values()) == sum(map(len, SEGMENTS))
+
+
+@pytest.mark.parametrize("n_categories", [3, 80])  # a handful of distinct verdicts, and more than 64
+def test_dictionary_read_keys_verdicts_like_the_per_segment_path(tmp_path, n_categories):
+    segments = [[(0, 1, "unsafe" if (i + j) % 3 else "safe", [f"C{(i * j) % n_categories}"] * ((i + j) % 3))
+                 for j in range(4)] for i in range(60)]
+    cols = {"line": list(range(1, 61)), "id": [f"d{i}" for i in range(60)], "text_sha": ["x"] * 60,
+            "seg_start": [[s[0] for s in seg] for seg in segments], "seg_end": [[s[1] for s in seg] for seg in segments],
+            "label": [[s[2] for s in seg] for seg in segments], "categories": [[s[3] for s in seg] for seg in segments]}
+    path = _write(tmp_path / "a.parquet", cols, row_group_size=None)  # one row group, as tools/annotate.py writes
+    dictionary = pq.ParquetFile(path, read_dictionary=DICTIONARY_COLUMNS).read()
+    assert isinstance(dictionary.column("label").chunk(0).values, pa.DictionaryArray)
+    fast = ShardAnnotations(path, {}, dictionary)  # labels and categories dictionary-encoded: keyed in numpy
+    slow = ShardAnnotations(path, {}, pq.ParquetFile(path).read())  # plain strings: keyed per segment in Python
+    assert fast.table == slow.table and np.array_equal(fast.codes, slow.codes)  # same verdicts, same order
+    assert ShardAnnotations.read(path).table == fast.table
+    assert fast.verdicts == [Verdict(s[2], tuple(s[3])) for seg in segments for s in seg]
 
 
 def test_verdict_counts_cover_only_the_documents_read(tmp_path):

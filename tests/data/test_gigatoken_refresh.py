@@ -43,3 +43,19 @@ def test_default_interval_is_64_mb_and_the_variable_changes_it(tok_dir, monkeypa
 def test_freed_memory_goes_back_to_the_system_on_glibc():
     assert fast_tokenizer._malloc_trim() is not None
     fast_tokenizer.release_freed_memory()
+
+
+def test_freed_pages_go_back_once_the_process_grew_by_a_few_intervals(tok_dir, monkeypatch):
+    enc = TextTokenizer(str(tok_dir), backend="gigatoken")._fast
+    enc.refresh_bytes = 1000
+    rss, trims = [0], []
+    monkeypatch.setattr(fast_tokenizer, "resident_bytes", lambda: rss[0])
+    monkeypatch.setattr(fast_tokenizer, "release_freed_memory", lambda: trims.append(rss[0]))
+    for now in (10_000, 13_000, 14_500, 15_000, 9_000, 18_600):
+        rss[0] = now
+        enc._release()
+    # the first renewal trims; then only growth past TRIM_SLACK intervals over the last trimmed size does
+    assert fast_tokenizer.TRIM_SLACK == 4 and trims == [10_000, 14_500, 18_600]
+    monkeypatch.undo()
+    if platform.system() == "Linux":
+        assert fast_tokenizer.resident_bytes() > 10 << 20  # this interpreter, numpy and the tokenizers
