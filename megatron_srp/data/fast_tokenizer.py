@@ -167,11 +167,15 @@ class FastEncoder:
         self._byte_len = lens.astype(np.uint8 if longest < 256 else np.int64)
         self._longest = max(1, longest)
         """The vocabulary's longest token in bytes: whether a chunk's byte positions fit int32."""
-        self._lead = np.zeros(vocab_size, dtype=self._byte_len.dtype)
+        lead = np.zeros(vocab_size, dtype=self._byte_len.dtype)
         if self._trim is not None:
             for i in range(vocab_size):
                 tok = hf.id_to_token(i)
-                self._lead[i] = _leading_spaces(tok) if tok else 0
+                lead[i] = _leading_spaces(tok) if tok else 0
+        # The trim rule as one table: a token's trimmed start is min(end - bytes + lead, end) = end - back.
+        self._lead = lead
+        self._trimmed = np.minimum(lead, self._byte_len)
+        self._back = self._byte_len - self._trimmed
         unassigned_table()  # built once per process (about 0.05 s), not during the first chunk
         self.reference_documents = 0
         """Documents encoded by ``tokenizers`` for a character the libraries may classify differently."""
@@ -283,27 +287,27 @@ class FastEncoder:
         if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
             return byte_line(texts, self.encode_with_starts(texts))
         flat, offsets = self._batch(texts)
-        starts, ends = self._byte_starts(flat, offsets)
-        firsts = offsets[:-1]  # a text's base is where the tokens before it end (0 for the first)
-        bases = np.where(firsts > 0, ends[np.maximum(firsts - 1, 0)], 0) if len(ends) else np.zeros(len(firsts), np.int64)
+        starts, bases = self._byte_starts(flat, offsets)
         return flat, starts, np.diff(offsets), bases
 
     def _byte_starts(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each token's start and end in bytes, counted across the texts ``offsets`` delimit in ``ids``, with
-        the ByteLevel post-processor's trim rule (``tokenizers``' offsets, probed at start)."""
-        nbytes = self._byte_len[ids]
+        """Each token's start in bytes, counted across the texts ``offsets`` delimit in ``ids``, with the
+        ByteLevel post-processor's trim rule (``tokenizers``' offsets, probed at start), and each text's base
+        (where the tokens before it end). Built in place in one array: every temporary here is 4 bytes per
+        token of fresh pages, and the kernel zeroing them was srp's largest cost at 1 GB (BENCHMARKS.md)."""
         # int32 while a chunk's bytes fit (always, at --chunk-mb's scale): half the memory traffic of int64
         wide = np.int32 if len(ids) * self._longest < 2 ** 31 else np.int64
-        ends = nbytes.astype(wide)
+        ends = self._byte_len[ids].astype(wide)
         np.cumsum(ends, out=ends)  # in place on a widened copy: about twice as fast as cumsum(dtype=...)
-        starts = ends - nbytes
-        if self._trim is not None:
-            lead = self._lead[ids]  # a gathered copy: safe to edit
-            if self._trim:  # add_prefix_space keeps one leading space of a text's first token
-                firsts = offsets[:-1][np.diff(offsets) > 0]
-                lead[firsts[lead[firsts] == 1]] = 0
-            starts = np.minimum(starts + lead, ends, out=starts)
-        return starts, ends
+        firsts = offsets[:-1]
+        bases = np.where(firsts > 0, ends[np.maximum(firsts - 1, 0)], 0) if len(ends) else np.zeros(len(firsts), np.int64)
+        starts = ends
+        starts -= self._back[ids]
+        if self._trim:  # add_prefix_space keeps one leading space of a text's first token
+            firsts = firsts[np.diff(offsets) > 0]
+            one = firsts[self._lead[ids[firsts]] == 1]
+            starts[one] -= self._trimmed[ids[one]]
+        return starts, bases.astype(np.int64)
 
     @staticmethod
     def _byte_to_char(text: str) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 
 from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT
 from megatron_srp.data.fast_tokenizer import char_to_byte
+from megatron_srp.data.indexed_writer import optimal_dtype
 from megatron_srp.data.tokenizer import TextTokenizer
 from megatron_srp.reflection import ReflectionFormat, Verdict
 
@@ -97,12 +98,13 @@ class ChunkOutput:
     """Documents the injection guard changed (a reflection tag or a special-token string in the text)."""
 
 
-def _scatter_insert(ids: np.ndarray, at: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.insert(ids, at, values)`` (equal indices keep their order in ``at``), and where each value landed."""
+def _scatter_insert(ids: np.ndarray, at: np.ndarray, values: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``np.insert(ids, at, values)`` (equal indices keep their order in ``at``) as ``dtype``, and where each
+    value landed. Written straight in the output's dtype: no widened copy, none for the writer to narrow."""
     order = np.argsort(at, kind="stable")
     new_pos = np.empty(len(at), dtype=np.int64)
     new_pos[order] = at[order] + np.arange(len(at))
-    out = np.empty(len(ids) + len(at), dtype=np.result_type(ids.dtype, values.dtype))
+    out = np.empty(len(ids) + len(at), dtype=dtype)
     keep = np.ones(len(out), dtype=bool)
     keep[new_pos] = False
     out[keep] = ids
@@ -116,6 +118,8 @@ class DocumentEncoder:
     def __init__(self, tokenizer_model: str, settings: MaterializeSettings, backend: str = "auto"):
         self.settings = settings
         self.tok = TextTokenizer(tokenizer_model, guard_special_tokens=settings.injection_guard, backend=backend)
+        self.out_dtype = optimal_dtype(self.tok.vocab_size)
+        """The .bin's token type (Megatron-Core's choice): plain and srp build their arrays in it."""
         self._reflection_ids: dict[Verdict, int] = {}
         self._reflections: list[np.ndarray] = []
         self._table_index: dict[int, tuple[list, np.ndarray]] = {}
@@ -201,7 +205,7 @@ class DocumentEncoder:
             flat, lens = self.tok.encode_flat(texts)
             if self.settings.append_eod:  # the end of document after every non-empty one, in one pass
                 ends = np.cumsum(lens)[lens > 0]
-                flat = np.insert(flat, ends, self.tok.eod)
+                flat, _ = _scatter_insert(flat, ends, np.full(len(ends), self.tok.eod), self.out_dtype)
                 lens = lens + (lens > 0)
             flats.append(flat)
             lengths.append(lens)
@@ -230,7 +234,7 @@ class DocumentEncoder:
             at = np.concatenate([at, text_ends[nonempty]])
             values = np.concatenate([values, np.full(int(nonempty.sum()), self.tok.eod, dtype=values.dtype)])
             lengths = lengths + nonempty
-        out, new_pos = _scatter_insert(ids, at, values)
+        out, new_pos = _scatter_insert(ids, at, values, self.out_dtype)
         roles = np.full(len(out), ROLE_TEXT, dtype=np.uint8)
         roles[new_pos[:n_refl]] = ROLE_REFLECTION
         return ChunkOutput(plain=PlainBatch([out], [lengths], roles), guard_changed=int(changed.sum()),

@@ -41,7 +41,6 @@ import numpy as np
 
 from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
 from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names
-from megatron_srp.data.indexed_writer import optimal_dtype
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
 from megatron_srp.data.settings import PreprocessConfig, preprocess_config, preprocess_parser
@@ -110,7 +109,7 @@ class Job:
 
     @property
     def dtype(self):
-        return optimal_dtype(self.encoder.tok.vocab_size)
+        return self.encoder.out_dtype
 
     def part(self, i: int) -> list[str]:
         return output_prefixes(os.path.join(f"{self.config.output_prefix}.parts", f"{i:05d}"), self.config.json_keys)
