@@ -238,6 +238,22 @@ def test_report_rebuilds_tables_and_chart_from_the_results_file_alone(tmp_path):
     assert bad.returncode == 2 and "results.json" in bad.stderr and "runs[0] lacks" in bad.stderr
 
 
+def test_a_run_screened_without_post_training_stays_finished(tmp_path):
+    from megatron_srp.medsafetyworld.ablate import AblationRecipe, expected_files
+    from megatron_srp.medsafetyworld.report import run_record
+
+    full = expected_files(AblationRecipe())  # a later invocation of the setting post-trains
+    run = tmp_path / "srp" / "seed0"
+    run.mkdir(parents=True)
+    (run / "eval_pretrained.json").write_text("{}")
+    assert run_record(run, "srp", 1, 0, full)["finished"]  # screened: its pretrained evaluation is all it ran
+    (run / "sft").mkdir()
+    assert not run_record(run, "srp", 1, 0, full)["finished"]  # post-training started, not evaluated
+    for name in full:
+        (run / f"{name}.json").write_text("{}")
+    assert run_record(run, "srp", 1, 0, full)["finished"]
+
+
 def test_generate_names_the_flag_of_an_impossible_setting(tmp_path):
     from tests.conftest import ROOT, child_env
 
