@@ -318,6 +318,8 @@ class ShardAnnotations:
             return ShardAnnotations._verdict_codes_python(labels, categories, cat_off, path)
         label_of = labels.dictionary.to_pylist()
         category_of = names.dictionary.to_pylist()
+        if len(set(label_of)) < len(label_of) or len(set(category_of)) < len(category_of):  # one string, two codes
+            return ShardAnnotations._verdict_codes_python(labels.dictionary_decode(), categories, cat_off, path)
         label_idx = _numpy(labels.indices, "column 'label'", path).astype(np.int64)
         cat_idx = _numpy(names.indices, "column 'categories'", path)
         n_cats = np.diff(cat_off)

@@ -74,6 +74,16 @@ def test_dictionary_read_keys_verdicts_like_the_per_segment_path(tmp_path, n_cat
     slow = ShardAnnotations(path, {}, pq.ParquetFile(path).read())  # plain strings: keyed per segment in Python
     assert fast.table == slow.table and np.array_equal(fast.codes, slow.codes)  # same verdicts, same order
     assert ShardAnnotations.read(path).table == fast.table
+    # a dictionary that spells one label twice (two codes, one verdict) is keyed by its strings instead
+    labels = dictionary.column("label").chunk(0)
+    spelled = labels.values.dictionary.to_pylist()
+    twice = pa.DictionaryArray.from_arrays(
+        pa.array([2 * i + (j % 2) for j, i in enumerate(labels.values.indices.to_pylist())], pa.int32()),
+        pa.array([name for name in spelled for _ in (0, 1)]))
+    doubled = dictionary.set_column(dictionary.schema.get_field_index("label"), "label",
+                                    pa.ListArray.from_arrays(labels.offsets, twice))
+    again = ShardAnnotations(path, {}, doubled)
+    assert again.table == slow.table and np.array_equal(again.codes, slow.codes)
     assert fast.verdicts == [Verdict(s[2], tuple(s[3])) for seg in segments for s in seg]
 
 
