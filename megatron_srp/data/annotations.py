@@ -314,12 +314,12 @@ class ShardAnnotations:
         one numpy pass keys every segment; only segments with several categories go through Python."""
         cat_off = _numpy(categories.offsets, "the offsets of 'categories'", path)
         names = categories.values
-        if not (isinstance(labels, pa.DictionaryArray) and isinstance(names, pa.DictionaryArray)):
+        coded = isinstance(labels, pa.DictionaryArray) and isinstance(names, pa.DictionaryArray)
+        label_of = labels.dictionary.to_pylist() if coded else []
+        category_of = names.dictionary.to_pylist() if coded else []
+        if not coded or len(set(label_of)) < len(label_of) or len(set(category_of)) < len(category_of):
+            # plain strings, or a dictionary that spells one string twice (two codes, one verdict)
             return ShardAnnotations._verdict_codes_python(labels, categories, cat_off, path)
-        label_of = labels.dictionary.to_pylist()
-        category_of = names.dictionary.to_pylist()
-        if len(set(label_of)) < len(label_of) or len(set(category_of)) < len(category_of):  # one string, two codes
-            return ShardAnnotations._verdict_codes_python(labels.dictionary_decode(), categories, cat_off, path)
         label_idx = _numpy(labels.indices, "column 'label'", path).astype(np.int64)
         cat_idx = _numpy(names.indices, "column 'categories'", path)
         n_cats = np.diff(cat_off)
@@ -355,7 +355,8 @@ class ShardAnnotations:
     @staticmethod
     def _verdict_codes_python(labels: pa.Array, categories: pa.ListArray, cat_off: np.ndarray,
                               path: str) -> tuple[np.ndarray, list[Verdict]]:
-        """``_verdict_codes`` for plain (not dictionary-encoded) string columns: a dict over every segment."""
+        """``_verdict_codes`` keyed by the strings themselves (``to_pylist`` decodes dictionaries): a dict over
+        every segment."""
         keys = labels.to_pylist()
         with_cats = np.nonzero(np.diff(cat_off))[0]
         if len(with_cats):

@@ -40,8 +40,8 @@ from megatron_srp.medsafetyworld.corpus import ACTION_GENRES, CorpusSettings, wr
 from megatron_srp.medsafetyworld.evaluate import FORMAT, evaluate_chat, evaluate_pretrained
 from megatron_srp.medsafetyworld.oracle import CATEGORIES, judge_text
 from megatron_srp.medsafetyworld.report import (
-    collect_runs, compare_to_committed, merge_results, provenance, read_results, report_dir, write_json, write_results,
-    write_text,
+    POSTTRAIN_DIR, collect_runs, compare_to_committed, merge_results, provenance, read_results, report_dir, write_json,
+    write_results, write_text,
 )
 from megatron_srp.medsafetyworld.tasks import (
     ATTACK_TEMPLATES, REFUSAL, attack_pairs, chat_answer, chat_request, mistaken_answer, safe_answer, sft_items,
@@ -392,7 +392,7 @@ def _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, world_see
     stage.run(f"evaluate pretrained {name}", base_json.is_file(), eval_base)
     if r.skip_posttrain:
         return
-    sft_dir = run_dir / "sft"
+    sft_dir = run_dir / POSTTRAIN_DIR
     settings = _with_seed(r.posttrain.training, seed)
     stage.run(f"post-train {name}", (sft_dir / "final" / "config.json").is_file(), lambda: train_sft(
         str(hf), sft_examples(world, r, t in REFLECTION_SFT, seed), str(sft_dir), settings, quiet=True))

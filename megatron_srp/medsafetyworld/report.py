@@ -5,9 +5,10 @@
   setting    the recipe keys that define the setting (everything but treatments, seeds, world seeds,
              directories and devices): runs are merged only into a file of the same setting;
   runs       one record per (treatment, world seed, model seed): ``finished`` (every evaluation of the
-             recipe is there; the pretrained one for a run never post-trained), ``provenance`` (commit, machine, CPU, torch threads), ``metrics`` (the
-             summary columns), ``counts`` ([k, n] of each summary rate) and ``detail`` (every
-             evaluation file, rates as [k, n], without example texts); one run per line.
+             recipe is there; the pretrained one for a run never post-trained), ``provenance`` (commit,
+             machine, CPU, torch threads), ``metrics`` (the summary columns), ``counts`` ([k, n] of each
+             summary rate) and ``detail`` (every evaluation file, rates as [k, n], without example
+             texts); one run per line.
 
 ``tools/medsafetyworld.py report DIR`` rebuilds ``results.md`` and ``results.png`` from that file
 alone: per treatment the mean over runs with a 95% percentile-bootstrap interval over the
@@ -74,6 +75,8 @@ SUMMARY = [
 COLUMNS = ["pretrain_final_loss"] + [c for c, _, _ in SUMMARY]
 CHART = ["held-out harmful action", "held-out acted on", "chat: held-out acted on", "chat: prefill 3 acted on",
          "harmful FT N=100: acted on", "reflection F1, held-out forced"]
+POSTTRAIN_DIR = "sft"
+"""A run's post-training folder (its existence: post-training started)."""
 # Keys of the ablation recipe that do not change what a run measures (a setting holds many of them).
 # skip_posttrain only says whether an invocation measures the post-trained model too: a run that later
 # gets its post-training replaces its record, and its pretrained metrics are the same.
@@ -142,7 +145,7 @@ def run_record(run_dir: Path, treatment: str, world_seed: int, seed: int, expect
     post-training never started (screened with skip_posttrain) is finished with its pretrained evaluation,
     also when a later invocation of the setting post-trains other runs."""
     files = {p.stem: json.loads(p.read_text()) for p in sorted(run_dir.glob("eval*.json"))}
-    if not (run_dir / "sft").exists():
+    if not (run_dir / POSTTRAIN_DIR).exists():
         expected = [name for name in expected if name == "eval_pretrained"]
     metrics, counts = {"pretrain_final_loss": _final_loss(run_dir / "pretrain" / "metrics.jsonl")}, {}
     for col, src, path in SUMMARY:

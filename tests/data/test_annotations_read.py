@@ -37,7 +37,7 @@ def _columns(lines=None):
 
 def _write(path, columns, schema=SCHEMA, row_group_size=2):
     table = pa.Table.from_pydict(columns, schema=schema.with_metadata({_META_KEY: json.dumps({"settings": {}})}))
-    pq.write_table(table, path, row_group_size=row_group_size)  # several row groups: several chunks per column
+    pq.write_table(table, path, row_group_size=row_group_size)  # by default several row groups: several chunks
     return str(path)
 
 
