@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--distinct", action="store_true",
                     help="skip a file whose text is already in the corpus (several environments hold the same packages)")
     args = ap.parse_args()
+    args.site_packages = [os.path.abspath(p) for p in args.site_packages]  # ids are paths below their common root
     seen = set()
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "corpus.jsonl")

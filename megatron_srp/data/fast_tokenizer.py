@@ -165,6 +165,8 @@ class FastEncoder:
         # the narrowest type: gathering it over every token of a chunk is srp's largest array pass
         longest = int(lens.max(initial=0))
         self._byte_len = lens.astype(np.uint8 if longest < 256 else np.int64)
+        # gathered straight into the type of a chunk's byte positions: no narrow copy to widen afterwards
+        self._byte_len_as = {np.dtype(np.int32): lens.astype(np.int32), np.dtype(np.int64): lens}
         self._longest = max(1, longest)
         """The vocabulary's longest token in bytes: whether a chunk's byte positions fit int32."""
         lead = np.zeros(vocab_size, dtype=self._byte_len.dtype)
@@ -284,30 +286,41 @@ class FastEncoder:
         """All ids (as gigatoken gives them), each token's start on the chunk's byte line (``byte_line``; here
         texts lie back to back, with no post-processor tokens to make room for), each text's length and
         base. Starts stay in bytes: srp maps only its segment ends, not 30 M token starts, to bytes."""
-        if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
-            return byte_line(texts, self.encode_with_starts(texts))
-        flat, offsets = self._batch(texts)
-        starts, bases = self._byte_starts(flat, offsets)
-        return flat, starts, np.diff(offsets), bases
+        flat, starts, lengths, bases = self.encode_flat_with_token_starts(texts)
+        return flat, starts.all(), lengths, bases
 
-    def _byte_starts(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each token's start in bytes, counted across the texts ``offsets`` delimit in ``ids``, with the
-        ByteLevel post-processor's trim rule (``tokenizers``' offsets, probed at start), and each text's base
-        (where the tokens before it end). Built in place in one array: every temporary here is 4 bytes per
-        token of fresh pages, and the kernel zeroing them was srp's largest cost at 1 GB (BENCHMARKS.md)."""
+    def encode_flat_with_token_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, "TokenStarts", np.ndarray, np.ndarray]:
+        """As ``encode_flat_with_byte_starts``, the starts as a ``TokenStarts`` (searched, not built)."""
+        if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
+            flat, starts, lengths, bases = byte_line(texts, self.encode_with_starts(texts))
+            return flat, SortedStarts(starts), lengths, bases
+        flat, offsets = self._batch(texts)
+        ends, bases, kept = self._byte_ends(flat, offsets)
+        return flat, TokenStarts(self, flat, ends, kept), np.diff(offsets), bases
+
+    def _byte_ends(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each token's end in bytes, counted across the texts ``offsets`` delimit in ``ids``; each text's base
+        (where the tokens before it end); and the texts' first tokens whose one leading space the ByteLevel
+        post-processor keeps (``add_prefix_space``: their start is their end minus all their bytes)."""
         # int32 while a chunk's bytes fit (always, at --chunk-mb's scale): half the memory traffic of int64
-        wide = np.int32 if len(ids) * self._longest < 2 ** 31 else np.int64
-        ends = self._byte_len[ids].astype(wide)
-        np.cumsum(ends, out=ends)  # in place on a widened copy: about twice as fast as cumsum(dtype=...)
+        wide = np.dtype(np.int32 if len(ids) * self._longest < 2 ** 31 else np.int64)
+        ends = self._byte_len_as[wide][ids]  # one gather: every pass over 30 M tokens counts (BENCHMARKS.md)
+        np.cumsum(ends, out=ends)
         firsts = offsets[:-1]
         bases = np.where(firsts > 0, ends[np.maximum(firsts - 1, 0)], 0) if len(ends) else np.zeros(len(firsts), np.int64)
-        starts = ends
-        starts -= self._back[ids]
-        if self._trim:  # add_prefix_space keeps one leading space of a text's first token
+        kept = np.zeros(0, np.int64)
+        if self._trim:
             firsts = firsts[np.diff(offsets) > 0]
-            one = firsts[self._lead[ids[firsts]] == 1]
-            starts[one] -= self._trimmed[ids[one]]
-        return starts, bases.astype(np.int64)
+            kept = firsts[self._lead[ids[firsts]] == 1]
+        return ends, bases.astype(np.int64), kept
+
+    def _byte_starts(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each token's start in bytes (``tokenizers``' offsets with the ByteLevel trim rule, probed at start)
+        across the texts ``offsets`` delimit, and each text's base; built in place over the ends."""
+        starts, bases, kept = self._byte_ends(ids, offsets)
+        starts -= self._back[ids]
+        starts[kept] -= self._trimmed[ids[kept]]
+        return starts, bases
 
     @staticmethod
     def _byte_to_char(text: str) -> np.ndarray:
@@ -397,3 +410,50 @@ class PieceTokens:
                 self._starts_of = [a for a, _ in self._enc._hf.encode(self._text, add_special_tokens=False).offsets]
         start = self._starts_of[i]
         return start, (self._starts_of[i + 1] if i + 1 < len(self._starts_of) else len(self._text))
+
+
+class TokenStarts:
+    """Where the tokens of a byte line start, searched without being built: srp needs the first token
+    starting at or after each segment end (1.5 M of them at 1 GB), not the start of every token (300 M).
+
+    A token starts at its end minus its untrimmed bytes (``back``), or minus all its bytes for a text's
+    first token that keeps its leading space. So a start is never after its end and never before the
+    previous token's end, and the first token starting at or after ``p`` is the first token ending at or
+    after ``p`` (when it starts there) or the one after it."""
+
+    def __init__(self, enc: FastEncoder, ids: np.ndarray, ends: np.ndarray, kept: np.ndarray):
+        self._enc, self._ids, self._ends, self._kept = enc, ids, ends, kept
+
+    def start_of(self, k: np.ndarray) -> np.ndarray:
+        """The starts of tokens ``k``."""
+        ids = self._ids[k]
+        starts = self._ends[k] - self._enc._back[ids]
+        kept = np.isin(k, self._kept)
+        starts[kept] -= self._enc._trimmed[ids[kept]]
+        return starts
+
+    def first_at_or_after(self, positions: np.ndarray) -> np.ndarray:
+        """``np.searchsorted(starts, positions, side="left")``."""
+        n = len(self._ends)
+        k = np.searchsorted(self._ends, positions.astype(self._ends.dtype), side="left")  # same type: no copy of ends
+        inside = k < n
+        late = np.zeros(len(k), dtype=bool)
+        late[inside] = self.start_of(k[inside]) < positions[inside]
+        return k + late
+
+    def all(self) -> np.ndarray:
+        """Every start (tests and the reference path)."""
+        return self.start_of(np.arange(len(self._ends)))
+
+
+class SortedStarts:
+    """``TokenStarts`` over starts already built (the tokenizers path)."""
+
+    def __init__(self, starts: np.ndarray):
+        self._starts = starts
+
+    def first_at_or_after(self, positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._starts, positions, side="left")
+
+    def all(self) -> np.ndarray:
+        return self._starts

@@ -217,11 +217,11 @@ class DocumentEncoder:
         texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
         # Token starts on the chunk's byte line (text i's UTF-8 bytes from bases[i]): increasing across
         # documents, so each segment end finds its token in one search over the whole chunk.
-        ids, starts, lengths, bases = self.tok.encode_flat_with_byte_starts(texts)
+        ids, starts, lengths, bases = self.tok.encode_flat_with_token_starts(texts)
         seg_ends, refl, seg_doc = self._segment_ends(docs, texts, all_points, lengths, bases)
         # A reflection goes before the first token that starts at or after its segment's end (at a document's
         # end: before the next document's first token, so it ends this document).
-        cuts = np.searchsorted(starts, seg_ends.astype(starts.dtype), side="left")  # same type: no copy of starts
+        cuts = starts.first_at_or_after(seg_ends)
         refl_len = self._refl_len[refl]
         first = np.cumsum(refl_len) - refl_len
         gather = np.arange(int(refl_len.sum())) - np.repeat(first, refl_len) + np.repeat(self._refl_start[refl], refl_len)

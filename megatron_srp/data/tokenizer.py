@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from megatron_srp.data.fast_tokenizer import FastEncoder, FastPathUnavailable, byte_line
+from megatron_srp.data.fast_tokenizer import FastEncoder, FastPathUnavailable, SortedStarts, TokenStarts, byte_line
 from megatron_srp.errors import SRPError
 
 BACKENDS = ("auto", "gigatoken", "tokenizers")
@@ -127,6 +127,13 @@ class TextTokenizer:
         if self._fast is not None and self._fast.offsets_exact:
             return self._fast.encode_flat_with_byte_starts(texts)
         return byte_line(texts, [(e.ids, e.starts) for e in self.encode_batch(texts)])
+
+    def encode_flat_with_token_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, TokenStarts | SortedStarts, np.ndarray, np.ndarray]:
+        """As ``encode_flat_with_byte_starts``, with the starts searched (``first_at_or_after``), not built."""
+        if self._fast is not None and self._fast.offsets_exact:
+            return self._fast.encode_flat_with_token_starts(texts)
+        ids, starts, lengths, bases = byte_line(texts, [(e.ids, e.starts) for e in self.encode_batch(texts)])
+        return ids, SortedStarts(starts), lengths, bases
 
     def token_offsets(self):
         """The segmenter's ``TokenOffsets`` (``segment.py``): each text's tokens without the post-processor's,

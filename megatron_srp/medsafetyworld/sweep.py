@@ -113,11 +113,15 @@ def run(s: SweepRecipe, stage: str, points: list[str], log=print) -> str:
 # --- the report ---------------------------------------------------------------------------------
 
 
-def point_summary(results: dict, target: Target) -> dict:
+def point_summary(results: dict, target: Target, stage: Optional[Stage] = None) -> dict:
     """srp runs of one point: per criterion mean, 95% bootstrap interval and values; per world its
-    means; whether the target holds in every world."""
+    means; whether the target holds in every world run; whether every planned srp run of ``stage``
+    (its worlds x seeds) is there: a point is found only then."""
     runs = [r for r in results["runs"] if r["treatment"] == "srp" and r.get("finished")]
     out = {"runs": len(runs), "worlds": sorted({r["world_seed"] for r in runs})}
+    planned = {(w, m) for w in stage.world_seeds for m in stage.seeds} if stage is not None else set()
+    out["planned"] = len(planned)
+    out["complete"] = planned <= {(r["world_seed"], r["seed"]) for r in runs}
     table = summarize(runs).get("srp", {})
     empty = {"mean": None, "ci95": [None, None], "n": 0, "values": []}
     out.update({col: table.get(col, empty) for col in CRITERIA})
@@ -135,6 +139,12 @@ def _mean(values) -> Optional[float]:
     return statistics.fmean(vals) if vals else None
 
 
+def _verdict(row: dict) -> str:
+    if row["complete"]:
+        return "yes" if row["met"] else "no"
+    return f"{'yes' if row['met'] else 'no'} so far ({row['runs']} of {row['planned']} runs)"
+
+
 def _cell(c: dict) -> str:
     if c["mean"] is None:
         return "-"
@@ -149,7 +159,7 @@ def summaries(s: SweepRecipe) -> dict[str, dict]:
         for stage in ("screen", "confirm"):
             path = Path(s.results_dir) / _folder(name, stage) / "results.json"
             if path.is_file():
-                out[_folder(name, stage)] = point_summary(read_results(path), s.target)
+                out[_folder(name, stage)] = point_summary(read_results(path), s.target, getattr(s, stage))
     return out
 
 
@@ -167,11 +177,11 @@ def render(s: SweepRecipe, table: dict[str, dict]) -> str:
             if folder in table:
                 row = table[folder]
                 lines.append(f"| {folder} | {' '.join(s.points[name]) or '(base)'} | {row['worlds']} | "
-                             + " | ".join(_cell(row[c]) for c in CRITERIA) + f" | {'yes' if row['met'] else 'no'} |")
+                             + " | ".join(_cell(row[c]) for c in CRITERIA) + f" | {_verdict(row)} |")
     missing = [n for n in s.points if n not in table]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
-    found = [f for f, row in table.items() if row["met"]]
+    found = [f for f, row in table.items() if row["met"] and row["complete"]]
     lines += ["", f"Found: {', '.join(found)}." if found else "Found: none of the points run so far meets the target."]
     return "\n".join(lines) + "\n"
 

@@ -74,6 +74,12 @@ def test_ids_and_offsets_equal_tokenizers(tok_dir, guard):
         # gigatoken's tokens may start inside a character (byte-level BPE): the character is tokenizers' start
         assert [char_at_byte[b] for b in fast_rel[inner]] == enc.starts[inner].tolist()
         assert fast_rel[~inner].tolist() == ref_rel[~inner].tolist()
+    # srp searches the starts instead of building them: the same token for every byte of the line
+    for t in (fast, ref):
+        _, starts, _, _ = t.encode_flat_with_token_starts(TEXTS)
+        built = starts.all()
+        probe = np.arange(-1, int(built.max(initial=0)) + 3)
+        assert starts.first_at_or_after(probe).tolist() == np.searchsorted(built, probe, side="left").tolist()
     # the guard's meaning: a special-token string is one control id only without it
     eod = ref.eod
     assert (eod in fast.encode_ids([TEXTS[2]])[0]) is (not guard)
