@@ -271,11 +271,17 @@ def _flat_values(col: pa.ListArray, name: str, path: str):
     return col.values
 
 
+def _where(input_path: str, doc: Document) -> str:
+    return f"{input_path}:{doc.line} (id {doc.id!r})"
+
+
 def check_texts(checks) -> None:
-    """Each (recorded hash, text, where, sidecar) of ``ShardAnnotations.segments``: the text is the annotated one."""
-    for sha, text, where, sidecar in checks:
-        if sha != text_hash(text):
-            raise AnnotationError(f"{where}: the text differs from the annotated text (hash mismatch with {sidecar})")
+    """Each (recorded hash, document, input path, sidecar) of ``ShardAnnotations.segments``: the text is the
+    annotated one."""
+    for sha, doc, input_path, sidecar in checks:
+        if sha != text_hash(doc.text):
+            raise AnnotationError(f"{_where(input_path, doc)}: the text differs from the annotated text (hash "
+                                  f"mismatch with {sidecar})")
 
 
 class ShardAnnotations:
@@ -305,6 +311,7 @@ class ShardAnnotations:
         self.codes, self.table = self._verdict_codes(_flat_values(cols["label"], "label", path),
                                                      _flat_values(cols["categories"], "categories", path), path)
         self.verdicts = [self.table[c] for c in self.codes.tolist()]
+        self._bounds = self.offsets.tolist()
         self._used: list[int] = []
 
     @staticmethod
@@ -386,18 +393,19 @@ class ShardAnnotations:
         With ``deferred``, the text-hash check is appended there for ``check_texts`` instead (preprocessing
         runs it on its encoding threads: hashing releases the GIL, the reading thread is the busiest)."""
         row = self.row_of_line.get(doc.line)
-        where = f"{input_path}:{doc.line} (id {doc.id!r})"
         if row is None:
-            raise AnnotationError(f"{where}: no annotation in {self.path}; the input changed since annotation")
+            raise AnnotationError(f"{_where(input_path, doc)}: no annotation in {self.path}; the input changed "
+                                  f"since annotation")
         if self.ids[row] != doc.id:
-            raise AnnotationError(f"{where}: annotation {self.path} has id {self.ids[row]!r} on that line")
-        check = (self.text_shas[row], doc.text, where, self.path)
+            raise AnnotationError(f"{_where(input_path, doc)}: annotation {self.path} has id {self.ids[row]!r} on "
+                                  f"that line")
+        check = (self.text_shas[row], doc, input_path, self.path)  # the message is built only for a mismatch
         if deferred is None:
             check_texts([check])
         else:
             deferred.append(check)
         self._used.append(row)
-        a, b = self.offsets[row], self.offsets[row + 1]
+        a, b = self._bounds[row], self._bounds[row + 1]  # Python ints: numpy scalars cost more per document
         return DocumentSegments(self.spans[a:b], self.verdicts[a:b], self.codes[a:b], self.table)
 
     def for_document(self, doc: Document, input_path: str) -> tuple[np.ndarray, list[Verdict]]:
