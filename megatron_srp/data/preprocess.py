@@ -176,6 +176,7 @@ def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) ->
     stats, read_stats = Stats(), ReadStats()
     writer = Writer(prefixes, job.dtype, with_roles=job.settings.variant == "srp")
     chunks = _inputs_of(job, path, job.names[i], stats, read_stats)
+    fallback_before = job.encoder.tok.reference_documents
     try:
         if pool is not None:
             results = pool.imap(_encode_chunk, chunks)
@@ -187,6 +188,7 @@ def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) ->
         writer.abort()
         raise
     writer.commit()
+    stats.tokenizers_fallback_documents = job.encoder.tok.reference_documents - fallback_before
     progress.file_done(path)
     stats.skipped_rows, stats.row_errors = read_stats.skipped, dict(read_stats.errors)
     return stats

@@ -26,6 +26,7 @@ class Stats:
     segments_rewritten: int = 0
     tokens: int = 0
     guard_changed_documents: int = 0
+    tokenizers_fallback_documents: int = 0  # encoded by tokenizers, not gigatoken (an unassigned character)
     reflection_tokens: int = 0
     labels: dict = field(default_factory=dict)
     categories: dict = field(default_factory=dict)

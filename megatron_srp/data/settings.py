@@ -140,7 +140,9 @@ class PreprocessConfig:
     id_key: str = "id"
     """the id field of a row"""
     stats: Optional[str] = None
-    """write statistics (JSON) here"""
+    """write statistics (JSON) here: documents, tokens, segments, the documents the guard changed
+    (guard_changed_documents) and those encoded by tokenizers instead of gigatoken
+    (tokenizers_fallback_documents)"""
     chunk_docs: int = 4096
     """at most this many documents per encode call"""
     chunk_mb: float = 8.0

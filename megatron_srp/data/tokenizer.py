@@ -89,6 +89,11 @@ class TextTokenizer:
         """Which library encodes document text: ``gigatoken`` or ``tokenizers``."""
         return "gigatoken" if self._fast is not None else "tokenizers"
 
+    @property
+    def reference_documents(self) -> int:
+        """Documents gigatoken handed to ``tokenizers`` so far (a character the libraries may classify apart)."""
+        return self._fast.reference_documents if self._fast is not None else 0
+
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
         if self._fast is not None and self._fast.offsets_exact:
             return [Encoded(ids, starts) for ids, starts in self._fast.encode_with_starts(texts)]

@@ -195,6 +195,7 @@ def test_stats_count_the_documents_the_guard_changed(tok_dir, tmp_path):
         out = json.loads(stats.read_text())
         assert out["guard_changed_documents"] == expect
         assert out["tokenizer_backend"] == "gigatoken"
+        assert out["tokenizers_fallback_documents"] == 1  # U+16EBB's document; the start-up probes not counted
 
 
 def test_help_and_plain_preprocessing_never_import_megatron_core(tok_dir, tmp_path):
