@@ -162,7 +162,7 @@ class FastEncoder:
         for i, b in self._tok.vocab.items():
             if i < vocab_size:
                 lens[i] = len(b)
-        # the narrowest type: gathering it over every token of a chunk is srp's largest array pass
+        # the narrowest type for the trim tables below (gathered over every token where starts are built)
         longest = int(lens.max(initial=0))
         self._byte_len = lens.astype(np.uint8 if longest < 256 else np.int64)
         # gathered straight into the type of a chunk's byte positions: no narrow copy to widen afterwards
