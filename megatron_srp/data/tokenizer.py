@@ -129,9 +129,8 @@ class TextTokenizer:
     def encode_flat_with_byte_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``encode_batch`` on one byte line (``fast_tokenizer.byte_line``): all ids, each token's start on
         it, each text's length, and where each text's UTF-8 bytes begin (srp places reflections by these)."""
-        if self._fast is not None and self._fast.offsets_exact:
-            return self._fast.encode_flat_with_byte_starts(texts)
-        return byte_line(texts, [(e.ids, e.starts) for e in self.encode_batch(texts)])
+        ids, starts, lengths, bases = self.encode_flat_with_token_starts(texts)
+        return ids, starts.all(), lengths, bases
 
     def encode_flat_with_token_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, TokenStarts | SortedStarts, np.ndarray, np.ndarray]:
         """As ``encode_flat_with_byte_starts``, with the starts searched (``first_at_or_after``), not built."""
