@@ -108,6 +108,19 @@ def test_unassigned_characters_go_through_tokenizers(tok_dir):
     assert fast._fast.reference_documents == before + 2
 
 
+def test_has_unassigned_agrees_with_the_table():
+    """The check skips code points below FIRST_UNASSIGNED: none of them may be unassigned, and every text
+    must get the answer of a lookup of each of its characters."""
+    from megatron_srp.data.fast_tokenizer import FIRST_UNASSIGNED, has_unassigned, unassigned_table
+
+    table = unassigned_table()
+    assert not table[:FIRST_UNASSIGNED].any() and table[FIRST_UNASSIGNED]
+    texts = [*TEXTS, "caf\u00e9 \u0377", "caf\u00e9 \u0378", "\u00ff" * 50 + "\U000e0fff", "\U0001f642 \U00016ebb"]
+    for text in texts:
+        assert has_unassigned(text) == any(table[ord(c)] for c in text), text
+    assert [has_unassigned(t) for t in texts[-4:]] == [False, True, True, True]
+
+
 @pytest.mark.parametrize("variant", ["plain", "srp", "filter", "rewrite"])
 @pytest.mark.parametrize("guard", [True, False])
 def test_every_variant_encodes_as_with_tokenizers(tok_dir, variant, guard):
