@@ -11,6 +11,10 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
   suffix ``tokenizers`` puts around a probe text; an empty text takes ``tokenizers``' own answer.
 - Token start offsets (srp inserts reflections by them) come from each token's byte length, with
   the ByteLevel post-processor's ``trim_offsets`` rule applied, mapped from bytes to characters.
+- The guard's search (which documents spell a special-token string or a reflection tag) is done by
+  gigatoken as it encodes, for plain: a second tokenizer carries those strings as added tokens with ids
+  of their own, so only a document that spells one has such an id; those documents are encoded again,
+  rewritten. Not where a kept added token overlaps one of the strings (it could hide it).
 - On load, a probe set (unicode, whitespace runs, special-token strings, tags, digits) is encoded
   both ways; any difference in ids or offsets and the caller falls back to ``tokenizers``.
 - The two libraries classify characters (letter, number, space: the pretokenizer's regex) by
@@ -33,6 +37,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import re
 import threading
 import unicodedata
 from functools import lru_cache
@@ -152,7 +157,11 @@ class FastEncoder:
         gt_cfg["post_processor"] = None  # its tokens are added here
         if guard_special_tokens:
             gt_cfg["added_tokens"] = [t for t in cfg.get("added_tokens", []) if not t.get("special")]
+        self._gt_cfg = gt_cfg
+        self._guarding = guard_special_tokens
         self._json = json.dumps(gt_cfg)
+        self._watch: Optional[_Watch] = None
+        """Strings whose texts are found by gigatoken as it encodes (``watch``); None: not watching."""
         self._hf = hf
         if refresh_bytes is None:
             refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 64)) * (1 << 20))
@@ -161,6 +170,7 @@ class FastEncoder:
         self._trimmed_at = None
         self._lock = threading.Lock()
         self._tok = self._load()
+        self._watch_tok = None
         self._prefix, self._suffix = self._specials_around_text(hf)
         self._empty = hf.encode("", add_special_tokens=True)
         self._trim = _trim_rule(cfg.get("post_processor"))
@@ -191,9 +201,9 @@ class FastEncoder:
         self.offsets_exact = True
         self._check(hf)
 
-    def _load(self):
+    def _load(self, config: Optional[str] = None):
         try:
-            return self._gt.Tokenizer.from_json(self._json)
+            return self._gt.Tokenizer.from_json(config or self._json)
         except Exception as e:  # a model gigatoken does not implement (WordLevel, Unigram): tokenizers instead
             raise FastPathUnavailable(f"gigatoken cannot load this tokenizer: {str(e).splitlines()[0]}") from None
 
@@ -242,44 +252,112 @@ class FastEncoder:
             release_freed_memory()
             self._trimmed_at = resident_bytes()
 
-    def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
+    def _tokenizer(self, texts: Sequence[str], watching: bool):
+        """The gigatoken tokenizer to encode ``texts`` with, renewed every ``refresh_bytes`` of text (the
+        watching one, when it is used, counts with the other: they are renewed together)."""
         with self._lock:  # preprocessing encodes two chunks at once
             self._since_refresh += sum(map(len, texts))
-            if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken cache
-                self._tok, self._since_refresh = None, 0  # freed, once no chunk still uses it
+            if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken caches
+                self._tok, self._watch_tok, self._since_refresh = None, None, 0  # freed once no chunk uses them
                 self._release()
-                self._tok = self._load()
-            tok = self._tok
-        layout = tok.encode_batch(list(texts)).layout
+            if watching:  # (each loaded when first used: plain with the guard only ever uses this one)
+                self._watch_tok = self._watch_tok or self._load(self._watch.json)
+                return self._watch_tok
+            self._tok = self._tok or self._load()
+            return self._tok
+
+    def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat ids (uint32) and per-text offsets into them, without the post-processor's tokens."""
+        flat, offsets, _ = self._batch_and_unsure(texts, watching=False)
+        return flat, offsets
+
+    def _batch_and_unsure(self, texts: Sequence[str], watching: bool) -> tuple[np.ndarray, np.ndarray, list]:
+        """``_batch`` (watching: a watched string gives its watch id, see ``watch``), and the texts that
+        ``tokenizers`` encoded instead (a character the two libraries may classify apart)."""
+        layout = self._tokenizer(texts, watching).encode_batch(list(texts)).layout
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
         flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
         offsets = offsets - offsets[0]
         unsure = [i for i, t in enumerate(texts) if has_unassigned(t)]
         if not unsure:
-            return flat, offsets
+            return flat, offsets, unsure
         with self._lock:
             self.reference_documents += len(unsure)
         # tokenizers' encode_batch releases the GIL (its encode does not): the other chunk's thread goes on
         redone = [np.asarray(e.ids, dtype=flat.dtype)
                   for e in self._hf.encode_batch([texts[i] for i in unsure], add_special_tokens=False)]
-        parts, lengths, prev = [], np.diff(offsets), 0
-        for i, ids in zip(unsure, redone):  # splice: the untouched runs between unsure texts stay whole
-            parts += [flat[offsets[prev]:offsets[i]], ids]
-            lengths[i], prev = len(ids), i + 1
-        parts.append(flat[offsets[prev]:])
-        return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
+        return (*_splice(flat, offsets, unsure, redone), unsure)
+
+    def watch(self, strings: Sequence[str]) -> bool:
+        """Find the texts that spell one of ``strings`` while encoding them (``encode_flat_watched``), instead
+        of searching every text first: gigatoken splits them out as added tokens with ids of their own,
+        which are only in texts that spell one. The strings must not overlap a kept added token (one could
+        hide the other), and the probes must agree with a search; False (not watching) otherwise."""
+        if not self._guarding:  # special tokens are kept added tokens: a text spelling one is not guarded
+            return False
+        kept = self._gt_cfg.get("added_tokens", [])
+        by_content = {t["content"]: t for t in kept}
+        for n in strings:
+            if n in by_content:
+                if by_content[n].get("single_word"):
+                    return False
+                continue
+            if any(_overlap(n, t["content"]) for t in kept):
+                return False
+        next_id = max([self._hf.get_vocab_size(with_added_tokens=True) - 1, *(t["id"] for t in kept)]) + 1
+        added, ids = list(kept), []
+        for n in dict.fromkeys(strings):
+            if n in by_content:
+                ids.append(by_content[n]["id"])
+                continue
+            added.append({"id": next_id, "content": n, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": False})
+            ids.append(next_id)
+            next_id += 1
+        cfg = dict(self._gt_cfg, added_tokens=added)
+        pattern = re.compile("|".join(map(re.escape, sorted(set(strings), key=len, reverse=True))))
+        watch = _Watch(json.dumps(cfg), np.asarray(sorted(ids), dtype=np.int64), pattern)
+        previous, self._watch = self._watch, watch
+        probes = [*PROBES, *(f"a{n}b" for n in strings), *(f"{n[:-1]} {n[-1:]}" for n in strings)]
+        _, _, hits = self.encode_flat_watched(probes, lambda t: t)
+        if hits.tolist() != [bool(pattern.search(t)) for t in probes]:
+            self._watch = previous
+            return False
+        return True
+
+    def encode_flat_watched(self, texts: Sequence[str], rewrite) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_flat`` of each text, or of ``rewrite(text)`` for the texts that spell a watched string; and
+        which texts those were (bool per text)."""
+        watch = self._watch
+        flat, offsets, unsure = self._batch_and_unsure(texts, watching=True)
+        hits = np.zeros(len(texts), dtype=bool)
+        maybe = np.flatnonzero(flat >= watch.ids[0])  # added tokens sit at the vocabulary's end: few candidates
+        found = maybe[np.isin(flat[maybe], watch.ids)]
+        hits[np.searchsorted(offsets, found, side="right") - 1] = True
+        for i in unsure:  # tokenizers encoded these: it knows no watch ids, so the text itself is searched
+            hits[i] = watch.pattern.search(texts[i]) is not None
+        if hits.any():
+            which = np.flatnonzero(hits).tolist()
+            redone_flat, redone_offsets = self._batch([rewrite(texts[i]) for i in which])
+            redone = [redone_flat[a:b] for a, b in zip(redone_offsets[:-1], redone_offsets[1:])]
+            flat, offsets = _splice(flat, offsets, which, redone)
+        flat, lengths = self._with_specials(texts, flat, offsets, rewritten=hits, rewrite=rewrite)
+        return flat, lengths, hits
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All texts' ids (post-processor tokens included) in one array, and each text's length. The ids stay
         gigatoken's uint32: widening 30 M tokens per 100 MB to int64 cost plain a tenth of its time."""
-        flat, offsets = self._batch(texts)
+        return self._with_specials(texts, *self._batch(texts))
+
+    def _with_specials(self, texts, flat, offsets, rewritten=None, rewrite=None) -> tuple[np.ndarray, np.ndarray]:
+        """The post-processor's tokens around each text's ids (``rewritten`` texts: around ``rewrite(text)``'s)."""
         lengths = np.diff(offsets)
         empty = [i for i, t in enumerate(texts) if not t]
         if not (self._prefix or self._suffix or (empty and self._empty.ids)):
             return flat, lengths
         parts = []
         for i, t in enumerate(texts):  # rare: tokenizers that add BOS/EOS around every document
+            t = rewrite(t) if rewritten is not None and rewritten[i] else t
             body = self._empty.ids if not t else [*self._prefix, *flat[offsets[i]:offsets[i + 1]], *self._suffix]
             parts.append(np.asarray(body, dtype=np.int64))
         lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
@@ -361,6 +439,32 @@ class FastEncoder:
     def _starts(self, text: str, ids: np.ndarray) -> np.ndarray:
         starts, _ = self._byte_starts(ids, np.asarray([0, len(ids)]))
         return starts if text.isascii() else self._byte_to_char(text)[starts]
+
+
+class _Watch:
+    """The watching tokenizer's config, the watch ids (sorted) and a search for texts ``tokenizers`` encodes."""
+
+    def __init__(self, json_config: str, ids: np.ndarray, pattern):
+        self.json, self.ids, self.pattern = json_config, ids, pattern
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one string contains the other or ends where the other begins (so a match of one can hide one
+    of the other)."""
+    if a == b or a in b or b in a:
+        return True
+    return any(b.startswith(a[i:]) for i in range(1, len(a))) or any(a.startswith(b[i:]) for i in range(1, len(b)))
+
+
+def _splice(flat: np.ndarray, offsets: np.ndarray, which: list, redone: list) -> tuple[np.ndarray, np.ndarray]:
+    """``flat`` with the ids of texts ``which`` (increasing) replaced by ``redone``; the new offsets. The
+    untouched runs between them stay whole."""
+    parts, lengths, prev = [], np.diff(offsets), 0
+    for i, ids in zip(which, redone):
+        parts += [flat[offsets[prev]:offsets[i]], ids.astype(flat.dtype, copy=False)]
+        lengths[i], prev = len(ids), i + 1
+    parts.append(flat[offsets[prev]:])
+    return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
 
 
 def char_to_byte(text: str, positions) -> np.ndarray:

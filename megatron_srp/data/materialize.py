@@ -129,6 +129,9 @@ class DocumentEncoder:
         # One scan finds the documents the guard touches (most have neither a tag nor a special string).
         needles = sorted({fmt.open_tag, fmt.close_tag, *self.tok.special_strings}, key=len, reverse=True)
         self._guard_scan = re.compile("|".join(map(re.escape, needles)))
+        # plain: gigatoken finds those documents as it encodes them (no scan of every character with the GIL
+        # held: 0.4-0.9 s per GB of real text, BENCHMARKS.md); the scan above where it cannot
+        self._watching = settings.injection_guard and self.tok.watch(needles)
 
     def reflection_ids(self, verdict: Verdict) -> np.ndarray:
         return self._reflections[self._reflection_index(verdict)]
@@ -200,9 +203,13 @@ class DocumentEncoder:
         keys = len(docs[0].texts) if docs else 0
         flats, lengths, changed = [], [], np.zeros(len(docs), dtype=bool)
         for k in range(keys):
-            texts, _, changed_k = self._guard_all([d.texts[k] for d in docs])
+            if self._watching:
+                flat, lens, changed_k = self.tok.encode_flat_watched([d.texts[k] for d in docs],
+                                                                     self.settings.reflection.neutralize)
+            else:
+                texts, _, changed_k = self._guard_all([d.texts[k] for d in docs])
+                flat, lens = self.tok.encode_flat(texts)
             changed |= changed_k
-            flat, lens = self.tok.encode_flat(texts)
             if self.settings.append_eod:  # the end of document after every non-empty one, in one pass
                 ends = np.cumsum(lens)[lens > 0]
                 flat, _ = _scatter_insert(flat, ends, np.full(len(ends), self.tok.eod), self.out_dtype)

@@ -144,6 +144,42 @@ def test_every_variant_encodes_as_with_tokenizers(tok_dir, variant, guard):
             [d.tokens[0] is None or d.tokens[0].tolist() for d in b.docs]
 
 
+def test_watching_finds_the_documents_a_search_finds(tok_dir):
+    """plain's guard: gigatoken flags the texts spelling a tag or special-token string as it encodes them (a
+    text tokenizers encodes instead is searched); those are encoded rewritten, the rest as they are."""
+    import re
+
+    from megatron_srp.reflection import ReflectionFormat
+
+    fmt = ReflectionFormat()
+    fast, ref = TextTokenizer(str(tok_dir), backend="gigatoken"), TextTokenizer(str(tok_dir), backend="tokenizers")
+    needles = [fmt.open_tag, fmt.close_tag, *fast.special_strings]
+    assert fast.watch(needles)
+    texts = TEXTS + ["U+16EBB \U00016ebb and <think> here", "x</thin", "<thi nk> <|endoftext", "a<|endoftext|>", "</s>"]
+    flat, lengths, hits = fast.encode_flat_watched(texts, fmt.neutralize)
+    search = re.compile("|".join(map(re.escape, needles)))
+    want_hits = [search.search(t) is not None for t in texts]
+    assert hits.tolist() == want_hits and sum(want_hits) == 5
+    want_flat, want_lengths = ref.encode_flat([fmt.neutralize(t) if h else t for t, h in zip(texts, want_hits)])
+    assert flat.tolist() == want_flat.tolist() and lengths.tolist() == want_lengths.tolist()
+
+
+def test_no_watching_where_an_added_token_could_hide_a_tag(tmp_path):
+    """A kept (non-special) added token overlapping a watched string could swallow it: the guard's search instead."""
+    tok = Tokenizer.from_file(str(_tokenizer(tmp_path / "t", None) / "tokenizer.json"))
+    tok.add_tokens(["x<th"])
+    tok.save(str(tmp_path / "t" / "tokenizer.json"))
+    fast = TextTokenizer(str(tmp_path / "t"), backend="gigatoken")
+    assert not fast.watch(["<think>"]) and fast.watch(["<|endoftext|>"])
+    assert not TextTokenizer(str(tmp_path / "t"), False, backend="gigatoken").watch(["<|endoftext|>"])  # no guard
+    settings = MaterializeSettings(variant="plain")
+    docs = [DocInput([t]) for t in ["ax<think> Safe </think>", "plain", "<|endoftext|>"]]
+    a = DocumentEncoder(str(tmp_path / "t"), settings, "gigatoken").encode(docs)
+    b = DocumentEncoder(str(tmp_path / "t"), settings, "tokenizers").encode(docs)
+    assert a.guard_changed == b.guard_changed == 2
+    assert a.plain.flats[0].tolist() == b.plain.flats[0].tolist()
+
+
 def test_two_encoding_threads_give_one_threads_output(tok_dir):
     """Preprocessing encodes two chunks at once: new verdicts, tokenizer renewals and the fallback count
     arrive from both threads and the output is the same as with one."""
