@@ -61,7 +61,7 @@ def instrument(job) -> None:
     if fast is None:
         raise SystemExit(f"the tokenizer runs on {job.encoder.tok.backend}, not gigatoken: nothing to break down")
     load = timed("gigatoken renewals (load)", fast._load)
-    fast._load = lambda: TimedTokenizer(load())
+    fast._load = lambda config=None: TimedTokenizer(load(config))
     fast._tok = TimedTokenizer(fast._tok)
     fast._release = timed("malloc_trim", fast._release)
     fast._byte_ends = timed("srp: token byte ends", fast._byte_ends)

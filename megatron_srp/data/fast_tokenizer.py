@@ -328,6 +328,22 @@ class FastEncoder:
     def encode_flat_watched(self, texts: Sequence[str], rewrite) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``encode_flat`` of each text, or of ``rewrite(text)`` for the texts that spell a watched string; and
         which texts those were (bool per text)."""
+        flat, offsets, hits = self._watched_batch(texts, rewrite)
+        flat, lengths = self._with_specials(texts, flat, offsets, rewritten=hits, rewrite=rewrite)
+        return flat, lengths, hits
+
+    def encode_flat_with_token_starts_watched(self, texts: Sequence[str], rewrite):
+        """``encode_flat_with_token_starts`` of each text, or of ``rewrite(text)`` for the texts that spell a
+        watched string (their bytes on the byte line are the rewritten text's), and which texts those were."""
+        if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
+            hits = np.fromiter((self._watch.pattern.search(t) is not None for t in texts), dtype=bool, count=len(texts))
+            return (*self.encode_flat_with_token_starts([rewrite(t) if h else t for t, h in zip(texts, hits)]), hits)
+        flat, offsets, hits = self._watched_batch(texts, rewrite)
+        ends, bases, kept = self._byte_ends(flat, offsets)
+        return flat, TokenStarts(self, flat, ends, kept), np.diff(offsets), bases, hits
+
+    def _watched_batch(self, texts: Sequence[str], rewrite) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_batch`` of each text, or of ``rewrite(text)`` for those that spell a watched string; which those were."""
         watch = self._watch
         flat, offsets, unsure = self._batch_and_unsure(texts, watching=True)
         hits = np.zeros(len(texts), dtype=bool)
@@ -341,8 +357,7 @@ class FastEncoder:
             redone_flat, redone_offsets = self._batch([rewrite(texts[i]) for i in which])
             redone = [redone_flat[a:b] for a, b in zip(redone_offsets[:-1], redone_offsets[1:])]
             flat, offsets = _splice(flat, offsets, which, redone)
-        flat, lengths = self._with_specials(texts, flat, offsets, rewritten=hits, rewrite=rewrite)
-        return flat, lengths, hits
+        return flat, offsets, hits
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All texts' ids (post-processor tokens included) in one array, and each text's length. The ids stay

@@ -129,7 +129,7 @@ class DocumentEncoder:
         # One scan finds the documents the guard touches (most have neither a tag nor a special string).
         needles = sorted({fmt.open_tag, fmt.close_tag, *self.tok.special_strings}, key=len, reverse=True)
         self._guard_scan = re.compile("|".join(map(re.escape, needles)))
-        # plain: gigatoken finds those documents as it encodes them (no scan of every character with the GIL
+        # plain and srp: gigatoken finds those documents as it encodes them (no scan of every character with the GIL
         # held: 0.4-0.9 s per GB of real text, BENCHMARKS.md); the scan above where it cannot
         self._watching = settings.injection_guard and self.tok.watch(needles)
 
@@ -221,10 +221,16 @@ class DocumentEncoder:
     def _srp(self, docs) -> ChunkOutput:
         """The chunk's tokens in one array; every reflection and end of document placed with one searchsorted
         and written with one scatter."""
-        texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
         # Token starts on the chunk's byte line (text i's UTF-8 bytes from bases[i]): increasing across
         # documents, so each segment end finds its token in one search over the whole chunk.
-        ids, starts, lengths, bases = self.tok.encode_flat_with_token_starts(texts)
+        if self._watching:  # the guard's rewrite (and its insertion points) only for the documents that need it
+            fmt, texts = self.settings.reflection, [d.texts[0] for d in docs]
+            ids, starts, lengths, bases, changed = self.tok.encode_flat_with_token_starts_watched(texts, fmt.neutralize)
+            all_points = [fmt.neutralize_points(t) if hit else [] for t, hit in zip(texts, changed.tolist())]
+            texts = [fmt.neutralize(t) if hit else t for t, hit in zip(texts, changed.tolist())]
+        else:
+            texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
+            ids, starts, lengths, bases = self.tok.encode_flat_with_token_starts(texts)
         seg_ends, refl, seg_doc = self._segment_ends(docs, texts, all_points, lengths, bases)
         # A reflection goes before the first token that starts at or after its segment's end (at a document's
         # end: before the next document's first token, so it ends this document).

@@ -129,12 +129,17 @@ class TextTokenizer:
     def watch(self, strings: Sequence[str]) -> bool:
         """Whether ``encode_flat_watched`` can find the texts spelling one of ``strings`` as it encodes them
         (gigatoken, guarding special tokens, no added token overlapping one: ``FastEncoder.watch``)."""
-        return self._fast is not None and self._fast.watch(strings)
+        return self._fast is not None and self._fast.offsets_exact and self._fast.watch(strings)
 
     def encode_flat_watched(self, texts: Sequence[str], rewrite) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``encode_flat`` of each text, or of ``rewrite(text)`` for those spelling a watched string (``watch``
         first), and which those were."""
         return self._fast.encode_flat_watched(texts, rewrite)
+
+    def encode_flat_with_token_starts_watched(self, texts: Sequence[str], rewrite):
+        """``encode_flat_with_token_starts`` of each text, or of ``rewrite(text)`` for those spelling a watched
+        string (``watch`` first), and which those were."""
+        return self._fast.encode_flat_with_token_starts_watched(texts, rewrite)
 
     def encode_flat_with_byte_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``encode_batch`` on one byte line (``fast_tokenizer.byte_line``): all ids, each token's start on

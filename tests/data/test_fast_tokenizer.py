@@ -162,6 +162,13 @@ def test_watching_finds_the_documents_a_search_finds(tok_dir):
     assert hits.tolist() == want_hits and sum(want_hits) == 5
     want_flat, want_lengths = ref.encode_flat([fmt.neutralize(t) if h else t for t, h in zip(texts, want_hits)])
     assert flat.tolist() == want_flat.tolist() and lengths.tolist() == want_lengths.tolist()
+    # srp: the same documents with a reflection after each half, as with tokenizers
+    docs = [DocInput([t], [(0, len(t) // 2), (len(t) // 2, len(t))] if t else [], [Verdict("safe"), Verdict("unsafe", ("Violent",))][:2 if t else 0]) for t in texts]
+    srp = MaterializeSettings(variant="srp")
+    a = DocumentEncoder(str(tok_dir), srp, "gigatoken").encode(docs)
+    b = DocumentEncoder(str(tok_dir), srp, "tokenizers").encode(docs)
+    assert a.guard_changed == b.guard_changed == 5
+    assert a.plain.flats[0].tolist() == b.plain.flats[0].tolist() and a.plain.roles.tolist() == b.plain.roles.tolist()
 
 
 def test_no_watching_where_an_added_token_could_hide_a_tag(tmp_path):
