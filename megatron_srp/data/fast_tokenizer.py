@@ -12,7 +12,7 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
 - Token start offsets (srp inserts reflections by them) come from each token's byte length, with
   the ByteLevel post-processor's ``trim_offsets`` rule applied, mapped from bytes to characters.
 - The guard's search (which documents spell a special-token string or a reflection tag) is done by
-  gigatoken as it encodes, for plain: a second tokenizer carries those strings as added tokens with ids
+  gigatoken as it encodes, for plain and srp: a second tokenizer carries those strings as added tokens with ids
   of their own, so only a document that spells one has such an id; those documents are encoded again,
   rewritten. Not where a kept added token overlaps one of the strings (it could hide it).
 - On load, a probe set (unicode, whitespace runs, special-token strings, tags, digits) is encoded
@@ -260,10 +260,12 @@ class FastEncoder:
             if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken caches
                 self._tok, self._watch_tok, self._since_refresh = None, None, 0  # freed once no chunk uses them
                 self._release()
-            if watching:  # (each loaded when first used: plain with the guard only ever uses this one)
-                self._watch_tok = self._watch_tok or self._load(self._watch.json)
+            if watching:  # (each loaded when first used: with the guard on, most intervals use only this one)
+                if self._watch_tok is None:
+                    self._watch_tok = self._load(self._watch.json)
                 return self._watch_tok
-            self._tok = self._tok or self._load()
+            if self._tok is None:
+                self._tok = self._load()
             return self._tok
 
     def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
