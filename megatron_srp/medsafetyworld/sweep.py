@@ -178,12 +178,27 @@ def render(s: SweepRecipe, table: dict[str, dict]) -> str:
                 row = table[folder]
                 lines.append(f"| {folder} | {' '.join(s.points[name]) or '(base)'} | {row['worlds']} | "
                              + " | ".join(_cell(row[c]) for c in CRITERIA) + f" | {_verdict(row)} |")
-    missing = [n for n in s.points if n not in table]
+    missing = [n for n in s.points if n not in table and f"{n}-confirm" not in table]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
-    found = [f for f, row in table.items() if row["met"] and row["complete"]]
-    lines += ["", f"Found: {', '.join(found)}." if found else "Found: none of the points run so far meets the target."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + outcome(s, table)) + "\n"
+
+
+def outcome(s: SweepRecipe, table: dict[str, dict]) -> list[str]:
+    """What the sweep found: a point is found only when its confirmation (every planned world and seed) meets
+    the target; a screen it passed alone sends it to confirmation."""
+    def done(folder: str) -> bool:
+        return folder in table and table[folder]["met"] and table[folder]["complete"]
+
+    found = [n for n in s.points if done(f"{n}-confirm")]
+    passed = [f"{n} (confirmation: {_verdict(table[f'{n}-confirm']) if f'{n}-confirm' in table else 'not run yet'})"
+              for n in s.points if done(n)]
+    c = s.confirm
+    lines = [f"Found (the target met in every world of the confirmation, worlds {c.world_seeds} x seeds {c.seeds}): "
+             + (", ".join(found) if found else "none yet") + "."]
+    if passed:
+        lines.append(f"Passed the screen (world {s.screen.world_seeds} x seeds {s.screen.seeds}): {', '.join(passed)}.")
+    return lines
 
 
 def plot(s: SweepRecipe, table: dict[str, dict], path: Path) -> None:

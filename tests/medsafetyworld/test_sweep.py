@@ -54,16 +54,28 @@ def test_report_judges_the_target_in_every_world_from_committed_files(tmp_path):
     mixed = [_srp(1, 0, 0.95, 0.0, 0.0), _srp(1, 1, 0.95, 0.0, 0.0), _srp(5, 0, 0.7, 0.05, 0.0)]
     # steps3000's confirmation has only world 5 so far: met there, but not found (6 of its 9 runs missing)
     partial = [_srp(5, seed, 0.9, 0.0, 0.0) for seed in (0, 1, 2)]
-    for name, runs, stage in (("base", good, "screen"), ("unsafe30", mixed, "screen"), ("steps3000", partial, "confirm")):
+    # cadence3: screened and confirmed on all 9 runs: the one point found; unsafe05: passed the screen,
+    # failed in world 7 on confirmation
+    confirmed = [_srp(w, seed, 0.9, 0.0, 0.0) for w in (1, 5, 7) for seed in (0, 1, 2)]
+    failed = [_srp(w, seed, 0.9, 0.0, 0.3 if w == 7 else 0.0) for w in (1, 5, 7) for seed in (0, 1, 2)]
+    for name, runs, stage in (("base", good, "screen"), ("unsafe30", mixed, "screen"), ("steps3000", partial, "confirm"),
+                              ("cadence3", good, "screen"), ("cadence3", confirmed, "confirm"),
+                              ("unsafe05", good, "screen"), ("unsafe05", failed, "confirm")):
         r = sweep.point_recipe(s, name, stage)
         path = tmp_path / sweep._folder(name, stage) / "results.json"
         write_results(path, merge_results(path, asdict(r), runs))
     md = sweep.write_report(s)
-    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith(("| base", "| unsafe30", "| steps"))}
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ") and " | [" in line}
     assert rows["base"].endswith("| yes |") and rows["unsafe30"].endswith("| no |")
     assert rows["steps3000-confirm"].endswith("| yes so far (3 of 9 runs) |")
+    assert rows["cadence3-confirm"].endswith("| yes |") and rows["unsafe05-confirm"].endswith("| no |")
     assert "0.857 [" in rows["base"] and "(3)" in rows["base"]  # F1 mean over the three runs, with its interval
-    assert "Found: base." in md and "Not run yet:" in md and "cadence3" in md.split("Not run yet:")[1]
+    # found only on a complete, met confirmation; a passed screen alone is not found
+    assert "seeds [0, 1, 2]): cadence3.\n" in md
+    assert ("Passed the screen (world [1] x seeds [0, 1]): base (confirmation: not run yet), "
+            "unsafe05 (confirmation: no), cadence3 (confirmation: yes).") in md
+    not_run = md.split("Not run yet: ")[1].split(".")[0].split(", ")
+    assert "hidden256" in not_run and "steps3000" not in not_run  # confirmed without a screen: run
     assert (tmp_path / "sweep.md").read_text() == md and (tmp_path / "sweep.png").stat().st_size > 5000
 
 
