@@ -50,10 +50,13 @@ def main():
             lambda: pj.read_json(pa.BufferReader(data), read_options=opts).column(args.field), args.rounds)
     texts = [orjson.loads(line)[args.field] for line in lines]
     gigatoken.Tokenizer(args.tokenizer).encode_batch(["warm up"])  # the process's one-time set-up, not timed
-    fresh = gigatoken.Tokenizer(args.tokenizer)
-    out["gigatoken_encode_batch_fresh"] = best(lambda: fresh.encode_batch(texts), 1)
-    out["gigatoken_encode_batch_warm"] = best(lambda: fresh.encode_batch(texts), args.rounds)
-    del fresh  # its cache is freed; the next fresh tokenizer's cache grows into those pages, not new ones
+
+    def fresh_then_warm():  # the tokenizer and its cache are freed on return
+        tok = gigatoken.Tokenizer(args.tokenizer)
+        return best(lambda: tok.encode_batch(texts), 1), best(lambda: tok.encode_batch(texts), args.rounds)
+
+    out["gigatoken_encode_batch_fresh"], out["gigatoken_encode_batch_warm"] = fresh_then_warm()
+    # the next fresh tokenizer's cache grows into the pages the first one freed, not new ones
     again = gigatoken.Tokenizer(args.tokenizer)
     out["gigatoken_encode_batch_second_fresh"] = best(lambda: again.encode_batch(texts), 1)
     print(json.dumps(out, indent=1))
