@@ -17,7 +17,8 @@ the limit: gigatoken's ``encode_files`` reading the same jsonl itself (bench/gig
 guard, no end-of-document ids, nothing written). Each run is a fresh process; wall time includes
 start-up, as a user sees it. Each round runs Megatron-LM first and the others one place further round
 (a different command runs right after Megatron-LM's long one every round), and dirty pages are synced
-before every run. Reports tokens/s (median over rounds), the ratio to Megatron-LM and to the limit,
+before every run, after the previous round's outputs of that command are deleted (see
+``remove_outputs``). Reports tokens/s (median over rounds), the ratio to Megatron-LM and to the limit,
 and peak RSS (largest process of the run's tree, from wait4). Checks byte identity of plain with
 Megatron-LM, with and without the guard, and counts the documents the guard changed.
 """
@@ -25,6 +26,7 @@ Megatron-LM, with and without the guard, and counts the documents the guard chan
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -49,6 +51,14 @@ def run(cmd, env, cwd):
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")
     return wall, usage.ru_maxrss / 1024, stdout  # MiB (ru_maxrss: KiB on Linux; max over waited-for children)
+
+
+def remove_outputs(prefix) -> None:
+    """Delete the previous round's outputs, so every run writes new files as a first run does: on ext4,
+    replacing an existing file by rename (ours) or truncation (Megatron-LM's) makes the kernel flush the new
+    one (``auto_da_alloc``), up to 0.7 s of waiting at 1 GB that a first run does not pay (BENCHMARKS.md)."""
+    for path in glob.glob(f"{glob.escape(prefix)}.*") if prefix else []:
+        os.remove(path)
 
 
 def tokens_of(prefix):
@@ -120,7 +130,8 @@ def main():
         # and page cache it leaves behind) changes every round. Rotating the whole list would not change it.
         first, *rest = commands.items()
         order = [first, *rest[r % len(rest):], *rest[:r % len(rest)]]
-        for name, (cmd, e, cwd, _) in order:
+        for name, (cmd, e, cwd, prefix) in order:
+            remove_outputs(prefix)
             os.sync()  # the previous run's output is written back now, not during this run's timing
             wall, peak, out = run(cmd, e, cwd)
             walls[name].append(wall)

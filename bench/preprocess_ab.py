@@ -13,6 +13,7 @@ RSS (from wait4). Prints JSON.
 """
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -32,6 +33,8 @@ def run_once(tree: str, args) -> dict:
     if args.variant != "plain":
         cmd += ["--annotations", args.annotations]
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree), "RAYON_NUM_THREADS": "2"}
+    for path in glob.glob(f"{glob.escape(out)}_*"):  # new files, as a first run writes (bench/preprocess.py)
+        os.remove(path)
     os.sync()
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
