@@ -54,9 +54,10 @@ def run(cmd, env, cwd):
 
 
 def remove_outputs(prefix) -> None:
-    """Delete the previous round's outputs, so every run writes new files as a first run does: on ext4,
-    replacing an existing file by rename (ours) or truncation (Megatron-LM's) makes the kernel flush the new
-    one (``auto_da_alloc``), up to 0.7 s of waiting at 1 GB that a first run does not pay (BENCHMARKS.md)."""
+    """Delete the previous round's outputs, so every run writes new files as a first run does: replacing an
+    existing file by rename (ours) or truncation (Megatron-LM's) makes the kernel free (and on a ``discard``
+    mount trim) the old one's blocks and, on ext4, flush the new one: about 0.7 s of waiting at 1 GB that a
+    first run does not pay (BENCHMARKS.md)."""
     for path in glob.glob(f"{glob.escape(prefix)}.*") if prefix else []:
         os.remove(path)
 
