@@ -53,12 +53,13 @@ def run(cmd, env, cwd):
     return wall, usage.ru_maxrss / 1024, stdout  # MiB (ru_maxrss: KiB on Linux; max over waited-for children)
 
 
-def remove_outputs(prefix) -> None:
-    """Delete the previous round's outputs, so every run writes new files as a first run does: replacing an
-    existing file by rename (ours) or truncation (Megatron-LM's) makes the kernel free (and on a ``discard``
-    mount trim) the old one's blocks and, on ext4, flush the new one: about 0.7 s of waiting at 1 GB that a
-    first run does not pay (BENCHMARKS.md)."""
-    for path in glob.glob(f"{glob.escape(prefix)}.*") if prefix else []:
+def remove_outputs(start: str) -> None:
+    """Delete the files whose path begins with ``start`` (a previous run's outputs), so every run writes new
+    files as a first run does: replacing an existing file by rename (ours) or truncation (Megatron-LM's)
+    makes the kernel free (and on a ``discard`` mount trim) the old one's blocks and, on ext4, flush the new
+    one: about 0.7 s of waiting at 1 GB that a first run does not pay (BENCHMARKS.md). Also used by
+    bench/preprocess_ab.py and bench/preprocess_timeline.py."""
+    for path in glob.glob(f"{glob.escape(start)}*"):
         os.remove(path)
 
 
@@ -132,7 +133,8 @@ def main():
         first, *rest = commands.items()
         order = [first, *rest[r % len(rest):], *rest[:r % len(rest)]]
         for name, (cmd, e, cwd, prefix) in order:
-            remove_outputs(prefix)
+            if prefix:  # the limit writes nothing
+                remove_outputs(f"{prefix}.")
             os.sync()  # the previous run's output is written back now, not during this run's timing
             wall, peak, out = run(cmd, e, cwd)
             walls[name].append(wall)

@@ -13,13 +13,14 @@ RSS (from wait4). Prints JSON.
 """
 
 import argparse
-import glob
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+from preprocess import remove_outputs  # bench/ is not a package: a script's folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,8 +34,7 @@ def run_once(tree: str, args) -> dict:
     if args.variant != "plain":
         cmd += ["--annotations", args.annotations]
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree), "RAYON_NUM_THREADS": "2"}
-    for path in glob.glob(f"{glob.escape(out)}_*"):  # new files, as a first run writes (bench/preprocess.py)
-        os.remove(path)
+    remove_outputs(f"{out}_")  # new files, as a first run writes
     os.sync()
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

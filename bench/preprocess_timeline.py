@@ -14,11 +14,12 @@ files (BENCHMARKS.md: replacing existing ones costs a wait at the end). Linux on
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import subprocess
 import sys
 import time
+
+from preprocess import remove_outputs  # bench/ is not a package: a script's folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -40,9 +41,7 @@ def main() -> None:
     if "--output-prefix" not in tool_args:
         ap.error("give the tool's arguments after --, --output-prefix among them")
     if args.fresh:
-        prefix = tool_args[tool_args.index("--output-prefix") + 1]
-        for path in glob.glob(f"{glob.escape(prefix)}_*"):
-            os.remove(path)
+        remove_outputs(f"{tool_args[tool_args.index('--output-prefix') + 1]}_")
     workers = tool_args[tool_args.index("--workers") + 1] if "--workers" in tool_args else "2"
     os.sync()
     env = {**os.environ, "RAYON_NUM_THREADS": workers}

@@ -178,7 +178,7 @@ def render(s: SweepRecipe, table: dict[str, dict]) -> str:
                 row = table[folder]
                 lines.append(f"| {folder} | {' '.join(s.points[name]) or '(base)'} | {row['worlds']} | "
                              + " | ".join(_cell(row[c]) for c in CRITERIA) + f" | {_verdict(row)} |")
-    missing = [n for n in s.points if n not in table and f"{n}-confirm" not in table]
+    missing = [n for n in s.points if n not in table and _folder(n, "confirm") not in table]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
     return "\n".join(lines + [""] + outcome(s, table)) + "\n"
@@ -190,8 +190,8 @@ def outcome(s: SweepRecipe, table: dict[str, dict]) -> list[str]:
     def done(folder: str) -> bool:
         return folder in table and table[folder]["met"] and table[folder]["complete"]
 
-    found = [n for n in s.points if done(f"{n}-confirm")]
-    passed = [f"{n} (confirmation: {_verdict(table[f'{n}-confirm']) if f'{n}-confirm' in table else 'not run yet'})"
+    found = [n for n in s.points if done(_folder(n, "confirm"))]
+    passed = [f"{n} (confirmation: {_verdict(table[c]) if (c := _folder(n, 'confirm')) in table else 'not run yet'})"
               for n in s.points if done(n)]
     c = s.confirm
     lines = [f"Found (the target met in every world of the confirmation, worlds {c.world_seeds} x seeds {c.seeds}): "
