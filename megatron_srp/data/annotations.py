@@ -24,8 +24,9 @@ import pyarrow.parquet as pq
 
 from megatron_srp.data.classify import (Classifier, ClassifierError, ColumnClassifier, SegmentInput, VerdictCache,
                                         classify_cached)
+from megatron_srp.data.fast_tokenizer import char_to_byte
 from megatron_srp.data.verdict_log import MERGED, ShardVerdictCache
-from megatron_srp.data.corpus import CorpusError, Document, ReadStats, read_documents, text_hash
+from megatron_srp.data.corpus import FILE_DIGEST, CorpusError, Document, ReadStats, file_digest, read_documents, text_hash
 from megatron_srp.errors import SRPError
 if TYPE_CHECKING:
     from megatron_srp.data.segment import Segmenter
@@ -44,6 +45,9 @@ SCHEMA = pa.schema([
     ("text_sha", pa.string()),
     ("seg_start", pa.list_(pa.int64())),
     ("seg_end", pa.list_(pa.int64())),
+    # Each segment end in UTF-8 bytes: srp places reflections on a byte line, and converting character ends of
+    # non-ASCII texts cost as much as the rest of placement. Optional: sidecars before it are converted on read.
+    ("seg_end_byte", pa.list_(pa.int64())),
     ("label", pa.list_(pa.string())),
     ("categories", pa.list_(pa.list_(pa.string()))),
 ])
@@ -94,10 +98,12 @@ def sidecar_path(out_dir: str, shard_name: str) -> str:
     return os.path.join(out_dir, shard_name + SUFFIX)
 
 
-def _metadata(settings: AnnotateSettings, classifier: Classifier, input_path: str, summary: dict) -> dict:
+def _metadata(settings: AnnotateSettings, classifier: Classifier, input_path: str, summary: dict,
+              digest: str) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "input": os.path.abspath(input_path),
+        "input_digest": {"algorithm": FILE_DIGEST, "hex": digest, "bytes": os.path.getsize(input_path)},
         "classifier": classifier.name,
         "classifier_version": classifier.version,
         "categories": list(classifier.categories),
@@ -169,6 +175,7 @@ def annotate_shard(input_path: str, output_path: str, classifier: Classifier, se
     """Annotate one input file into ``output_path`` (written to a temp name, renamed when complete)."""
     start = time.time()
     summary = ShardSummary(input=input_path, output=output_path)
+    digest = file_digest(input_path)
     read_stats = ReadStats()
     docs = read_documents(input_path, (settings.json_key,), settings.id_key, settings.on_error,
                           settings.max_doc_chars, read_stats)
@@ -202,6 +209,7 @@ def annotate_shard(input_path: str, output_path: str, classifier: Classifier, se
             columns["text_sha"].append(text_hash(text))
             columns["seg_start"].append([a for a, _ in spans])
             columns["seg_end"].append([b for _, b in spans])
+            columns["seg_end_byte"].append(char_to_byte(text, columns["seg_end"][-1]).tolist())
             columns["label"].append([v.label for v in verdicts])
             columns["categories"].append([list(v.categories) for v in verdicts])
             for v in verdicts:
@@ -210,9 +218,11 @@ def annotate_shard(input_path: str, output_path: str, classifier: Classifier, se
         summary.documents += len(batch)
         on_progress(len(batch), sum(len(s) for s in all_spans))
     summary.skipped, summary.errors = read_stats.skipped, dict(read_stats.errors)
+    if file_digest(input_path) != digest:  # the digest must be that of the texts annotated
+        raise AnnotationError(f"{input_path} changed while it was annotated; annotate it again")
     summary.seconds = round(time.time() - start, 3)
     meta = _metadata(settings, classifier, input_path,
-                     {k: getattr(summary, k) for k in ("documents", "segments", "skipped", "errors", "labels")})
+                     {k: getattr(summary, k) for k in ("documents", "segments", "skipped", "errors", "labels")}, digest)
     table = pa.Table.from_pydict(columns, schema=SCHEMA.with_metadata({_META_KEY: json.dumps(meta)}))
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     tmp = f"{output_path}.tmp-{os.getpid()}"
@@ -237,12 +247,14 @@ def check_reusable(path: str, settings: AnnotateSettings, classifier: Classifier
 
 
 class DocumentSegments(NamedTuple):
-    """One document's annotation: spans (n, 2), verdicts, and each verdict's code into ``table``."""
+    """One document's annotation: spans (n, 2), verdicts, each verdict's code into ``table``, and the spans'
+    ends in UTF-8 bytes (None for a sidecar without them)."""
 
     spans: np.ndarray
     verdicts: list
     codes: np.ndarray
     table: list
+    byte_ends: Optional[np.ndarray] = None
 
 
 _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
@@ -297,7 +309,9 @@ class ShardAnnotations:
         self.row_of_line = dict(zip(lines.tolist(), range(len(lines))))
         self.ids = table.column("id").to_pylist()
         self.text_shas = table.column("text_sha").to_pylist()
-        cols = {k: _list_column(table, k, path) for k in ("seg_start", "seg_end", "label", "categories")}
+        with_bytes = "seg_end_byte" in table.column_names
+        cols = {k: _list_column(table, k, path) for k in ("seg_start", "seg_end", "label", "categories",
+                                                          *(["seg_end_byte"] if with_bytes else []))}
         offsets = {k: _numpy(c.offsets, f"the offsets of {k!r}", path) for k, c in cols.items()}
         self.offsets = offsets["seg_start"].astype(np.int64)
         for k, o in offsets.items():
@@ -308,11 +322,24 @@ class ShardAnnotations:
         ends = _numpy(cols["seg_end"].values, "column 'seg_end'", path)
         self.spans = np.empty((len(starts), 2), dtype=np.int64)
         self.spans[:, 0], self.spans[:, 1] = starts, ends
+        self.byte_ends = _numpy(cols["seg_end_byte"].values, "column 'seg_end_byte'", path) if with_bytes else None
         self.codes, self.table = self._verdict_codes(_flat_values(cols["label"], "label", path),
                                                      _flat_values(cols["categories"], "categories", path), path)
         self.verdicts = [self.table[c] for c in self.codes.tolist()]
         self._bounds = self.offsets.tolist()
         self._used: list[int] = []
+        self.texts_verified = False
+        """Set by ``verify_input``: the input is the annotated file byte for byte, so no text is hashed again."""
+
+    def verify_input(self, input_path: str, digest: Optional[str] = None) -> bool:
+        """Whether ``input_path`` (whose ``file_digest`` may be given) has the digest recorded at annotation
+        (sidecars before it have none: False). When it has, ``segments`` skips the per-document text hash;
+        otherwise every text is checked."""
+        recorded = self.meta.get("input_digest") or {}
+        self.texts_verified = (recorded.get("algorithm") == FILE_DIGEST and recorded.get("bytes") ==
+                               os.path.getsize(input_path) and
+                               recorded.get("hex") == (digest or file_digest(input_path)))
+        return self.texts_verified
 
     @staticmethod
     def _verdict_codes(labels: pa.Array, categories: pa.ListArray, path: str) -> tuple[np.ndarray, list[Verdict]]:
@@ -389,8 +416,8 @@ class ShardAnnotations:
         return cls(path, meta, table)
 
     def segments(self, doc: Document, input_path: str, deferred: Optional[list] = None) -> DocumentSegments:
-        """The document's annotation, after checking it is the annotated document (line, id, text hash).
-        With ``deferred``, the text-hash check is appended there for ``check_texts`` instead (preprocessing
+        """The document's annotation, after checking it is the annotated document (line, id, and text hash
+        unless ``verify_input`` found the file unchanged). With ``deferred``, the text-hash check is appended there for ``check_texts`` instead (preprocessing
         runs it on its encoding threads: hashing releases the GIL, the reading thread is the busiest)."""
         row = self.row_of_line.get(doc.line)
         if row is None:
@@ -399,14 +426,16 @@ class ShardAnnotations:
         if self.ids[row] != doc.id:
             raise AnnotationError(f"{_where(input_path, doc)}: annotation {self.path} has id {self.ids[row]!r} on "
                                   f"that line")
-        check = (self.text_shas[row], doc, input_path, self.path)  # the message is built only for a mismatch
-        if deferred is None:
-            check_texts([check])
-        else:
-            deferred.append(check)
+        if not self.texts_verified:
+            check = (self.text_shas[row], doc, input_path, self.path)  # the message is built only for a mismatch
+            if deferred is None:
+                check_texts([check])
+            else:
+                deferred.append(check)
         self._used.append(row)
         a, b = self._bounds[row], self._bounds[row + 1]  # Python ints: numpy scalars cost more per document
-        return DocumentSegments(self.spans[a:b], self.verdicts[a:b], self.codes[a:b], self.table)
+        return DocumentSegments(self.spans[a:b], self.verdicts[a:b], self.codes[a:b], self.table,
+                                None if self.byte_ends is None else self.byte_ends[a:b])
 
     def for_document(self, doc: Document, input_path: str) -> tuple[np.ndarray, list[Verdict]]:
         """(spans, verdicts) of the document; see ``segments``."""

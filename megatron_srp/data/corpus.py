@@ -62,6 +62,23 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+FILE_DIGEST = "xxh3_128"
+
+
+def file_digest(path: str, block: int = 16 << 20) -> str:
+    """xxh3-128 of a file's bytes as stored (compressed files compressed). Equal digests mean the annotated
+    texts are the texts, so preprocessing skips its per-document hash checks: about 0.2 s per GB from the page
+    cache against 1 s for sha256 over every text (xxhash reads at ~14 GB/s and releases the GIL)."""
+    import xxhash  # here: only the readers of annotations need it
+
+    h, buf = xxhash.xxh3_128(), bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
 def is_corpus_file(path: str) -> bool:
     return path.endswith(SUFFIXES)
 

@@ -30,7 +30,9 @@ from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT
 from megatron_srp.data.fast_tokenizer import char_to_byte
 from megatron_srp.data.indexed_writer import optimal_dtype
 from megatron_srp.data.tokenizer import TextTokenizer
-from megatron_srp.reflection import ReflectionFormat, Verdict
+from megatron_srp.reflection import ZERO_WIDTH_SPACE, ReflectionFormat, Verdict
+
+_ZWSP_BYTES = len(ZERO_WIDTH_SPACE.encode("utf-8"))  # what the guard inserts, in UTF-8 bytes
 
 Variant = Literal["plain", "srp", "filter", "rewrite"]
 VARIANTS = ("plain", "srp", "filter", "rewrite")
@@ -65,6 +67,8 @@ class DocInput:
     """Optional: each verdict's index into ``verdict_table`` (the sidecar's distinct verdicts, shared by
     the documents of a file), so srp looks up reflections per distinct verdict, not per segment."""
     verdict_table: Optional[list] = None
+    byte_ends: Optional[np.ndarray] = None
+    """Optional: the spans' ends in UTF-8 bytes of the original text (the sidecar's), so srp converts none."""
 
 
 @dataclass
@@ -255,12 +259,35 @@ class DocumentEncoder:
 
     def _segment_ends(self, docs, texts, all_points, lengths, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every segment end of the chunk on its byte line, the reflection each one gets (an index into
-        ``self._reflections``) and its document; per-document work only where a text is not ASCII or the
-        guard inserted characters."""
+        ``self._reflections``) and its document. With the sidecar's byte ends, per-document work only where the
+        guard inserted characters; without them, also where a text is not ASCII."""
         live = [i for i, d in enumerate(docs) if lengths[i] and len(d.verdicts)]  # empty: nothing to reflect on
         if not live:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
+        if all(docs[i].byte_ends is not None for i in live):  # the sidecar has them: no text is looked at
+            ends = np.concatenate([docs[i].byte_ends for i in live]).astype(np.int64)
+            counts = np.fromiter((len(docs[i].byte_ends) for i in live), dtype=np.int64, count=len(live))
+            first = np.cumsum(counts) - counts
+            for k, i in enumerate(live):
+                if all_points[i]:  # the guard inserted U+200B before some characters: 3 bytes each
+                    chars = np.asarray(docs[i].spans, dtype=np.int64).reshape(-1, 2)[:, 1]
+                    shift = np.searchsorted(np.asarray(all_points[i]), chars, "left") * _ZWSP_BYTES
+                    ends[first[k]:first[k] + counts[k]] += shift
+        else:
+            ends, counts = self._byte_ends_of(docs, texts, all_points, live)
+        owner = np.asarray(live, dtype=np.int64)
+        ends += np.repeat(bases[owner], counts)
+        table = docs[live[0]].verdict_table
+        if table is not None and all(docs[i].verdict_table is table for i in live):  # one sidecar: map codes once
+            refl = self._codes_to_reflections(table, np.concatenate([docs[i].verdict_codes for i in live]))
+        else:
+            refl = np.concatenate([self._segment_reflections(docs[i]) for i in live])
+        return ends, refl, np.repeat(owner, counts)
+
+    @staticmethod
+    def _byte_ends_of(docs, texts, all_points, live) -> tuple[np.ndarray, np.ndarray]:
+        """The live documents' segment ends in bytes of the texts as tokenized, from their character spans."""
         spans = [np.asarray(docs[i].spans, dtype=np.int64).reshape(-1, 2) for i in live]
         counts = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
         ends = np.concatenate(spans)[:, 1]  # characters into each text
@@ -271,14 +298,7 @@ class DocumentEncoder:
                 if all_points[i]:  # the guard inserted U+200B: a segment end moves right by the insertions before it
                     e = e + np.searchsorted(np.asarray(all_points[i]), e, "left")
                 ends[first[k]:first[k] + counts[k]] = char_to_byte(texts[i], e)
-        owner = np.asarray(live, dtype=np.int64)
-        ends += np.repeat(bases[owner], counts)
-        table = docs[live[0]].verdict_table
-        if table is not None and all(docs[i].verdict_table is table for i in live):  # one sidecar: map codes once
-            refl = self._codes_to_reflections(table, np.concatenate([docs[i].verdict_codes for i in live]))
-        else:
-            refl = np.concatenate([self._segment_reflections(docs[i]) for i in live])
-        return ends, refl, np.repeat(owner, counts)
+        return ends, counts
 
     def _edited(self, docs):
         """filter and rewrite: build the new text, then tokenize it like plain."""

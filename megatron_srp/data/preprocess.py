@@ -40,7 +40,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
-from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names
+from megatron_srp.data.corpus import ReadStats, expand_inputs, file_digest, read_documents, relative_names
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
 from megatron_srp.data.settings import PreprocessConfig, preprocess_config, preprocess_parser
@@ -127,17 +127,22 @@ def _inputs_of(job: Job, path: str, shard_name: str, stats: Stats, read_stats: R
     if cfg.variant != "plain":
         from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
-        sidecar = ann.ShardAnnotations.read(ann.find_sidecar(cfg.annotations, path, shard_name))
+        with ThreadPoolExecutor(1) as pool:  # the file's digest (GIL-free reading and hashing) beside the sidecar's read
+            digest = pool.submit(file_digest, path)
+            sidecar = ann.ShardAnnotations.read(ann.find_sidecar(cfg.annotations, path, shard_name))
+            stats.inputs_verified_by_digest += sidecar.verify_input(path, digest.result())  # then no text is hashed
     chunk, checks, chars = [], [], 0
     for doc in read_documents(path, cfg.json_keys, cfg.id_key, cfg.on_error, cfg.max_doc_chars, read_stats):
         stats.documents_in += 1
         item = DocInput([doc.texts[k] for k in cfg.json_keys])
         if sidecar is not None:
-            item.spans, item.verdicts, item.verdict_codes, item.verdict_table = sidecar.segments(doc, path, checks)
+            item.spans, item.verdicts, item.verdict_codes, item.verdict_table, item.byte_ends = sidecar.segments(
+                doc, path, checks)
             stats.segments += len(item.spans)
         chunk.append(item)
         chars += sum(map(len, item.texts))
         if len(chunk) == cfg.chunk_docs or chars >= limit:
+            stats.texts_hash_checked += len(checks)
             yield _fill_rewrites(job, chunk, checks)
             chunk, checks, chars = [], [], 0
     if sidecar is not None:  # label and category counts per distinct verdict, not per segment
@@ -146,6 +151,7 @@ def _inputs_of(job: Job, path: str, shard_name: str, stats: Stats, read_stats: R
             for c in v.categories:
                 stats.categories[c] = stats.categories.get(c, 0) + n
     if chunk:
+        stats.texts_hash_checked += len(checks)
         yield _fill_rewrites(job, chunk, checks)
 
 

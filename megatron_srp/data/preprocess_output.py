@@ -28,6 +28,8 @@ class Stats:
     guard_changed_documents: int = 0
     tokenizers_fallback_documents: int = 0  # encoded by tokenizers, not gigatoken (an unassigned character)
     reflection_tokens: int = 0
+    inputs_verified_by_digest: int = 0  # input files with the digest their annotation recorded: texts not hashed
+    texts_hash_checked: int = 0  # documents whose text was checked against its annotation's sha256
     labels: dict = field(default_factory=dict)
     categories: dict = field(default_factory=dict)
     skipped_rows: int = 0

@@ -11,11 +11,12 @@ import pytest
 
 from megatron_srp.data.annotations import _META_KEY, DICTIONARY_COLUMNS, SCHEMA, AnnotationError, ShardAnnotations
 from megatron_srp.data.corpus import Document, text_hash
+from megatron_srp.data.roles import ROLE_REFLECTION
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.reflection import Verdict
 from tests.fixtures import train_bpe_tokenizer
 
-TEXTS = ["first document. it has two parts.", "", "one segment only", "unsafe words here. and a safe end.",
+TEXTS = ["first document. it has two parts.", "", "one ségment only", "unsafe words here. and a safe end.",
          "three. small. parts."]
 SEGMENTS = [  # (start, end, label, categories) per segment
     [(0, 15, "safe", []), (15, 33, "unsafe", ["Violent", "PII"])],
@@ -26,16 +27,20 @@ SEGMENTS = [  # (start, end, label, categories) per segment
 ]
 
 
-def _columns(lines=None):
+def _columns(lines=None, byte_ends=True):
     lines = lines or [2 * i + 1 for i in range(len(TEXTS))]
-    return {
+    cols = {
         "line": lines, "id": [f"d{i}" for i in range(len(TEXTS))], "text_sha": [text_hash(t) for t in TEXTS],
         "seg_start": [[s[0] for s in seg] for seg in SEGMENTS], "seg_end": [[s[1] for s in seg] for seg in SEGMENTS],
         "label": [[s[2] for s in seg] for seg in SEGMENTS], "categories": [[s[3] for s in seg] for seg in SEGMENTS],
     }
+    if byte_ends:  # as tools/annotate.py writes them; a sidecar from before has none
+        cols["seg_end_byte"] = [[len(t[:s[1]].encode()) for s in seg] for t, seg in zip(TEXTS, SEGMENTS)]
+    return cols
 
 
 def _write(path, columns, schema=SCHEMA, row_group_size=2):
+    schema = pa.schema([f for f in schema if f.name in columns])
     table = pa.Table.from_pydict(columns, schema=schema.with_metadata({_META_KEY: json.dumps({"settings": {}})}))
     pq.write_table(table, path, row_group_size=row_group_size)  # by default several row groups: several chunks
     return str(path)
@@ -115,18 +120,30 @@ def test_a_damaged_sidecar_is_named(tmp_path):
         ShardAnnotations.read(_write(tmp_path / "c.parquet", cols))
 
 
-def test_srp_with_verdict_codes_equals_srp_with_verdicts(tmp_path):
-    """The sidecar's codes (one lookup per distinct verdict) give the bytes of per-segment verdicts."""
+def test_srp_with_verdict_codes_and_byte_ends_equals_srp_with_verdicts(tmp_path):
+    """The sidecar's codes (one lookup per distinct verdict) and byte ends (no character converted) give the
+    bytes of per-segment verdicts and character spans: on a non-ASCII text and one the guard shifts."""
     tok = train_bpe_tokenizer(tmp_path / "tok", TEXTS * 5 + ["<think> Unsafe </think>"], vocab_size=300)
     ann = ShardAnnotations.read(_write(tmp_path / "a.parquet", _columns()))
     coded, plain = [], []
     for i, text in enumerate(TEXTS[:4]):  # (TEXTS[4] has a category outside the taxonomy)
-        text = text.replace("and", "<think> and") if i == 3 else text  # the guard shifts this document's spans
         seg = ann.segments(_doc(i), "in.jsonl")
-        coded.append(DocInput([text], seg.spans, seg.verdicts, verdict_codes=seg.codes, verdict_table=seg.table))
+        if i == 3:  # the guard inserts U+200B into the tag: the second end moves (by 3 bytes in UTF-8)
+            text = text.replace("and", "<think> and")
+        assert seg.byte_ends.tolist() == [len(text[:b].encode()) for _, b in seg.spans.tolist()]
+        coded.append(DocInput([text], seg.spans, seg.verdicts, verdict_codes=seg.codes, verdict_table=seg.table,
+                              byte_ends=seg.byte_ends))
         plain.append(DocInput([text], [tuple(s) for s in seg.spans.tolist()], list(seg.verdicts)))
     a = DocumentEncoder(str(tok), MaterializeSettings(variant="srp"), "tokenizers").encode(coded).plain
     b = DocumentEncoder(str(tok), MaterializeSettings(variant="srp"), "tokenizers").encode(plain).plain
     assert a.flats[0].tolist() == b.flats[0].tolist() and a.roles.tolist() == b.roles.tolist()
     assert a.lengths[0].tolist() == b.lengths[0].tolist()
-    assert int(np.sum(a.roles)) > 0
+    assert (a.roles == ROLE_REFLECTION).sum() > 0  # reflections were placed
+
+
+def test_a_sidecar_without_byte_ends_is_read_as_before(tmp_path):
+    old = ShardAnnotations.read(_write(tmp_path / "old.parquet", _columns(byte_ends=False)))
+    new = ShardAnnotations.read(_write(tmp_path / "new.parquet", _columns()))
+    assert old.byte_ends is None and old.segments(_doc(2), "in.jsonl").byte_ends is None
+    assert new.segments(_doc(2), "in.jsonl").byte_ends.tolist() == [17]  # "one ségment only": é is 2 bytes
+    assert np.array_equal(old.spans, new.spans) and old.table == new.table

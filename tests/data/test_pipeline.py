@@ -270,6 +270,23 @@ def test_annotations_must_match_the_input(world, tmp_path, capsys):
     assert "needs --annotations" in capsys.readouterr().err
 
 
+def test_the_annotated_file_is_checked_by_its_digest_any_other_text_by_text(world, tmp_path):
+    """The file annotate read, byte for byte: no text hashed. The same rows written again (another JSON
+    layout): another digest, so every text is hashed, and the output is the same."""
+    d, _, _ = world
+    src = d / "corpus" / "shard_0.jsonl"
+    same, stats = _preprocess(world, "srp", "digest_same", inputs=[str(src)])
+    assert stats["inputs_verified_by_digest"] == 1 and stats["texts_hash_checked"] == 0
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    relaid = tmp_path / "corpus" / "shard_0.jsonl"  # same shard name: the same sidecar
+    relaid.parent.mkdir()
+    relaid.write_text("".join(json.dumps(dict(reversed(r.items())), indent=None) + "\n" for r in rows))
+    other, stats = _preprocess(world, "srp", "digest_other", inputs=[str(relaid)])
+    assert stats["inputs_verified_by_digest"] == 0 and stats["texts_hash_checked"] == len(rows)
+    for suffix in (".bin", ".idx"):
+        assert Path(same + suffix).read_bytes() == Path(other + suffix).read_bytes()
+
+
 def test_annotate_refuses_to_mix_settings_and_skips_finished_shards(world, capsys):
     d, tok, _ = world
     base = ["--input", str(d / "corpus"), "--output", str(d / "ann"), "--tokenizer-model", str(tok),
