@@ -93,7 +93,7 @@ def main() -> None:
         stats, read_stats = Stats(), ReadStats()
         writer = Writer(job.finals, job.dtype, with_roles=args.variant == "srp")
         start = time.perf_counter()
-        chunks = pp._inputs_of(job, job.inputs[0], job.names[0], stats, read_stats)
+        chunks = pp._inputs_of(job, 0, stats, read_stats)
         while True:
             t = time.perf_counter()
             chunk = next(chunks, None)

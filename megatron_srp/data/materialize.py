@@ -195,12 +195,14 @@ class DocumentEncoder:
     def _flagged(self, verdict: Verdict) -> bool:
         return verdict.label in self.settings.flagged_labels
 
-    def encode(self, docs: Sequence[DocInput]) -> ChunkOutput:
+    def encode(self, docs: Sequence[DocInput], segments=None) -> ChunkOutput:
+        """A chunk's outputs. srp's annotations come per document (``DocInput.spans``...) or, from preprocessing,
+        as the chunk's flat arrays (``segments``: ``annotations.ChunkSegments``)."""
         variant = self.settings.variant
         if variant == "plain":
             return self._plain(docs)
         if variant == "srp":
-            return self._srp(docs)
+            return self._srp(docs, segments)
         return self._edited(docs)
 
     def _plain(self, docs) -> ChunkOutput:
@@ -222,7 +224,7 @@ class DocumentEncoder:
             lengths.append(lens)
         return ChunkOutput(plain=PlainBatch(flats, lengths), guard_changed=int(changed.sum()))
 
-    def _srp(self, docs) -> ChunkOutput:
+    def _srp(self, docs, segments=None) -> ChunkOutput:
         """The chunk's tokens in one array; every reflection and end of document placed with one searchsorted
         and written with one scatter."""
         # Token starts on the chunk's byte line (text i's UTF-8 bytes from bases[i]): increasing across
@@ -235,7 +237,12 @@ class DocumentEncoder:
         else:
             texts, all_points, changed = self._guard_all([d.texts[0] for d in docs])
             ids, starts, lengths, bases = self.tok.encode_flat_with_token_starts(texts)
-        seg_ends, refl, seg_doc = self._segment_ends(docs, texts, all_points, lengths, bases)
+        if segments is None:
+            flat = self._flat_segments(docs)
+        else:
+            flat = (segments.counts, segments.spans, self._codes_to_reflections(segments.table, segments.codes),
+                    segments.byte_ends)
+        seg_ends, refl, seg_doc = self._segment_ends(*flat, texts, all_points, lengths, bases)
         # A reflection goes before the first token that starts at or after its segment's end (at a document's
         # end: before the next document's first token, so it ends this document).
         cuts = starts.first_at_or_after(seg_ends)
@@ -257,48 +264,47 @@ class DocumentEncoder:
         return ChunkOutput(plain=PlainBatch([out], [lengths], roles), guard_changed=int(changed.sum()),
                            reflection_tokens=int(refl_len.sum()))
 
-    def _segment_ends(self, docs, texts, all_points, lengths, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every segment end of the chunk on its byte line, the reflection each one gets (an index into
-        ``self._reflections``) and its document. With the sidecar's byte ends, per-document work only where the
-        guard inserted characters; without them, also where a text is not ASCII."""
-        live = [i for i, d in enumerate(docs) if lengths[i] and len(d.verdicts)]  # empty: nothing to reflect on
-        if not live:
-            empty = np.zeros(0, np.int64)
-            return empty, empty, empty
-        if all(docs[i].byte_ends is not None for i in live):  # the sidecar has them: no text is looked at
-            ends = np.concatenate([docs[i].byte_ends for i in live]).astype(np.int64)
-            counts = np.fromiter((len(docs[i].byte_ends) for i in live), dtype=np.int64, count=len(live))
-            first = np.cumsum(counts) - counts
-            for k, i in enumerate(live):
-                if all_points[i]:  # the guard inserted U+200B before some characters: 3 bytes each
-                    chars = np.asarray(docs[i].spans, dtype=np.int64).reshape(-1, 2)[:, 1]
-                    shift = np.searchsorted(np.asarray(all_points[i]), chars, "left") * _ZWSP_BYTES
-                    ends[first[k]:first[k] + counts[k]] += shift
-        else:
-            ends, counts = self._byte_ends_of(docs, texts, all_points, live)
-        owner = np.asarray(live, dtype=np.int64)
-        ends += np.repeat(bases[owner], counts)
-        table = docs[live[0]].verdict_table
-        if table is not None and all(docs[i].verdict_table is table for i in live):  # one sidecar: map codes once
-            refl = self._codes_to_reflections(table, np.concatenate([docs[i].verdict_codes for i in live]))
-        else:
-            refl = np.concatenate([self._segment_reflections(docs[i]) for i in live])
-        return ends, refl, np.repeat(owner, counts)
+    def _flat_segments(self, docs) -> tuple:
+        """Per-document annotations as ``_segment_ends`` takes them: counts, spans, reflections, byte ends."""
+        counts = np.fromiter((len(d.verdicts) for d in docs), dtype=np.int64, count=len(docs))
+        spans = np.concatenate([np.asarray(d.spans, dtype=np.int64).reshape(-1, 2) for d in docs]) if len(docs) \
+            else np.zeros((0, 2), np.int64)
+        table = docs[0].verdict_table if docs else None
+        if table is not None and all(d.verdict_table is table and d.verdict_codes is not None for d in docs):
+            refl = self._codes_to_reflections(table, np.concatenate([d.verdict_codes for d in docs]))
+        else:  # one lookup per segment
+            refl = np.concatenate([self._segment_reflections(d) for d in docs]) if len(docs) else np.zeros(0, np.int64)
+        byte_ends = np.concatenate([d.byte_ends for d in docs]) if docs and all(
+            d.byte_ends is not None for d in docs) else None
+        return counts, spans, refl, byte_ends
 
-    @staticmethod
-    def _byte_ends_of(docs, texts, all_points, live) -> tuple[np.ndarray, np.ndarray]:
-        """The live documents' segment ends in bytes of the texts as tokenized, from their character spans."""
-        spans = [np.asarray(docs[i].spans, dtype=np.int64).reshape(-1, 2) for i in live]
-        counts = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
-        ends = np.concatenate(spans)[:, 1]  # characters into each text
+    def _segment_ends(self, counts, spans, refl, byte_ends, texts, all_points, lengths, bases) -> tuple:
+        """Every segment end of the chunk on its byte line, the reflection each one gets (an index into
+        ``self._reflections``; verdict codes are mapped here) and its document. Documents without tokens get
+        none. With the sidecar's byte ends, per-document work only where the guard inserted characters;
+        without them, also where a text is not ASCII."""
+        owner = np.repeat(np.arange(len(counts)), counts)
         first = np.cumsum(counts) - counts
-        for k, i in enumerate(live):
-            if all_points[i] or not texts[i].isascii():
-                e = ends[first[k]:first[k] + counts[k]]
-                if all_points[i]:  # the guard inserted U+200B: a segment end moves right by the insertions before it
-                    e = e + np.searchsorted(np.asarray(all_points[i]), e, "left")
-                ends[first[k]:first[k] + counts[k]] = char_to_byte(texts[i], e)
-        return ends, counts
+        if byte_ends is None:  # characters: converted below where a text is not ASCII
+            ends = spans[:, 1].astype(np.int64)
+            todo = [i for i in np.flatnonzero(counts).tolist() if all_points[i] or not texts[i].isascii()]
+        else:
+            ends = byte_ends.astype(np.int64)
+            todo = [i for i, points in enumerate(all_points) if points and counts[i]]
+        for i in todo:
+            points = all_points[i]
+            a, b = first[i], first[i] + counts[i]
+            chars = spans[a:b, 1]
+            if byte_ends is not None:  # the guard inserted U+200B before some characters: 3 bytes each
+                ends[a:b] += np.searchsorted(np.asarray(points), chars, "left") * _ZWSP_BYTES
+            else:
+                if points:  # the guard inserted U+200B: a segment end moves right by the insertions before it
+                    chars = chars + np.searchsorted(np.asarray(points), chars, "left")
+                ends[a:b] = char_to_byte(texts[i], chars)
+        keep = lengths[owner] > 0  # an empty text has nothing to reflect on
+        if not keep.all():
+            ends, refl, owner = ends[keep], refl[keep], owner[keep]
+        return ends + bases[owner], refl, owner
 
     def _edited(self, docs):
         """filter and rewrite: build the new text, then tokenize it like plain."""

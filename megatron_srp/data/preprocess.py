@@ -33,7 +33,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
@@ -76,13 +76,14 @@ def _encode_chunk(chunk):
 
 
 def _encode_checked(encode, chunk):
-    """A chunk is (documents, the text-hash checks the reading thread deferred): checked, then encoded."""
-    docs, checks = chunk
+    """A chunk is (documents, the text-hash checks the reading thread deferred, srp's flat annotations):
+    checked, then encoded."""
+    docs, checks, segments = chunk
     if checks:
         from megatron_srp.data.annotations import check_texts
 
         check_texts(checks)
-    return encode(docs)
+    return encode(docs, segments)
 
 
 # -- main side --------------------------------------------------------------------------------
@@ -102,6 +103,9 @@ class Job:
     encoder: DocumentEncoder
     rewriter: object = None
     rewrite_cache: object = None
+    annotations: dict = field(default_factory=dict)
+    """Input index -> its annotations being read (a future of ``_read_annotations``)."""
+    reader: Optional[ThreadPoolExecutor] = None
 
     @property
     def finals(self) -> list[str]:
@@ -114,45 +118,83 @@ class Job:
     def part(self, i: int) -> list[str]:
         return output_prefixes(os.path.join(f"{self.config.output_prefix}.parts", f"{i:05d}"), self.config.json_keys)
 
+    def prefetch(self, i: int) -> None:
+        """Start reading input ``i``'s annotations (sidecar and file digest) on a thread: parquet, file reads
+        and xxhash release the GIL, so this overlaps start-up or the previous file."""
+        if self.settings.variant == "plain" or i in self.annotations or not 0 <= i < len(self.inputs):
+            return
+        if self.reader is None:
+            self.reader = ThreadPoolExecutor(1, thread_name_prefix="annotations")
+        self.annotations[i] = self.reader.submit(_read_annotations, self.config.annotations, self.inputs[i],
+                                                 self.names[i])
+
+    def sidecar(self, i: int):
+        """Input ``i``'s ``ShardAnnotations`` (``verify_input`` done)."""
+        self.prefetch(i)
+        return self.annotations.pop(i).result()
+
     def close(self) -> None:
         if self.rewrite_cache is not None:
             self.rewrite_cache.close()
+        if self.reader is not None:
+            self.reader.shutdown(wait=True, cancel_futures=True)
 
 
-def _inputs_of(job: Job, path: str, shard_name: str, stats: Stats, read_stats: ReadStats) -> Iterator[tuple]:
-    """Chunks for one file: (DocInput list with annotations matched and rewrites filled in, the text-hash
-    checks left to the encoding step)."""
-    cfg, sidecar = job.config, None
+def _read_annotations(annotations_dir: str, path: str, shard_name: str):
+    """A file's sidecar, with ``verify_input`` done: the digest is computed on a second thread meanwhile."""
+    from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
+
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(file_digest, path)
+        sidecar = ann.ShardAnnotations.read(ann.find_sidecar(annotations_dir, path, shard_name))
+        sidecar.verify_input(path, digest.result())
+    return sidecar
+
+
+def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input: Optional[int] = None) -> Iterator[tuple]:
+    """Chunks of input ``i``: (DocInput list with annotations matched and rewrites filled in, the text-hash
+    checks left to the encoding step, and for srp the chunk's annotations as flat arrays). The annotations
+    of ``next_input`` are read meanwhile."""
+    cfg, sidecar, path = job.config, None, job.inputs[i]
     limit = int(cfg.chunk_mb * 1e6)
     if cfg.variant != "plain":
-        from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
+        sidecar = job.sidecar(i)
+        stats.inputs_verified_by_digest += sidecar.texts_verified  # then no text is hashed
+        if next_input is not None:
+            job.prefetch(next_input)
+    flat = cfg.variant == "srp"  # srp matches a chunk at once; filter and rewrite need per-document spans
+    chunk, docs, checks, chars = [], [], [], 0
 
-        with ThreadPoolExecutor(1) as pool:  # the file's digest (GIL-free reading and hashing) beside the sidecar's read
-            digest = pool.submit(file_digest, path)
-            sidecar = ann.ShardAnnotations.read(ann.find_sidecar(cfg.annotations, path, shard_name))
-            stats.inputs_verified_by_digest += sidecar.verify_input(path, digest.result())  # then no text is hashed
-    chunk, checks, chars = [], [], 0
+    def finished():
+        segments = None
+        if flat:
+            segments = sidecar.chunk_segments(docs, path, checks)
+            stats.segments += len(segments.spans)
+        stats.texts_hash_checked += len(checks)
+        return _fill_rewrites(job, chunk, checks) + (segments,)
+
     for doc in read_documents(path, cfg.json_keys, cfg.id_key, cfg.on_error, cfg.max_doc_chars, read_stats):
         stats.documents_in += 1
         item = DocInput([doc.texts[k] for k in cfg.json_keys])
-        if sidecar is not None:
+        if flat:
+            docs.append(doc)
+        elif sidecar is not None:
             item.spans, item.verdicts, item.verdict_codes, item.verdict_table, item.byte_ends = sidecar.segments(
                 doc, path, checks)
             stats.segments += len(item.spans)
         chunk.append(item)
         chars += sum(map(len, item.texts))
         if len(chunk) == cfg.chunk_docs or chars >= limit:
-            stats.texts_hash_checked += len(checks)
-            yield _fill_rewrites(job, chunk, checks)
-            chunk, checks, chars = [], [], 0
+            yield finished()
+            chunk, docs, checks, chars = [], [], [], 0
+    last = finished() if chunk else None  # (matched before the counts below)
     if sidecar is not None:  # label and category counts per distinct verdict, not per segment
         for v, n in sidecar.verdict_counts().items():
             stats.labels[v.label] = stats.labels.get(v.label, 0) + n
             for c in v.categories:
                 stats.categories[c] = stats.categories.get(c, 0) + n
-    if chunk:
-        stats.texts_hash_checked += len(checks)
-        yield _fill_rewrites(job, chunk, checks)
+    if last is not None:
+        yield last
 
 
 def _fill_rewrites(job: Job, chunk: list, checks: list) -> tuple[list, list]:
@@ -176,12 +218,13 @@ def _fill_rewrites(job: Job, chunk: list, checks: list) -> tuple[list, list]:
     return chunk, []
 
 
-def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress) -> Stats:
-    """Tokenize input file ``i`` into ``prefixes`` (published only when complete)."""
+def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress, next_input: Optional[int] = None) -> Stats:
+    """Tokenize input file ``i`` into ``prefixes`` (published only when complete); read ``next_input``'s
+    annotations meanwhile."""
     path = job.inputs[i]
     stats, read_stats = Stats(), ReadStats()
     writer = Writer(prefixes, job.dtype, with_roles=job.settings.variant == "srp")
-    chunks = _inputs_of(job, path, job.names[i], stats, read_stats)
+    chunks = _inputs_of(job, i, stats, read_stats, next_input)
     fallback_before = job.encoder.tok.reference_documents
     try:
         if pool is not None:
@@ -242,7 +285,9 @@ def _write(results, writer, stats, advance) -> None:
         advance()
 
 
-def setup(cfg: PreprocessConfig) -> Job:
+def setup(cfg: PreprocessConfig, first_input: Optional[int] = None) -> Job:
+    """The run's Job; the annotations of ``first_input`` (the first file this process will tokenize) are read
+    on a thread while the tokenizer loads."""
     if cfg.variant != "plain" and len(cfg.json_keys) != 1:
         raise UsageError(f"--variant {cfg.variant} works on one text field; got --json-keys {cfg.json_keys}")
     if cfg.variant != "plain" and not cfg.annotations:
@@ -267,15 +312,22 @@ def setup(cfg: PreprocessConfig) -> Job:
         raise UsageError(f"--workers must be at least 1, got {cfg.workers}")
     # gigatoken's thread pool reads this when it first starts (before any encode call).
     os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.workers))
-    encoder = DocumentEncoder(cfg.tokenizer_model, settings, cfg.tokenizer_backend)
-    for tag in reflection.special_tokens():
-        if encoder.tok.token_id(tag) is None:
-            raise TokenizerError(f"--reflection register_special_tokens=true but {tag!r} is not a token of "
-                                 f"{cfg.tokenizer_model}; add it to the tokenizer first")
-    job = Job(cfg, inputs, relative_names(inputs), settings, encoder)
-    if cfg.variant == "rewrite":
-        job.rewriter = build_rewriter(cfg.rewriter, **cfg.rewriter_options)
-        job.rewrite_cache = RewriteCache(cfg.rewrite_cache or os.path.join(cfg.annotations, "rewrites.sqlite"))
+    names = relative_names(inputs)
+    job = Job(cfg, inputs, names, settings, None)
+    if first_input is not None:
+        job.prefetch(first_input)
+    try:
+        job.encoder = DocumentEncoder(cfg.tokenizer_model, settings, cfg.tokenizer_backend)
+        for tag in reflection.special_tokens():
+            if job.encoder.tok.token_id(tag) is None:
+                raise TokenizerError(f"--reflection register_special_tokens=true but {tag!r} is not a token of "
+                                     f"{cfg.tokenizer_model}; add it to the tokenizer first")
+        if cfg.variant == "rewrite":
+            job.rewriter = build_rewriter(cfg.rewriter, **cfg.rewriter_options)
+            job.rewrite_cache = RewriteCache(cfg.rewrite_cache or os.path.join(cfg.annotations, "rewrites.sqlite"))
+    except BaseException:
+        job.close()  # the annotations' thread too
+        raise
     return job
 
 
@@ -296,21 +348,27 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
+def _part_done(prefixes: list[str]) -> bool:
+    return os.path.exists(f"{prefixes[0]}.stats.json") and all(os.path.exists(f"{p}.idx") for p in prefixes)
+
+
 def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
     """Tokenize the given input files; with ``use_parts`` each goes to its own part (finished parts are kept)."""
     pool = _worker_pool(job)
     progress = Progress([job.inputs[i] for i in indices], not job.config.progress, job.config.variant)
     per_file = []
     try:
+        todo = [i for i in indices if not (use_parts and _part_done(job.part(i)))]
         for i in indices:
             path = job.inputs[i]
             prefixes = job.part(i) if use_parts else job.finals
             done = f"{prefixes[0]}.stats.json"
-            if use_parts and os.path.exists(done) and all(os.path.exists(f"{p}.idx") for p in prefixes):
+            if use_parts and _part_done(prefixes):
                 per_file.append({"input": path, "reused": True, **_read_json(done)})
                 progress.file_done(path)
                 continue
-            s = asdict(_process(job, i, prefixes, pool, progress))
+            later = todo[todo.index(i) + 1:]
+            s = asdict(_process(job, i, prefixes, pool, progress, later[0] if later else None))
             if use_parts:
                 atomic_write_json(done, s)
             per_file.append({"input": path, **s})
@@ -358,7 +416,7 @@ def report(job: Job, per_file: list[dict], seconds: float) -> dict:
 
 def run_task(cfg: PreprocessConfig, rank: int, world_size: int) -> None:
     """datatrove task ``rank``: tokenize files[rank::world_size] into parts."""
-    job = setup(cfg)
+    job = setup(cfg, first_input=rank)
     try:
         process_files(job, range(rank, len(job.inputs), world_size), use_parts=True)
     finally:
@@ -383,7 +441,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     job = None
     try:
         cfg = settings_from_argv(argv)
-        job = setup(cfg)
+        job = setup(cfg, first_input=0 if cfg.executor.executor == "none" else None)
         if cfg.executor.executor != "none":
             from megatron_srp.data.datatrove_steps import run_with_datatrove  # datatrove: only for executors
 

@@ -147,3 +147,27 @@ def test_a_sidecar_without_byte_ends_is_read_as_before(tmp_path):
     assert old.byte_ends is None and old.segments(_doc(2), "in.jsonl").byte_ends is None
     assert new.segments(_doc(2), "in.jsonl").byte_ends.tolist() == [17]  # "one ségment only": é is 2 bytes
     assert np.array_equal(old.spans, new.spans) and old.table == new.table
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [3, 0, 4, 2]])  # consecutive rows (one slice), and not
+def test_chunk_segments_are_the_documents_segments_flattened(tmp_path, order):
+    ann = ShardAnnotations.read(_write(tmp_path / "a.parquet", _columns()))
+    one = [ann.segments(_doc(i), "in.jsonl") for i in order]
+    flat = ann.chunk_segments([_doc(i) for i in order], "in.jsonl")
+    assert flat.counts.tolist() == [len(s.spans) for s in one]
+    assert flat.spans.tolist() == [list(p) for s in one for p in s.spans.tolist()]
+    assert flat.codes.tolist() == [c for s in one for c in s.codes.tolist()] and flat.table is ann.table
+    assert flat.byte_ends.tolist() == [b for s in one for b in s.byte_ends.tolist()]
+    deferred = []
+    ann.chunk_segments([_doc(i) for i in order], "in.jsonl", deferred)  # the text checks, left to the caller
+    assert [d.line for _, d, _, _ in deferred] == [2 * i + 1 for i in order]
+
+
+def test_chunk_segments_name_the_first_document_that_fails(tmp_path):
+    ann = ShardAnnotations.read(_write(tmp_path / "a.parquet", _columns()))
+    with pytest.raises(AnnotationError, match=r"in.jsonl:3 \(id 'x'\): annotation .*a.parquet has id 'd1'"):
+        ann.chunk_segments([_doc(0), _doc(1, doc_id="x"), _doc(2)], "in.jsonl")
+    with pytest.raises(AnnotationError, match=r"in.jsonl:4 \(id 'd9'\): no annotation in .*a.parquet"):
+        ann.chunk_segments([_doc(0), _doc(0, line=4, doc_id="d9")], "in.jsonl")
+    with pytest.raises(AnnotationError, match=r"in.jsonl:5 \(id 'd2'\): the text differs .*hash mismatch"):
+        ann.chunk_segments([_doc(1), _doc(2, text="one segment only!")], "in.jsonl")
