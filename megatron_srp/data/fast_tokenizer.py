@@ -406,8 +406,7 @@ class FastEncoder:
         post-processor keeps (``add_prefix_space``: their start is their end minus all their bytes)."""
         # int32 while a chunk's bytes fit (always, at --chunk-mb's scale): half the memory traffic of int64
         wide = np.dtype(np.int32 if len(ids) * self._longest < 2 ** 31 else np.int64)
-        ends = self._byte_len_as[wide][ids]  # one gather: every pass over 30 M tokens counts (BENCHMARKS.md)
-        np.cumsum(ends, out=ends)
+        ends = np.cumsum(_gather(self._byte_len_as[wide], ids), dtype=wide)  # every pass over 30 M tokens counts
         firsts = offsets[:-1]
         bases = np.where(firsts > 0, ends[np.maximum(firsts - 1, 0)], 0) if len(ends) else np.zeros(len(firsts), np.int64)
         kept = np.zeros(0, np.int64)
@@ -482,6 +481,21 @@ def _splice(flat: np.ndarray, offsets: np.ndarray, which: list, redone: list) ->
         lengths[i], prev = len(ids), i + 1
     parts.append(flat[offsets[prev]:])
     return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
+
+
+def _gather(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``table[ids]`` (read-only) by Arrow's ``take``: about 3.5x numpy's fancy indexing on uint32 ids, which
+    widens every index to int64 first (bench/gather.py). Bounds are checked with one ``max`` rather than by
+    Arrow per element (which costs more than the gather)."""
+    import pyarrow as pa  # already loaded where this runs: srp reads its annotations with it
+    import pyarrow.compute as pc
+
+    if len(ids) and int(ids.max()) >= len(table):
+        raise IndexError(f"token id {int(ids.max())} outside the tokenizer's {len(table)} ids")
+    if len(ids) == 0:
+        return table[:0]
+    out = pc.take(pa.array(table), pa.array(ids), boundscheck=False)
+    return np.frombuffer(out.buffers()[1], dtype=table.dtype, count=len(out), offset=out.offset * table.itemsize)
 
 
 def char_to_byte(text: str, positions) -> np.ndarray:
