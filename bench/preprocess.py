@@ -19,7 +19,9 @@ start-up, as a user sees it. Each round runs Megatron-LM first and the others on
 (a different command runs right after Megatron-LM's long one every round), and dirty pages are synced
 before every run, after the previous round's outputs of that command are deleted (see
 ``remove_outputs``). Reports tokens/s (median over rounds), the ratio to Megatron-LM and to the limit,
-and peak RSS (largest process of the run's tree, from wait4). Checks byte identity of plain with
+peak RSS (largest process of the run's tree, from wait4), and srp against plain and plain against the limit
+within each round (seconds apart) with their median: on a VM whose speed drifts by the minute, those
+ratios move less than the ratio of medians. Checks byte identity of plain with
 Megatron-LM, with and without the guard, and counts the documents the guard changed.
 """
 
@@ -164,6 +166,14 @@ def main():
     lim = report["runs"]["limit_gigatoken_encode_files"]["tokens_per_s"]
     for run_ in report["runs"].values():
         run_["vs_limit"] = round(run_["tokens_per_s"] / lim, 3)
+    # Ratios within a round too: a VM's speed drifts by the minute, and a round's runs are seconds apart.
+    runs = report["runs"]
+    pairs = {"plain_vs_limit_by_round": ("ours_plain", "limit_gigatoken_encode_files"),
+             "srp_vs_plain_by_round": ("ours_srp", "ours_plain")}
+    for key, (a, b) in pairs.items():
+        if a in runs:
+            ratios = [(runs[a]["tokens"] / wa) / (runs[b]["tokens"] / wb) for wa, wb in zip(walls[a], walls[b])]
+            report[key] = {"ratios": [round(x, 3) for x in ratios], "median": round(statistics.median(ratios), 3)}
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
