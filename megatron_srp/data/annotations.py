@@ -257,6 +257,30 @@ class DocumentSegments(NamedTuple):
     byte_ends: Optional[np.ndarray] = None
 
 
+class InputDigest(NamedTuple):
+    """An input file's digest, and its size and modification time when the digest was taken."""
+
+    hex: str
+    size: int
+    mtime_ns: int
+
+    @staticmethod
+    def stat(path: str) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+
+    @classmethod
+    def of(cls, path: str) -> "InputDigest":
+        size, mtime_ns = cls.stat(path)  # before reading: a write during the digest shows in check_unchanged
+        return cls(file_digest(path), size, mtime_ns)
+
+
+def digest_may_match(sidecar_path: str, input_path: str) -> bool:
+    """Whether the sidecar recorded a digest for a file of ``input_path``'s size (worth computing its digest)."""
+    recorded = read_metadata(sidecar_path).get("input_digest") or {}
+    return recorded.get("algorithm") == FILE_DIGEST and recorded.get("bytes") == os.path.getsize(input_path)
+
+
 class ChunkSegments(NamedTuple):
     """The annotations of a chunk's documents as flat arrays: each document's segment count, then every
     segment's span, verdict code into ``table`` and end in UTF-8 bytes (None for a sidecar without them)."""
@@ -319,7 +343,8 @@ class ShardAnnotations:
         lines = _numpy(table.column("line").combine_chunks(), "column 'line'", path)
         self.row_of_line = dict(zip(lines.tolist(), range(len(lines))))
         self.ids = table.column("id").to_pylist()
-        self.text_shas = table.column("text_sha").to_pylist()
+        self._text_sha_column = table.column("text_sha")
+        self._text_shas: Optional[list] = None
         with_bytes = "seg_end_byte" in table.column_names
         cols = {k: _list_column(table, k, path) for k in ("seg_start", "seg_end", "label", "categories",
                                                           *(["seg_end_byte"] if with_bytes else []))}
@@ -341,6 +366,14 @@ class ShardAnnotations:
         self._used: list[int] = []
         self.texts_verified = False
         """Set by ``verify_input``: the input is the annotated file byte for byte, so no text is hashed again."""
+        self._digest: Optional[InputDigest] = None
+
+    @property
+    def text_shas(self) -> list:
+        """Every row's text hash, decoded when first asked for (a verified input never asks)."""
+        if self._text_shas is None:
+            self._text_shas = self._text_sha_column.to_pylist()
+        return self._text_shas
 
     @property
     def verdicts(self) -> list:
@@ -349,15 +382,23 @@ class ShardAnnotations:
             self._verdicts = [self.table[c] for c in self.codes.tolist()]
         return self._verdicts
 
-    def verify_input(self, input_path: str, digest: Optional[str] = None) -> bool:
-        """Whether ``input_path`` (whose ``file_digest`` may be given) has the digest recorded at annotation
-        (sidecars before it have none: False). When it has, ``segments`` skips the per-document text hash;
-        otherwise every text is checked."""
+    def verify_input(self, input_path: str, digest: Optional["InputDigest"] = None) -> bool:
+        """Whether ``input_path`` has the digest recorded at annotation (``digest``: its ``InputDigest``, taken
+        here when not given and the sizes agree). When it has, ``segments`` skips the per-document text hash;
+        otherwise (another file, or a sidecar from before digests) every text is checked."""
         recorded = self.meta.get("input_digest") or {}
-        self.texts_verified = (recorded.get("algorithm") == FILE_DIGEST and recorded.get("bytes") ==
-                               os.path.getsize(input_path) and
-                               recorded.get("hex") == (digest or file_digest(input_path)))
+        self.texts_verified = False
+        if recorded.get("algorithm") != FILE_DIGEST or recorded.get("bytes") != os.path.getsize(input_path):
+            return False
+        self._digest = digest or InputDigest.of(input_path)
+        self.texts_verified = (self._digest.hex, self._digest.size) == (recorded.get("hex"), recorded["bytes"])
         return self.texts_verified
+
+    def check_unchanged(self, input_path: str) -> None:
+        """After reading a verified input: it is still the file the digest was taken of (size and mtime)."""
+        if self.texts_verified and InputDigest.stat(input_path) != (self._digest.size, self._digest.mtime_ns):
+            raise AnnotationError(f"{input_path} changed while it was read (after its digest matched {self.path}); "
+                                  f"run again on a file that is not being written")
 
     @staticmethod
     def _verdict_codes(labels: pa.Array, categories: pa.ListArray, path: str) -> tuple[np.ndarray, list[Verdict]]:
@@ -525,6 +566,6 @@ def find_sidecar(annotations_dir: str, input_path: str, shard_name: str) -> str:
     return path
 
 
-__all__ = ["AnnotateSettings", "AnnotationError", "ChunkSegments", "DocumentSegments", "ShardAnnotations", "ShardSummary", "annotate_shard",
+__all__ = ["AnnotateSettings", "AnnotationError", "ChunkSegments", "DocumentSegments", "InputDigest", "digest_may_match", "ShardAnnotations", "ShardSummary", "annotate_shard",
            "build_segmenter", "check_reusable", "check_texts", "find_sidecar", "read_manifest", "read_metadata",
            "sidecar_path", "write_manifest", "CACHE", "PUNKT", "MANIFEST", "ClassifierError"]

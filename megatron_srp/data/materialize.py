@@ -266,14 +266,14 @@ class DocumentEncoder:
 
     def _flat_segments(self, docs) -> tuple:
         """Per-document annotations as ``_segment_ends`` takes them: counts, spans, reflections, byte ends."""
-        counts = np.fromiter((len(d.verdicts) for d in docs), dtype=np.int64, count=len(docs))
-        spans = np.concatenate([np.asarray(d.spans, dtype=np.int64).reshape(-1, 2) for d in docs]) if len(docs) \
-            else np.zeros((0, 2), np.int64)
+        counts = np.fromiter((len(d.verdicts or ()) for d in docs), dtype=np.int64, count=len(docs))
+        spans = np.concatenate([np.zeros((0, 2), np.int64), *(np.asarray(d.spans if d.spans is not None else (),
+                                                                          dtype=np.int64).reshape(-1, 2) for d in docs)])
         table = docs[0].verdict_table if docs else None
         if table is not None and all(d.verdict_table is table and d.verdict_codes is not None for d in docs):
             refl = self._codes_to_reflections(table, np.concatenate([d.verdict_codes for d in docs]))
         else:  # one lookup per segment
-            refl = np.concatenate([self._segment_reflections(d) for d in docs]) if len(docs) else np.zeros(0, np.int64)
+            refl = np.concatenate([np.zeros(0, np.int64), *(self._segment_reflections(d) for d in docs if d.verdicts)])
         byte_ends = np.concatenate([d.byte_ends for d in docs]) if docs and all(
             d.byte_ends is not None for d in docs) else None
         return counts, spans, refl, byte_ends

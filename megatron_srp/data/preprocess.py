@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Iterator, Optional, Sequence
@@ -40,7 +40,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
-from megatron_srp.data.corpus import ReadStats, expand_inputs, file_digest, read_documents, relative_names
+from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
 from megatron_srp.data.settings import PreprocessConfig, preprocess_config, preprocess_parser
@@ -123,10 +123,16 @@ class Job:
         and xxhash release the GIL, so this overlaps start-up or the previous file."""
         if self.settings.variant == "plain" or i in self.annotations or not 0 <= i < len(self.inputs):
             return
+        from megatron_srp.data import annotations  # noqa: F401  (imported here, not mid-import at a fork)
+
         if self.reader is None:
             self.reader = ThreadPoolExecutor(1, thread_name_prefix="annotations")
         self.annotations[i] = self.reader.submit(_read_annotations, self.config.annotations, self.inputs[i],
                                                  self.names[i])
+
+    def settle(self) -> None:
+        """Wait until no annotations are being read (before forking worker processes)."""
+        wait(list(self.annotations.values()))
 
     def sidecar(self, i: int):
         """Input ``i``'s ``ShardAnnotations`` (``verify_input`` done)."""
@@ -141,12 +147,18 @@ class Job:
 
 
 def _read_annotations(annotations_dir: str, path: str, shard_name: str):
-    """A file's sidecar, with ``verify_input`` done: the digest is computed on a second thread meanwhile."""
+    """A file's sidecar, with ``verify_input`` done: the file's digest, when the sidecar recorded one for a
+    file of its size, is computed on a second thread meanwhile."""
     from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
+    sidecar_path = ann.find_sidecar(annotations_dir, path, shard_name)
+    if not ann.digest_may_match(sidecar_path, path):  # an older sidecar, or another file: checked text by text
+        sidecar = ann.ShardAnnotations.read(sidecar_path)
+        sidecar.verify_input(path)
+        return sidecar
     with ThreadPoolExecutor(1) as pool:
-        digest = pool.submit(file_digest, path)
-        sidecar = ann.ShardAnnotations.read(ann.find_sidecar(annotations_dir, path, shard_name))
+        digest = pool.submit(ann.InputDigest.of, path)
+        sidecar = ann.ShardAnnotations.read(sidecar_path)
         sidecar.verify_input(path, digest.result())
     return sidecar
 
@@ -188,6 +200,8 @@ def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input
             yield finished()
             chunk, docs, checks, chars = [], [], [], 0
     last = finished() if chunk else None  # (matched before the counts below)
+    if sidecar is not None:
+        sidecar.check_unchanged(path)  # a file rewritten since its digest: its texts were never checked
     if sidecar is not None:  # label and category counts per distinct verdict, not per segment
         for v, n in sidecar.verdict_counts().items():
             stats.labels[v.label] = stats.labels.get(v.label, 0) + n
@@ -314,7 +328,7 @@ def setup(cfg: PreprocessConfig, first_input: Optional[int] = None) -> Job:
     os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.workers))
     names = relative_names(inputs)
     job = Job(cfg, inputs, names, settings, None)
-    if first_input is not None:
+    if first_input is not None and not _part_done(job.part(first_input)):  # (a rerun reuses finished parts)
         job.prefetch(first_input)
     try:
         job.encoder = DocumentEncoder(cfg.tokenizer_model, settings, cfg.tokenizer_backend)
@@ -338,6 +352,7 @@ def _worker_pool(job: Job):
     cfg = job.config
     if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "tokenizers":
         return None
+    job.settle()  # no thread of ours mid-read when the workers fork
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     return ctx.Pool(cfg.workers, initializer=_init_worker,
                     initargs=(cfg.tokenizer_model, job.settings, job.encoder.tok.backend))

@@ -287,6 +287,55 @@ def test_the_annotated_file_is_checked_by_its_digest_any_other_text_by_text(worl
         assert Path(same + suffix).read_bytes() == Path(other + suffix).read_bytes()
 
 
+def test_old_sidecars_and_worker_processes_give_the_same_srp_bytes(tmp_path):
+    """Non-ASCII multi-segment documents: a sidecar from before the digest and the byte ends (every text hashed,
+    character ends converted) gives the bytes of a new one, also through the tokenizers backend's worker
+    processes; a file rewritten after its digest matched is refused."""
+    import pyarrow.parquet as pq
+
+    from megatron_srp.data import annotations as ann
+
+    segs = ["Café n°{i} sert une crêpe. ", "Une phrase sûre, 中文 {i}. ", "Mix ☕ and ascii {i}."]
+    rows = [{"id": f"u{i}", "text": "".join(s.format(i=i) for s in segs),
+             "segments": [{"text": s.format(i=i), "label": "unsafe" if (i + j) % 3 == 0 else "safe"}
+                          for j, s in enumerate(segs)]} for i in range(40)]
+    corpus = write_jsonl(tmp_path / "u" / "shard.jsonl", rows)
+    tok = train_bpe_tokenizer(tmp_path / "tok", [r["text"] for r in rows] * 3)
+    assert annotate_tool.main(["--input", str(corpus), "--output", str(tmp_path / "ann"), "--tokenizer-model", str(tok),
+                               "--classifier", "column", "--no-progress"]) == 0
+    old_dir = tmp_path / "ann_old"  # the same sidecar without the digest and the byte ends
+    old_dir.mkdir()
+    (old_dir / ann.MANIFEST).write_bytes((tmp_path / "ann" / ann.MANIFEST).read_bytes())
+    name = "shard.jsonl" + ann.SUFFIX
+    table = pq.read_table(tmp_path / "ann" / name)
+    meta = json.loads(table.schema.metadata[b"megatron_srp"])
+    del meta["input_digest"]
+    table = table.drop_columns(["seg_end_byte"]).replace_schema_metadata({b"megatron_srp": json.dumps(meta)})
+    pq.write_table(table, old_dir / name)
+
+    def srp(name, annotations, *extra):
+        prefix = tmp_path / "out" / name
+        assert preprocess_tool.main(["--input", str(corpus), "--output-prefix", str(prefix), "--tokenizer-model",
+                                     str(tok), "--append-eod", "--annotations", str(annotations), "--variant", "srp",
+                                     "--no-progress", "--stats", f"{prefix}.json", *extra]) == 0
+        stats = json.loads(Path(f"{prefix}.json").read_text())
+        files = [Path(f"{prefix}_text_document{s}").read_bytes() for s in (".bin", ".idx", ".roles.bin", ".roles.idx")]
+        return files, stats
+
+    new, s_new = srp("new", tmp_path / "ann")
+    old, s_old = srp("old", old_dir)
+    pool, s_pool = srp("pool", old_dir, "--tokenizer-backend", "tokenizers", "--workers", "2")
+    assert (s_new["inputs_verified_by_digest"], s_new["texts_hash_checked"]) == (1, 0)
+    assert (s_old["inputs_verified_by_digest"], s_old["texts_hash_checked"]) == (0, 40)
+    assert s_new["reflection_tokens"] > 0 and new == old == pool
+    sidecar = ann.ShardAnnotations.read(str(tmp_path / "ann" / name))
+    assert sidecar.verify_input(str(corpus))
+    st = corpus.stat()
+    os.utime(corpus, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # written again after the digest was taken
+    with pytest.raises(ann.AnnotationError, match="shard.jsonl changed while it was read"):
+        sidecar.check_unchanged(str(corpus))
+
+
 def test_annotate_refuses_to_mix_settings_and_skips_finished_shards(world, capsys):
     d, tok, _ = world
     base = ["--input", str(d / "corpus"), "--output", str(d / "ann"), "--tokenizer-model", str(tok),
