@@ -202,8 +202,7 @@ def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input
     last = finished() if chunk else None  # (matched before the counts below)
     if sidecar is not None:
         sidecar.check_unchanged(path)  # a file rewritten since its digest: its texts were never checked
-    if sidecar is not None:  # label and category counts per distinct verdict, not per segment
-        for v, n in sidecar.verdict_counts().items():
+        for v, n in sidecar.verdict_counts().items():  # label and category counts per distinct verdict
             stats.labels[v.label] = stats.labels.get(v.label, 0) + n
             for c in v.categories:
                 stats.categories[c] = stats.categories.get(c, 0) + n
@@ -326,8 +325,7 @@ def setup(cfg: PreprocessConfig, first_input: Optional[int] = None) -> Job:
         raise UsageError(f"--workers must be at least 1, got {cfg.workers}")
     # gigatoken's thread pool reads this when it first starts (before any encode call).
     os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.workers))
-    names = relative_names(inputs)
-    job = Job(cfg, inputs, names, settings, None)
+    job = Job(cfg, inputs, relative_names(inputs), settings, None)
     if first_input is not None and not _part_done(job.part(first_input)):  # (a rerun reuses finished parts)
         job.prefetch(first_input)
     try:
