@@ -275,9 +275,10 @@ class InputDigest(NamedTuple):
         return cls(file_digest(path), size, mtime_ns)
 
 
-def digest_may_match(sidecar_path: str, input_path: str) -> bool:
-    """Whether the sidecar recorded a digest for a file of ``input_path``'s size (worth computing its digest)."""
-    recorded = read_metadata(sidecar_path).get("input_digest") or {}
+def digest_may_match(meta: dict, input_path: str) -> bool:
+    """Whether a sidecar's metadata records a digest for a file of ``input_path``'s size (worth computing its
+    digest)."""
+    recorded = meta.get("input_digest") or {}
     return recorded.get("algorithm") == FILE_DIGEST and recorded.get("bytes") == os.path.getsize(input_path)
 
 
@@ -386,10 +387,10 @@ class ShardAnnotations:
         """Whether ``input_path`` has the digest recorded at annotation (``digest``: its ``InputDigest``, taken
         here when not given and the sizes agree). When it has, ``segments`` skips the per-document text hash;
         otherwise (another file, or a sidecar from before digests) every text is checked."""
-        recorded = self.meta.get("input_digest") or {}
         self.texts_verified = False
-        if recorded.get("algorithm") != FILE_DIGEST or recorded.get("bytes") != os.path.getsize(input_path):
+        if not digest_may_match(self.meta, input_path):
             return False
+        recorded = self.meta["input_digest"]
         self._digest = digest or InputDigest.of(input_path)
         self.texts_verified = (self._digest.hex, self._digest.size) == (recorded.get("hex"), recorded["bytes"])
         return self.texts_verified

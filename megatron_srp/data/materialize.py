@@ -292,15 +292,14 @@ class DocumentEncoder:
             ends = byte_ends.astype(np.int64)
             todo = [i for i, points in enumerate(all_points) if points and counts[i]]
         for i in todo:
-            points = all_points[i]
             a, b = first[i], first[i] + counts[i]
             chars = spans[a:b, 1]
-            if byte_ends is not None:  # the guard inserted U+200B before some characters: 3 bytes each
-                ends[a:b] += np.searchsorted(np.asarray(points), chars, "left") * _ZWSP_BYTES
+            # the guard inserted U+200B: a segment end moves right by the insertions before it (3 bytes each)
+            moved = np.searchsorted(np.asarray(all_points[i]), chars, "left") if all_points[i] else 0
+            if byte_ends is not None:
+                ends[a:b] += moved * _ZWSP_BYTES
             else:
-                if points:  # the guard inserted U+200B: a segment end moves right by the insertions before it
-                    chars = chars + np.searchsorted(np.asarray(points), chars, "left")
-                ends[a:b] = char_to_byte(texts[i], chars)
+                ends[a:b] = char_to_byte(texts[i], chars + moved)
         keep = lengths[owner] > 0  # an empty text has nothing to reflect on
         if not keep.all():
             ends, refl, owner = ends[keep], refl[keep], owner[keep]

@@ -152,7 +152,7 @@ def _read_annotations(annotations_dir: str, path: str, shard_name: str):
     from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
     sidecar_path = ann.find_sidecar(annotations_dir, path, shard_name)
-    if not ann.digest_may_match(sidecar_path, path):  # an older sidecar, or another file: checked text by text
+    if not ann.digest_may_match(ann.read_metadata(sidecar_path), path):  # an older sidecar, or another file: checked text by text
         sidecar = ann.ShardAnnotations.read(sidecar_path)
         sidecar.verify_input(path)
         return sidecar
