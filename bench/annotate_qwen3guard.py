@@ -45,6 +45,8 @@ def get_args(argv=None):
     ap.add_argument("--work", default="/tmp/bench_guard", help="where the random-weight model is built")
     ap.add_argument("--segments", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=0, help="segments per engine call (0: the backend's default)")
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="transformers: padded prompt tokens per generate() (default: the backend's; 0: one group)")
     ap.add_argument("--new-tokens", type=int, default=10, help="answer length with random weights")
     ap.add_argument("--segment-tokens", type=int, default=256)
     ap.add_argument("--context-chars", type=int, default=1000)
@@ -115,12 +117,15 @@ def main(argv=None):
     model_dir = args.model or build_random_guard(args)
     t0 = time.time()
     guard = Qwen3GuardClassifier(model=model_dir, device=args.device, engine=args.engine,
-                                 batch_size=args.batch_size or None, on_unparsed="safe",
+                                 batch_size=args.batch_size or None, max_batch_tokens=args.max_batch_tokens,
+                                 on_unparsed="safe",
                                  max_new_tokens=None if args.model else args.new_tokens)
     load_s = time.time() - t0
     if guard.engine == "transformers" and not args.model:
         guard.model.generation_config.eos_token_id = None  # random weights: always --new-tokens tokens
+    t0 = time.time()
     prompts = guard.prompt_ids(items)
+    prompt_s = time.time() - t0  # CPU work inside classify_s too: the chat template and the tokenizer
     guard.classify(items[:min(len(items), guard.batch_size, 4)])  # warm-up (kernels, allocator)
     t0 = time.time()
     for i in range(0, len(items), guard.batch_size):
@@ -132,11 +137,13 @@ def main(argv=None):
     report = {
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "engine": guard.engine, "prefix_caching": guard.engine == "vllm", "model": args.model or f"random {args.shape}",
-        "segments": len(items), "batch_size": guard.batch_size, "max_new_tokens": guard.max_new_tokens,
+        "segments": len(items), "batch_size": guard.batch_size,
+        "max_batch_tokens": getattr(guard, "max_batch_tokens", None), "max_new_tokens": guard.max_new_tokens,
         "mean_segment_tokens": round(segment_tokens / len(items), 1),
         "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts)), "shared_prefix_tokens": _shared_prefix(
             [p for p, it in zip(prompts, items) if it.context.strip()] or prompts),
-        "load_s": round(load_s, 1), "classify_s": round(secs, 2), "segments_per_s": round(seg_per_s, 3),
+        "load_s": round(load_s, 1), "prompt_build_s": round(prompt_s, 2), "classify_s": round(secs, 2),
+        "segments_per_s": round(seg_per_s, 3),
         "corpus_tokens_per_s": round(tokens_per_s, 1),
         "device_hours_per_1B_tokens": round(1e9 / tokens_per_s / 3600, 2),
         "target_h100_hours_per_1B_tokens": TARGET_H100_HOURS_PER_1B,

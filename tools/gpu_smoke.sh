@@ -19,6 +19,7 @@ PY=${PYTHON:-python3}
 source "$(dirname "$0")/install_wheels.sh"
 install_wheels || exit 1  # before cd: a relative WHEELS is the caller's
 cd "$(dirname "$0")/.." || exit 1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout itself: an image where it is not installed
 OUT=${OUT:-runs/gpu_smoke}
 STEPS=${STEPS:-20}
 RUN_TIMEOUT=${RUN_TIMEOUT:-200}  # two runs and the checks stay under 8 minutes

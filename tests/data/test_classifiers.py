@@ -198,6 +198,31 @@ def test_qwen3guard_backend_classifies_and_batches(tiny_guard):
     assert new == len(set(items)) and verdicts == expected
 
 
+def test_length_groups_sort_and_bound_the_padded_tokens():
+    from megatron_srp.data.classifiers.qwen3guard import length_groups
+
+    lengths = [5, 30, 12, 30, 7, 1, 25]
+    assert length_groups(lengths, 0) == [list(range(7))]
+    groups = length_groups(lengths, 60)
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    assert all(len(g) * lengths[g[0]] <= 60 and lengths[g[0]] == max(lengths[i] for i in g) for g in groups)
+    assert [lengths[i] for g in groups for i in g] == sorted(lengths, reverse=True)
+    assert length_groups([100, 3], 50) == [[0], [1]]  # a prompt over the budget still goes, alone
+    assert length_groups([], 60) == []
+
+
+def test_qwen3guard_length_groups_give_the_same_answers(tiny_guard):
+    rng = random.Random(7)
+    items = [_item(rng, h, c) for h in (True, False) for c in (True, False) for _ in range(3)]
+    whole = build_classifier("qwen3guard", model=str(tiny_guard), device="cpu", batch_size=12)
+    grouped = build_classifier("qwen3guard", model=str(tiny_guard), device="cpu", batch_size=12,
+                               max_batch_tokens=100)
+    assert whole.max_batch_tokens == 0  # the CPU default: one generate() per call
+    lengths = [len(p) for p in grouped.prompt_ids(items)]
+    assert len(set(lengths)) > 2 and max(lengths) * 3 > 100  # groups of two, in another order
+    assert grouped.generate(items) == whole.generate(items)
+
+
 def test_qwen3guard_needs_a_chat_template(tiny_guard, tmp_path):
     cfg = json.loads((tiny_guard / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)

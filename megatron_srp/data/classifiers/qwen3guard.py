@@ -39,6 +39,26 @@ _REFUSAL = re.compile(r"Refusal:\s*(Yes|No)\b", re.IGNORECASE)
 _LEVELS = {"safe": SAFE, "unsafe": UNSAFE, "controversial": CONTROVERSIAL}
 
 
+# Segments per engine call. transformers on a GPU: 256 measured fastest on an H200 with
+# Qwen3Guard-Gen-0.6B's shape (16: under 20 segments/s, 64: 46, 256: 56; BENCHMARKS.md).
+CPU_BATCH, GPU_BATCH, VLLM_BATCH = 16, 256, 1024
+
+
+def length_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length (longest first) and cut into groups whose padded size (count x the
+    group's longest) stays within ``max_tokens``; 0 = one group in the given order. Sorting lets a
+    left-padded batch pad little; the budget bounds a group's memory whatever the prompts' lengths."""
+    if max_tokens <= 0:
+        return [list(range(len(lengths)))] if lengths else []
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 class GuardOutputError(ClassifierError):
     """The guard's answer does not contain a safety level."""
 
@@ -99,7 +119,9 @@ def guard_messages(item: SegmentInput) -> list[dict]:
 class Qwen3GuardClassifier(Classifier):
     """Options (``--classifier-arg KEY=VALUE``): model (a local directory or hub id the machine has
     cached), revision, device (auto|cpu|cuda[:N]), dtype (auto|fp32|bf16), batch_size (segments per
-    engine call; default 16 with transformers, 1024 with vLLM), max_new_tokens (default: the longest
+    engine call; default 16 with transformers on a CPU, 256 on a GPU, 1024 with vLLM), max_batch_tokens
+    (transformers: bound a generate() call's memory: a call's prompts sorted by length, in groups of at
+    most this many padded prompt tokens; default 0, one group), max_new_tokens (default: the longest
     answer's length, see the module text), engine (auto|transformers|vllm), on_unparsed
     (error|unsafe|safe: what an answer without a level becomes), chat_template (a jinja file that
     replaces the tokenizer's), gpu_memory_utilization and max_model_len (vLLM)."""
@@ -113,7 +135,8 @@ class Qwen3GuardClassifier(Classifier):
                  device: str = "auto", dtype: str = "auto", batch_size: Optional[int] = None,
                  max_new_tokens: Optional[int] = None, engine: str = "auto", on_unparsed: str = "error",
                  chat_template: Optional[str] = None, taxonomy: Optional[Sequence[str]] = None,
-                 gpu_memory_utilization: float = 0.9, max_model_len: Optional[int] = None):
+                 gpu_memory_utilization: float = 0.9, max_model_len: Optional[int] = None,
+                 max_batch_tokens: Optional[int] = None):
         if on_unparsed not in ("error", "unsafe", "safe"):
             raise ClassifierError(f"on_unparsed={on_unparsed!r}: choose error, unsafe or safe")
         model = model or self.default_model
@@ -129,9 +152,10 @@ class Qwen3GuardClassifier(Classifier):
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens else self.answer_budget()
         self.version = f"{hf.model_version(model, revision)}|greedy{self.max_new_tokens}"
         self.engine = hf.pick_engine(engine, device)
-        self.batch_size = int(batch_size) if batch_size else (1024 if self.engine == "vllm" else 16)
         if self.engine == "vllm":
             from vllm import LLM, SamplingParams  # optional GPU dependency, imported only when chosen
+
+            self.batch_size, self.max_batch_tokens = int(batch_size or VLLM_BATCH), 0  # vLLM schedules its own
 
             # Every prompt starts with the same policy preamble: prefix caching computes it once.
             self._llm = LLM(model=model, revision=revision, dtype="auto", trust_remote_code=False,
@@ -142,6 +166,11 @@ class Qwen3GuardClassifier(Classifier):
             from transformers import AutoModelForCausalLM
 
             self.model, self.device = hf.load_model(AutoModelForCausalLM, model, revision, device, dtype)
+            on_gpu = str(self.device).startswith("cuda")
+            self.batch_size = int(batch_size) if batch_size else (GPU_BATCH if on_gpu else CPU_BATCH)
+            # Grouping by length measured 6-8% slower on the H200 (padding is not what limits generate()),
+            # so it is only a memory bound, off by default.
+            self.max_batch_tokens = int(max_batch_tokens or 0)
 
     def longest_answers(self) -> list[str]:
         return qwen3guard_longest_answers(self.categories)
@@ -167,6 +196,13 @@ class Qwen3GuardClassifier(Classifier):
         if self.engine == "vllm":
             outputs = self._llm.generate([{"prompt_token_ids": p} for p in ids], self._sampling, use_tqdm=False)
             return [o.outputs[0].text for o in outputs]
+        answers: list[str] = [""] * len(ids)
+        for group in length_groups([len(p) for p in ids], self.max_batch_tokens):
+            for i, text in zip(group, self._generate_padded([ids[i] for i in group])):
+                answers[i] = text
+        return answers
+
+    def _generate_padded(self, ids: list[list[int]]) -> list[str]:
         import torch
 
         enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
