@@ -463,8 +463,9 @@ class ShardAnnotations:
         return codes, table
 
     @classmethod
-    def read(cls, path: str) -> "ShardAnnotations":
-        meta = read_metadata(path)
+    def read(cls, path: str, meta: Optional[dict] = None) -> "ShardAnnotations":
+        """``meta``: the sidecar's metadata when the caller has read it already (``read_metadata``)."""
+        meta = read_metadata(path) if meta is None else meta
         # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset and pandas (about 0.4 s). Labels and
         # categories come dictionary-encoded: no Python string per segment (1.5 M of them per GB of text).
         # pyarrow reads nested dictionaries from one row group only (tools/annotate.py writes one per shard up

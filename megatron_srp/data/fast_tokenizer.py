@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import json
 import os
 import re
@@ -118,6 +119,8 @@ def _gigatoken():
         import gigatoken
     except ImportError as e:
         raise FastPathUnavailable(f"gigatoken is not installed ({e})") from None
+    if importlib.util.find_spec("awkward") is None:  # without it encode_batch returns lists, not the flat layout read here
+        raise FastPathUnavailable("awkward (gigatoken's dependency, installed with it by pip) is not installed")
     return gigatoken
 
 

@@ -152,13 +152,14 @@ def _read_annotations(annotations_dir: str, path: str, shard_name: str):
     from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
     sidecar_path = ann.find_sidecar(annotations_dir, path, shard_name)
-    if not ann.digest_may_match(ann.read_metadata(sidecar_path), path):  # an older sidecar, or another file: checked text by text
-        sidecar = ann.ShardAnnotations.read(sidecar_path)
+    meta = ann.read_metadata(sidecar_path)
+    if not ann.digest_may_match(meta, path):  # an older sidecar, or another file: checked text by text
+        sidecar = ann.ShardAnnotations.read(sidecar_path, meta)
         sidecar.verify_input(path)
         return sidecar
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(ann.InputDigest.of, path)
-        sidecar = ann.ShardAnnotations.read(sidecar_path)
+        sidecar = ann.ShardAnnotations.read(sidecar_path, meta)
         sidecar.verify_input(path, digest.result())
     return sidecar
 

@@ -85,6 +85,22 @@ def test_ids_and_offsets_equal_tokenizers(tok_dir, guard):
     assert (eod in fast.encode_ids([TEXTS[2]])[0]) is (not guard)
 
 
+def test_gigatoken_without_awkward_falls_back_naming_it(tmp_path, monkeypatch):
+    """gigatoken installed without its dependency awkward (pip --no-deps) returns lists, not the flat layout."""
+    import importlib.util
+
+    from megatron_srp.data.tokenizer import TokenizerError
+
+    d = _tokenizer(tmp_path, None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "awkward" else real(name, *a))
+    t = TextTokenizer(str(d))
+    assert t.backend == "tokenizers" and "awkward" in t.fallback_reason
+    assert t.encode_ids([TEXTS[4]])[0].tolist() == Tokenizer.from_file(str(d / "tokenizer.json")).encode(TEXTS[4]).ids
+    with pytest.raises(TokenizerError, match="awkward"):
+        TextTokenizer(str(d), backend="gigatoken")
+
+
 def test_a_model_gigatoken_does_not_implement_falls_back_to_tokenizers(tmp_path):
     """A word-level tokenizer (MedSafetyWorld's): the default backend says why and uses tokenizers."""
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
