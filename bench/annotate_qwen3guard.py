@@ -138,7 +138,7 @@ def main(argv=None):
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "engine": guard.engine, "prefix_caching": guard.engine == "vllm", "model": args.model or f"random {args.shape}",
         "segments": len(items), "batch_size": guard.batch_size,
-        "max_batch_tokens": getattr(guard, "max_batch_tokens", None), "max_new_tokens": guard.max_new_tokens,
+        "max_batch_tokens": guard.max_batch_tokens, "max_new_tokens": guard.max_new_tokens,
         "mean_segment_tokens": round(segment_tokens / len(items), 1),
         "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts)), "shared_prefix_tokens": _shared_prefix(
             [p for p, it in zip(prompts, items) if it.context.strip()] or prompts),
