@@ -486,19 +486,30 @@ def _splice(flat: np.ndarray, offsets: np.ndarray, which: list, redone: list) ->
     return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
 
 
+SMALL_GATHER = 1 << 16
+"""Below this many ids numpy's indexing gathers (Arrow's pays off on a chunk's millions)."""
+
+
 def _gather(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``table[ids]`` (read-only) by Arrow's ``take``: about 3.5x numpy's fancy indexing on uint32 ids, which
     widens every index to int64 first (bench/gather.py). Bounds are checked with one ``max`` rather than by
     Arrow per element (which costs more than the gather)."""
+    if len(ids) and int(ids.max()) >= len(table):
+        raise IndexError(f"token id {int(ids.max())} outside the tokenizer's {len(table)} ids")
+    if len(ids) < SMALL_GATHER:  # the start-up probes and short texts: not worth importing pyarrow.compute (0.03 s)
+        return table[ids]
     import pyarrow as pa  # already loaded where this runs: srp reads its annotations with it
     import pyarrow.compute as pc
 
-    if len(ids) and int(ids.max()) >= len(table):
-        raise IndexError(f"token id {int(ids.max())} outside the tokenizer's {len(table)} ids")
-    if len(ids) == 0:
-        return table[:0]
-    out = pc.take(pa.array(table), pa.array(ids), boundscheck=False)
+    out = pc.take(_arrow(pa, table), _arrow(pa, ids), boundscheck=False)
     return np.frombuffer(out.buffers()[1], dtype=table.dtype, count=len(out), offset=out.offset * table.itemsize)
+
+
+def _arrow(pa, values: np.ndarray):
+    """A numpy integer array as an Arrow array over the same memory. Not ``pa.array``: its first call imports
+    pandas (0.14 s of a start-up that is 0.7 s for a small file, BENCHMARKS.md)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
 def char_to_byte(text: str, positions) -> np.ndarray:

@@ -271,12 +271,13 @@ def test_stats_count_the_documents_the_guard_changed(tok_dir, tmp_path):
 
 
 def test_help_and_plain_preprocessing_never_import_megatron_core(tok_dir, tmp_path):
-    """--help is quick and quiet, and the plain hot path imports neither torch nor Megatron-Core."""
+    """--help is quick and quiet, and the plain hot path imports neither torch nor Megatron-Core (nor pandas or
+    pyarrow.compute: 0.17 s of start-up)."""
     src = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS])
     probe = ("import sys, runpy; sys.argv = sys.argv[1:]; "
              "rc = 0\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
-             "print('IMPORTED', sorted(m for m in ('torch', 'megatron.core', 'transformer_engine', 'nltk') "
-             "if m in sys.modules)); sys.exit(rc)")
+             "print('IMPORTED', sorted(m for m in ('torch', 'megatron.core', 'transformer_engine', 'nltk', "
+             "'pandas', 'pyarrow.compute') if m in sys.modules)); sys.exit(rc)")
     for args in (["--help"], ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
                               str(tok_dir), "--append-eod", "--no-progress"]):
         proc = subprocess.run([sys.executable, "-c", probe, str(ROOT / "tools" / "preprocess_data.py"), *args],
@@ -287,6 +288,31 @@ def test_help_and_plain_preprocessing_never_import_megatron_core(tok_dir, tmp_pa
     assert "guard_changed_documents" in subprocess.run(
         [sys.executable, str(ROOT / "tools" / "preprocess_data.py"), "--help"], cwd=ROOT, env=child_env(),
         capture_output=True, text=True).stdout
+
+
+def test_gather_equals_numpy_indexing_without_importing_pandas():
+    """Both paths of the token-table gather (numpy below SMALL_GATHER ids, Arrow's take above it, on strided and
+    offset views too) give ``table[ids]``; ids past the table are refused; pandas is never imported."""
+    code = """if True:
+        import sys, numpy as np
+        from megatron_srp.data.fast_tokenizer import SMALL_GATHER, _gather
+        for dtype in (np.int32, np.int64, np.uint8):
+            table = (np.arange(1000) * 7 % 251).astype(dtype)
+            ids = (np.arange(3 * SMALL_GATHER, dtype=np.uint32) * 7919) % 1000
+            for x in (ids, ids[5:], ids[::2], ids[:10], ids[:0], ids.astype(np.int64)):
+                got = _gather(table, x)
+                assert got.dtype == table.dtype and np.array_equal(got, table[x]), (dtype, len(x))
+        try:
+            _gather(table, np.asarray([1000] * SMALL_GATHER, np.uint32))
+            raise SystemExit("no IndexError")
+        except IndexError as e:
+            assert "1000" in str(e)
+        print("MODULES", "pandas" in sys.modules, "pyarrow.compute" in sys.modules)
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MODULES False True" in proc.stdout
 
 
 def test_progress_has_a_total(tok_dir, tmp_path, capsys):
