@@ -40,8 +40,8 @@ from megatron_srp.medsafetyworld.corpus import ACTION_GENRES, CorpusSettings, wr
 from megatron_srp.medsafetyworld.evaluate import FORMAT, evaluate_chat, evaluate_pretrained
 from megatron_srp.medsafetyworld.oracle import CATEGORIES, judge_text
 from megatron_srp.medsafetyworld.report import (
-    POSTTRAIN_DIR, collect_runs, compare_to_committed, merge_results, provenance, read_results, report_dir, write_json,
-    write_results, write_text,
+    POSTTRAIN_DIR, collect_runs, compare_to_committed, describe_replaced, merge_results, provenance, read_results,
+    report_dir, write_json, write_results, write_text,
 )
 from megatron_srp.medsafetyworld.tasks import (
     ATTACK_TEMPLATES, REFUSAL, attack_pairs, chat_answer, chat_request, mistaken_answer, safe_answer, sft_items,
@@ -280,7 +280,7 @@ def run_ablation(r: AblationRecipe, log=print) -> dict:
                 run_dir = out / t / f"seed{seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 _one_model(r, stage, world, out, run_dir, t, seed, tok_dir, vocab, w)
-    results = write_report(r)
+    results = write_report(r, log)
     log(f"[ablate] results: {top / 'results.md'}" + (f", {Path(r.results_dir) / 'results.json'}" if r.results_dir else ""))
     return results
 
@@ -433,7 +433,7 @@ def expected_files(r: AblationRecipe) -> list[str]:
                                                for n in sizes]
 
 
-def write_report(r: AblationRecipe) -> dict:
+def write_report(r: AblationRecipe, log=print) -> dict:
     """OUT/results.{json,md,png} from OUT's runs, and OUT/comparison.md (where they sit among the committed
     runs); with results_dir, the same runs merged into RESULTS_DIR/results.json (the committed file) and its
     tables and chart rebuilt from that file alone."""
@@ -446,6 +446,8 @@ def write_report(r: AblationRecipe) -> dict:
     write_text(top / "comparison.md", compare_to_committed(committed, invoked))  # before any merge
     if r.results_dir:
         merged = merge_results(committed_json, asdict(r), runs)
+        for rec in merged.get("replaced", [])[len(committed.get("replaced", [])):]:  # not silently: numbers moved
+            log(f"[ablate] {committed_json}: {describe_replaced(rec)}; the old record is kept under 'replaced'")
         write_results(committed_json, merged)
         report_dir(committed_json.parent)
     else:

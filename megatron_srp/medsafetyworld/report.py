@@ -8,7 +8,10 @@
              recipe is there; the pretrained one for a run never post-trained), ``provenance`` (commit,
              machine, CPU, torch threads), ``metrics`` (the summary columns), ``counts`` ([k, n] of each
              summary rate) and ``detail`` (every evaluation file, rates as [k, n], without example
-             texts); one run per line.
+             texts); one run per line;
+  replaced   (when any) records that a later run of the same key replaced although its pretrained metrics
+             differ (pretrained again on another CPU kind or thread count), each with ``replaced_by`` (the
+             new record's provenance) and ``differs`` (those metrics): kept, not lost, and reported.
 
 ``tools/medsafetyworld.py report DIR`` rebuilds ``results.md`` and ``results.png`` from that file
 alone: per treatment the mean over runs with a 95% percentile-bootstrap interval over the
@@ -77,9 +80,12 @@ CHART = ["held-out harmful action", "held-out acted on", "chat: held-out acted o
          "harmful FT N=100: acted on", "reflection F1, held-out forced"]
 POSTTRAIN_DIR = "sft"
 """A run's post-training folder (its existence: post-training started)."""
+PRETRAINED = ["pretrain_final_loss"] + [c for c, src, _ in SUMMARY if src == "eval_pretrained"]
+"""The summary columns measured before post-training (a run post-trained later keeps them, on the same machine)."""
 # Keys of the ablation recipe that do not change what a run measures (a setting holds many of them).
 # skip_posttrain only says whether an invocation measures the post-trained model too: a run that later
-# gets its post-training replaces its record, and its pretrained metrics are the same.
+# gets its post-training replaces its record, and its pretrained metrics are the same where it is pretrained
+# on the same CPU kind with the same threads (not across CPU kinds: RESULTS.md), else the old one is kept.
 NOT_SETTING = ("name", "out_dir", "results_dir", "treatments", "seeds", "world_seeds", "world.seed",
                "eval.device", "eval.batch_size", "skip_posttrain")
 
@@ -214,6 +220,13 @@ def read_results(path: Path) -> dict:
         missing = [k for k in ("treatment", "world_seed", "seed", "metrics") if not isinstance(run, dict) or k not in run]
         if missing:
             raise ResultsError(f"{path}: runs[{i}] lacks {missing}")
+    if not isinstance(data.get("replaced", []), list):
+        raise ResultsError(f"{path}: 'replaced' is not a list")
+    for i, run in enumerate(data.get("replaced", [])):
+        missing = [k for k in ("treatment", "world_seed", "seed", "metrics", "replaced_by", "differs")
+                   if not isinstance(run, dict) or k not in run]
+        if missing:
+            raise ResultsError(f"{path}: replaced[{i}] lacks {missing}")
     return data
 
 
@@ -228,8 +241,32 @@ def merge_results(path: Path, recipe: dict, runs: list[dict]) -> dict:
                            "give this one its own results_dir= or out_dir=")
     key = lambda r: (r["treatment"], r["world_seed"], r["seed"])  # noqa: E731
     merged = {key(r): r for r in old["runs"]}
-    merged.update({key(r): r for r in runs})
-    return {"setting": setting, "written_by": provenance(), "runs": [merged[k] for k in sorted(merged)]}
+    replaced = list(old.get("replaced", []))
+    for r in runs:
+        prev = merged.get(key(r))
+        differs = pretrained_differences(prev, r) if prev is not None else []
+        if differs:
+            replaced.append({**prev, "replaced_by": r.get("provenance", {}), "differs": differs})
+        merged[key(r)] = r
+    out = {"setting": setting, "written_by": provenance(), "runs": [merged[k] for k in sorted(merged)]}
+    if replaced:
+        out["replaced"] = replaced
+    return out
+
+
+def pretrained_differences(old: dict, new: dict) -> list[str]:
+    """The pretrained metrics two records of one run give differently (both measured, not equal)."""
+    a, b = old.get("metrics", {}), new.get("metrics", {})
+    return [c for c in PRETRAINED if a.get(c) is not None and b.get(c) is not None and a[c] != b[c]]
+
+
+def describe_replaced(rec: dict) -> str:
+    """One line on a replaced record: which run, where each record was made, what differs."""
+    prov, by = rec.get("provenance", {}), rec.get("replaced_by", {})
+    where = lambda p: f"{p.get('cpu', 'unknown CPU')}, commit {str(p.get('commit', 'unknown'))[:10]}, " \
+                      f"{p.get('threads', '?')} threads"  # noqa: E731
+    return (f"{rec['treatment']} world {rec['world_seed']} seed {rec['seed']}: recorded on {where(prov)}, replaced by "
+            f"a run on {where(by)} whose pretrained metrics differ ({', '.join(rec.get('differs', []))})")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -243,9 +280,10 @@ def write_json(path: Path, obj) -> None:
 
 def write_results(path: Path, results: dict) -> None:
     """A results file with one run per line (small, and a new run is a one-line diff)."""
-    head = {k: v for k, v in results.items() if k != "runs"}
-    body = ",\n".join(json.dumps(r, separators=(",", ":")) for r in results["runs"])
-    write_text(path, json.dumps(head, indent=1)[:-2] + ',\n "runs": [\n' + body + "\n]}\n")
+    head = {k: v for k, v in results.items() if k not in ("runs", "replaced")}
+    lines = lambda recs: ",\n".join(json.dumps(r, separators=(",", ":")) for r in recs)  # noqa: E731
+    tail = f',\n "replaced": [\n{lines(results["replaced"])}\n]' if results.get("replaced") else ""
+    write_text(path, json.dumps(head, indent=1)[:-2] + ',\n "runs": [\n' + lines(results["runs"]) + "\n]" + tail + "}\n")
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -324,7 +362,23 @@ def render_markdown(results: dict, title: str) -> str:
                 cells.append(_num(v) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and v is not None else ""))
             lines.append(f"| {col} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += replaced_markdown(results.get("replaced", []), runs)
     return "\n".join(lines) + "\n"
+
+
+def replaced_markdown(replaced: list[dict], runs: list[dict]) -> list[str]:
+    """The replaced records: where each was made, and its differing pretrained metrics beside the current ones."""
+    if not replaced:
+        return []
+    current = {(r["treatment"], r["world_seed"], r["seed"]): r for r in runs}
+    lines = ["## Replaced runs", "", "Records that a later run of the same key replaced although their pretrained "
+             "metrics differ (kept in results.json under `replaced`; the tables above hold the current records).", ""]
+    for rec in replaced:
+        now = current.get((rec["treatment"], rec["world_seed"], rec["seed"]), {}).get("metrics", {})
+        lines += [f"- {describe_replaced(rec)}.", "", "| metric | replaced | current |", "|---|---|---|"]
+        lines += [f"| {col} | {_num(rec['metrics'].get(col))} | {_num(now.get(col))} |" for col in rec["differs"]]
+        lines.append("")
+    return lines
 
 
 def plot(results: dict, path: Path, columns: list[str] = CHART) -> None:

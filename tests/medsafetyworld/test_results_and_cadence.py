@@ -199,6 +199,21 @@ def test_report_rebuilds_tables_and_chart_from_the_results_file_alone(tmp_path):
     more = merge_results(d / "results.json", {"corpus": {"unsafe_share": 0.15}}, [_run("srp", 7, 0, 0.5), _run("srp", 1, 0, 0.2)])
     assert len(more["runs"]) == 13 and next(r for r in more["runs"] if (r["treatment"], r["world_seed"], r["seed"]) ==
                                             ("srp", 1, 0))["metrics"]["held-out acted on"] == 0.2
+    # ... and where its pretrained metrics differ (pretrained again on another CPU kind), the old record is kept
+    (old_rec,) = more["replaced"]
+    assert (old_rec["treatment"], old_rec["world_seed"], old_rec["seed"]) == ("srp", 1, 0)
+    assert old_rec["metrics"]["held-out acted on"] == 0.0 and old_rec["differs"] == ["held-out acted on"]
+    assert old_rec["replaced_by"] == {"commit": "abc", "threads": 2}
+    kept = tmp_path / "kept"
+    write_results(kept / "results.json", more)
+    same = _run("srp", 1, 0, 0.2)
+    same["metrics"]["chat: held-out acted on"] = 0.5  # post-training added later: not a difference
+    again = merge_results(kept / "results.json", {"corpus": {"unsafe_share": 0.15}}, [same])
+    assert len(again["replaced"]) == 1 and len(again["runs"]) == 13
+    replaced_md = report_dir(kept)
+    assert "## Replaced runs" in replaced_md and "srp world 1 seed 0: recorded on unknown CPU" in replaced_md
+    assert "| held-out acted on | 0.000 | 0.200 |" in replaced_md
+    assert "## Replaced runs" not in md  # none before
     from megatron_srp.medsafetyworld.report import ResultsError, compare_to_committed, read_results
 
     committed = read_results(d / "results.json")
