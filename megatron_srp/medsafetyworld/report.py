@@ -127,7 +127,7 @@ def compact_detail(obj):
 
 
 def provenance() -> dict:
-    """Where a run was made: commit, machine, CPU model and torch's thread count."""
+    """Where a run was made: commit, machine, CPU model, the vector ISA torch uses and torch's thread count."""
     import torch  # seconds at import: only when a run is recorded, not for `report DIR`
 
     try:
@@ -141,9 +141,12 @@ def provenance() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    # the vector ISA torch's kernels use (AVX2, AVX512...): runs on two CPU kinds round differently (RESULTS.md)
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
     return {"commit": commit, "machine": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "python": platform.python_version(), "torch": torch.__version__}
+            "cpu_capability": capability, "threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
+            "torch": torch.__version__}
 
 
 def run_record(run_dir: Path, treatment: str, world_seed: int, seed: int, expected: list[str]) -> dict:
@@ -263,10 +266,10 @@ def pretrained_differences(old: dict, new: dict) -> list[str]:
 def describe_replaced(rec: dict) -> str:
     """One line on a replaced record: which run, where each record was made, what differs."""
     prov, by = rec.get("provenance", {}), rec.get("replaced_by", {})
-    where = lambda p: f"{p.get('cpu', 'unknown CPU')}, commit {str(p.get('commit', 'unknown'))[:10]}, " \
-                      f"{p.get('threads', '?')} threads"  # noqa: E731
-    return (f"{rec['treatment']} world {rec['world_seed']} seed {rec['seed']}: recorded on {where(prov)}, replaced by "
-            f"a run on {where(by)} whose pretrained metrics differ ({', '.join(rec.get('differs', []))})")
+    where = lambda p: f"{p.get('cpu', 'unknown CPU')}" + (f" ({p['cpu_capability']})" if p.get("cpu_capability") else "") \
+        + f", commit {str(p.get('commit', 'unknown'))[:10]}, {p.get('threads', '?')} threads"  # noqa: E731
+    return (f"{rec['treatment']} world {rec['world_seed']} seed {rec['seed']}: recorded on {where(prov)}; replaced by "
+            f"a run on {where(by)}; pretrained metrics that differ: {', '.join(rec.get('differs', []))}")
 
 
 def write_text(path: Path, text: str) -> None:

@@ -99,6 +99,7 @@ def test_miniature_ablation_end_to_end_and_resumable(tmp_path):
         run = runs[t]
         assert run["world_seed"] == 3 and run["seed"] == 0 and run["finished"] is True
         assert run["provenance"]["threads"] >= 1 and run["provenance"]["commit"]
+        assert run["provenance"]["cpu_capability"] not in ("", "unknown")  # e.g. AVX2, AVX512 (the rounding)
         base = run["detail"]["eval_pretrained"]
         cell = base["case_note x harm"]  # committed detail: rates as [k, n]
         assert cell["n"] == 6 and cell["harmful_action"][1] == 6 and 0 <= cell["harmful_action"][0] <= 6
