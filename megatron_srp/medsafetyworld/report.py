@@ -265,11 +265,15 @@ def pretrained_differences(old: dict, new: dict) -> list[str]:
 
 def describe_replaced(rec: dict) -> str:
     """One line on a replaced record: which run, where each record was made, what differs."""
-    prov, by = rec.get("provenance", {}), rec.get("replaced_by", {})
-    where = lambda p: f"{p.get('cpu', 'unknown CPU')}" + (f" ({p['cpu_capability']})" if p.get("cpu_capability") else "") \
-        + f", commit {str(p.get('commit', 'unknown'))[:10]}, {p.get('threads', '?')} threads"  # noqa: E731
-    return (f"{rec['treatment']} world {rec['world_seed']} seed {rec['seed']}: recorded on {where(prov)}; replaced by "
-            f"a run on {where(by)}; pretrained metrics that differ: {', '.join(rec.get('differs', []))}")
+    return (f"{rec['treatment']} world {rec['world_seed']} seed {rec['seed']}: recorded on "
+            f"{_where(rec.get('provenance', {}))}; replaced by a run on {_where(rec.get('replaced_by', {}))}; "
+            f"pretrained metrics that differ: {', '.join(rec.get('differs', []))}")
+
+
+def _where(prov: dict) -> str:
+    isa = f" ({prov['cpu_capability']})" if prov.get("cpu_capability") else ""
+    return f"{prov.get('cpu', 'unknown CPU')}{isa}, commit {str(prov.get('commit', 'unknown'))[:10]}, " \
+           f"{prov.get('threads', '?')} threads"
 
 
 def write_text(path: Path, text: str) -> None:
