@@ -267,7 +267,7 @@ def describe_replaced(rec: dict) -> str:
     """One line on a replaced record: which run, where each record was made, what differs."""
     return (f"{rec['treatment']} world {rec['world_seed']} seed {rec['seed']}: recorded on "
             f"{_where(rec.get('provenance', {}))}; replaced by a run on {_where(rec.get('replaced_by', {}))}; "
-            f"pretrained metrics that differ: {', '.join(rec.get('differs', []))}")
+            f"pretrained metrics that differ: {'; '.join(rec.get('differs', []))}")
 
 
 def _where(prov: dict) -> str:
