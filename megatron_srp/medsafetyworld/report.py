@@ -142,7 +142,7 @@ def provenance() -> dict:
     except OSError:
         pass
     # the vector ISA torch's kernels use (AVX2, AVX512...): runs on two CPU kinds round differently (RESULTS.md)
-    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
+    capability = torch.backends.cpu.get_cpu_capability()
     return {"commit": commit, "machine": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "cpu_capability": capability, "threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
@@ -210,6 +210,18 @@ def _diff(a, b, prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def run_key(rec: dict) -> tuple:
+    """A run's identity in a results file: (treatment, world seed, model seed)."""
+    return rec["treatment"], rec["world_seed"], rec["seed"]
+
+
+def _check_records(path: Path, name: str, records: list, keys: tuple) -> None:
+    for i, rec in enumerate(records):
+        missing = [k for k in keys if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ResultsError(f"{path}: {name}[{i}] lacks {missing}")
+
+
 def read_results(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -219,17 +231,11 @@ def read_results(path: Path) -> dict:
         raise ResultsError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ResultsError(f"{path}: no 'runs' list (not a MedSafetyWorld results file)")
-    for i, run in enumerate(data["runs"]):
-        missing = [k for k in ("treatment", "world_seed", "seed", "metrics") if not isinstance(run, dict) or k not in run]
-        if missing:
-            raise ResultsError(f"{path}: runs[{i}] lacks {missing}")
+    run_keys = ("treatment", "world_seed", "seed", "metrics")
+    _check_records(path, "runs", data["runs"], run_keys)
     if not isinstance(data.get("replaced", []), list):
         raise ResultsError(f"{path}: 'replaced' is not a list")
-    for i, run in enumerate(data.get("replaced", [])):
-        missing = [k for k in ("treatment", "world_seed", "seed", "metrics", "replaced_by", "differs")
-                   if not isinstance(run, dict) or k not in run]
-        if missing:
-            raise ResultsError(f"{path}: replaced[{i}] lacks {missing}")
+    _check_records(path, "replaced", data.get("replaced", []), run_keys + ("replaced_by", "differs"))
     return data
 
 
@@ -242,15 +248,14 @@ def merge_results(path: Path, recipe: dict, runs: list[dict]) -> dict:
     if differ:
         raise ResultsError(f"{path} holds another setting (keys that differ: {', '.join(differ)}); "
                            "give this one its own results_dir= or out_dir=")
-    key = lambda r: (r["treatment"], r["world_seed"], r["seed"])  # noqa: E731
-    merged = {key(r): r for r in old["runs"]}
+    merged = {run_key(r): r for r in old["runs"]}
     replaced = list(old.get("replaced", []))
     for r in runs:
-        prev = merged.get(key(r))
+        prev = merged.get(run_key(r))
         differs = pretrained_differences(prev, r) if prev is not None else []
         if differs:
             replaced.append({**prev, "replaced_by": r.get("provenance", {}), "differs": differs})
-        merged[key(r)] = r
+        merged[run_key(r)] = r
     out = {"setting": setting, "written_by": provenance(), "runs": [merged[k] for k in sorted(merged)]}
     if replaced:
         out["replaced"] = replaced
@@ -377,11 +382,11 @@ def replaced_markdown(replaced: list[dict], runs: list[dict]) -> list[str]:
     """The replaced records: where each was made, and its differing pretrained metrics beside the current ones."""
     if not replaced:
         return []
-    current = {(r["treatment"], r["world_seed"], r["seed"]): r for r in runs}
+    current = {run_key(r): r for r in runs}
     lines = ["## Replaced runs", "", "Records that a later run of the same key replaced although their pretrained "
              "metrics differ (kept in results.json under `replaced`; the tables above hold the current records).", ""]
     for rec in replaced:
-        now = current.get((rec["treatment"], rec["world_seed"], rec["seed"]), {}).get("metrics", {})
+        now = current.get(run_key(rec), {}).get("metrics", {})
         lines += [f"- {describe_replaced(rec)}.", "", "| metric | replaced | current |", "|---|---|---|"]
         lines += [f"| {col} | {_num(rec['metrics'].get(col))} | {_num(now.get(col))} |" for col in rec["differs"]]
         lines.append("")
@@ -427,8 +432,8 @@ def compare_to_committed(committed: dict, runs: list[dict], columns: list[str] =
     """Where each of ``runs`` sits relative to the committed runs of the same treatment (this
     invocation's own records left out): inside, below or above their 95% bootstrap interval and their
     range. Empty when nothing comparable is committed."""
-    mine = {(r["treatment"], r["world_seed"], r["seed"]) for r in runs}
-    others = [r for r in committed.get("runs", []) if (r["treatment"], r["world_seed"], r["seed"]) not in mine]
+    mine = {run_key(r) for r in runs}
+    others = [r for r in committed.get("runs", []) if run_key(r) not in mine]
     table = summarize(others) if others else {}
     lines = []
     for r in runs:
