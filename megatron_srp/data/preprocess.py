@@ -40,9 +40,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
-from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names
+from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names, spans
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
-from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
+from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes, remove_dataset
+from megatron_srp.data.roles import roles_prefix
 from megatron_srp.data.settings import PreprocessConfig, preprocess_config, preprocess_parser
 from megatron_srp.data.tokenizer import TokenizerError
 from megatron_srp.errors import SRPError
@@ -164,15 +165,19 @@ def _read_annotations(annotations_dir: str, path: str, shard_name: str):
     return sidecar
 
 
-def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input: Optional[int] = None) -> Iterator[tuple]:
-    """Chunks of input ``i``: (DocInput list with annotations matched and rewrites filled in, the text-hash
-    checks left to the encoding step, and for srp the chunk's annotations as flat arrays). The annotations
-    of ``next_input`` are read meanwhile."""
-    cfg, sidecar, path = job.config, None, job.inputs[i]
+def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input: Optional[int] = None,
+               span: Optional[tuple[int, int]] = None, sidecar=None) -> Iterator[tuple]:
+    """Chunks of input ``i`` (or of one of its ``spans``, with the file's ``sidecar`` read already):
+    (DocInput list with annotations matched and rewrites filled in, the text-hash checks left to the encoding
+    step, and for srp the chunk's annotations as flat arrays). The annotations of ``next_input`` are read
+    meanwhile."""
+    cfg, path = job.config, job.inputs[i]
     limit = int(cfg.chunk_mb * 1e6)
     if cfg.variant != "plain":
-        sidecar = job.sidecar(i)
-        stats.inputs_verified_by_digest += sidecar.texts_verified  # then no text is hashed
+        if sidecar is None:
+            sidecar = job.sidecar(i)
+        if span is None or span[0] == 0:  # counted once per file
+            stats.inputs_verified_by_digest += sidecar.texts_verified  # then no text is hashed
         if next_input is not None:
             job.prefetch(next_input)
     flat = cfg.variant == "srp"  # srp matches a chunk at once; filter and rewrite need per-document spans
@@ -186,7 +191,7 @@ def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input
         stats.texts_hash_checked += len(checks)
         return _fill_rewrites(job, chunk, checks) + (segments,)
 
-    for doc in read_documents(path, cfg.json_keys, cfg.id_key, cfg.on_error, cfg.max_doc_chars, read_stats):
+    for doc in read_documents(path, cfg.json_keys, cfg.id_key, cfg.on_error, cfg.max_doc_chars, read_stats, span):
         stats.documents_in += 1
         item = DocInput([doc.texts[k] for k in cfg.json_keys])
         if flat:
@@ -203,7 +208,7 @@ def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input
     last = finished() if chunk else None  # (matched before the counts below)
     if sidecar is not None:
         sidecar.check_unchanged(path)  # a file rewritten since its digest: its texts were never checked
-        for v, n in sidecar.verdict_counts().items():  # label and category counts per distinct verdict
+        for v, n in sidecar.verdict_counts().items():  # label and category counts per distinct verdict (read)
             stats.labels[v.label] = stats.labels.get(v.label, 0) + n
             for c in v.categories:
                 stats.categories[c] = stats.categories.get(c, 0) + n
@@ -232,21 +237,22 @@ def _fill_rewrites(job: Job, chunk: list, checks: list) -> tuple[list, list]:
     return chunk, []
 
 
-def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress, next_input: Optional[int] = None) -> Stats:
-    """Tokenize input file ``i`` into ``prefixes`` (published only when complete); read ``next_input``'s
-    annotations meanwhile."""
+def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress, next_input: Optional[int] = None,
+             span: Optional[tuple[int, int]] = None, sidecar=None) -> Stats:
+    """Tokenize input file ``i`` (or one of its ``spans``) into ``prefixes`` (published only when
+    complete); read ``next_input``'s annotations meanwhile."""
     path = job.inputs[i]
     stats, read_stats = Stats(), ReadStats()
     writer = Writer(prefixes, job.dtype, with_roles=job.settings.variant == "srp")
-    chunks = _inputs_of(job, i, stats, read_stats, next_input)
+    chunks = _inputs_of(job, i, stats, read_stats, next_input, span, sidecar)
     fallback_before = job.encoder.tok.reference_documents
     try:
         if pool is not None:
             results = pool.imap(_encode_chunk, chunks)
-        else:
+        else:  # one encoding thread per span's process: its gigatoken encodes on the calling thread
             results = _overlapped(partial(_encode_checked, job.encoder.encode), chunks,
-                                  threads=min(job.config.workers, 2))
-        _write(results, writer, stats, lambda: progress.advance(read_stats.position))
+                                  threads=1 if span is not None else min(job.config.workers, 2))
+        _write(results, writer, stats, lambda: progress.advance(read_stats.position - read_stats.origin))
     except BaseException:
         writer.abort()
         raise
@@ -254,6 +260,120 @@ def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress, ne
     stats.tokenizers_fallback_documents = job.encoder.tok.reference_documents - fallback_before
     progress.file_done(path)
     stats.skipped_rows, stats.row_errors = read_stats.skipped, dict(read_stats.errors)
+    return stats
+
+
+# -- one file in spans, a process each ---------------------------------------------------------
+
+SPAN_MIN_BYTES = 16 << 20
+"""A file is split into spans of at least this size (``_spans_of``)."""
+
+
+def _spans_of(job: Job, i: int) -> list:
+    """Spans of input ``i`` (``corpus.spans``: byte ranges of a jsonl file, row groups of a parquet file) to
+    tokenize in as many forked processes: --workers of them where gigatoken encodes. Reading (the JSON parse
+    or the parquet rows into Python objects) holds a process's GIL: in one process it runs on one core, in
+    spans on every core. [None] (the whole file, in this process) otherwise."""
+    cfg = job.config
+    if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "gigatoken" \
+            or "fork" not in mp.get_all_start_methods():
+        return [None]
+    found = spans(job.inputs[i], cfg.workers, SPAN_MIN_BYTES)
+    return found if len(found) > 1 else [None]
+
+
+class SpanProcessDied(SRPError, RuntimeError):
+    """A span's process ended without a result (killed: out of memory, a signal)."""
+
+
+class _SpanProgress:
+    """A span process's side of the progress bar: how far it has read, in memory the parent reads."""
+
+    def __init__(self, shared):
+        self.shared = shared
+
+    def advance(self, position: int) -> None:
+        self.shared.value = position
+
+    def file_done(self, path: str) -> None:
+        pass
+
+
+def _span_task(job: Job, i: int, parts: list[str], span: tuple[int, int], sidecar, shared, conn) -> None:
+    """A forked process: tokenize ``span`` of input ``i`` into ``parts``; send back the statistics or the
+    error."""
+    _die_with_parent()
+    try:
+        conn.send(("ok", _process(job, i, parts, None, _SpanProgress(shared), None, span, sidecar)))
+    except BaseException as e:  # noqa: BLE001 - every error goes to the parent, which raises it
+        try:
+            conn.send(("error", e))
+        except Exception:  # an error that does not pickle: its text
+            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+    finally:
+        conn.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed job leaves no span running)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def _process_spans(job: Job, i: int, prefixes: list[str], found: list, progress: Progress,
+                   next_input: Optional[int] = None) -> Stats:
+    """Input ``i`` tokenized in spans, one forked process each, into parts that are then concatenated into
+    ``prefixes``: the same bytes and statistics as one process (tests)."""
+    from multiprocessing.connection import wait as wait_for
+
+    sidecar = job.sidecar(i) if job.settings.variant != "plain" else None  # read once, inherited by the forks
+    job.settle()  # no thread of ours mid-read at the fork
+    ctx = mp.get_context("fork")
+    parts = [[f"{p}.span{k:03d}" for p in prefixes] for k in range(len(found))]
+    with_roles = job.settings.variant == "srp"
+    shared = [ctx.Value("q", 0, lock=False) for _ in found]
+    procs, pipes, results = [], {}, {}
+    try:
+        for k, span in enumerate(found):
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_span_task, name=f"srp-preprocess-span{k}", daemon=True,
+                               args=(job, i, parts[k], span, sidecar, shared[k], send))
+            proc.start()
+            send.close()
+            procs.append(proc)
+            pipes[recv] = k
+        if next_input is not None:
+            job.prefetch(next_input)
+        while pipes:
+            for conn in wait_for(list(pipes), timeout=0.5):
+                k = pipes.pop(conn)
+                try:
+                    kind, value = conn.recv()
+                except EOFError:
+                    procs[k].join()
+                    raise SpanProcessDied(f"{job.inputs[i]}: the process tokenizing span {found[k]} died "
+                                          f"(exit code {procs[k].exitcode}; out of memory?)") from None
+                if kind == "error":
+                    raise value
+                results[k] = value
+            progress.advance(sum(v.value for v in shared))
+        merge(parts, prefixes, job.dtype, with_roles, consume=True)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        for k, proc in enumerate(procs):  # a failed run's parts, finished or not (a killed span's temp names)
+            names = parts[k] + ([roles_prefix(parts[k][0])] if with_roles else [])
+            remove_dataset(names + [f"{n}.tmp-{proc.pid}" for n in names])
+    stats = Stats()
+    for k in range(len(found)):
+        stats.add(results[k])
+    progress.file_done(job.inputs[i])
     return stats
 
 
@@ -382,7 +502,11 @@ def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
                 progress.file_done(path)
                 continue
             later = todo[todo.index(i) + 1:]
-            s = asdict(_process(job, i, prefixes, pool, progress, later[0] if later else None))
+            found = _spans_of(job, i) if pool is None else [None]
+            if len(found) > 1:
+                s = asdict(_process_spans(job, i, prefixes, found, progress, later[0] if later else None))
+            else:
+                s = asdict(_process(job, i, prefixes, pool, progress, later[0] if later else None))
             if use_parts:
                 atomic_write_json(done, s)
             per_file.append({"input": path, **s})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -52,13 +53,22 @@ def output_prefixes(prefix: str, keys) -> list[str]:
 class Writer:
     """IndexedWriters on temporary names; ``commit`` renames them (each .idx last)."""
 
-    def __init__(self, prefixes: list[str], dtype, with_roles: bool):
+    def __init__(self, prefixes: list[str], dtype, with_roles: bool, adopt: Optional[list[str]] = None):
+        """``adopt``: a finished part's prefixes whose .bin files become the start of these (renamed, not
+        copied); its index is then added with ``add_index(..., with_data=False)``."""
         self.prefixes = prefixes
         self.tmp = [temp_name(p) for p in prefixes]
         for p in prefixes:
             os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-        self.builders = [IndexedWriter(f"{t}.bin", dtype) for t in self.tmp]
-        self.roles = IndexedWriter(f"{roles_prefix(self.tmp[0])}.bin", np.uint8) if with_roles else None
+        if adopt:
+            moves = list(zip(adopt, self.tmp))
+            if with_roles:
+                moves.append((roles_prefix(adopt[0]), roles_prefix(self.tmp[0])))
+            for part, tmp in moves:
+                os.replace(f"{part}.bin", f"{tmp}.bin")
+        self.builders = [IndexedWriter(f"{t}.bin", dtype, append=bool(adopt)) for t in self.tmp]
+        self.roles = IndexedWriter(f"{roles_prefix(self.tmp[0])}.bin", np.uint8, append=bool(adopt)) \
+            if with_roles else None
 
     def add_batch(self, batch) -> None:
         for builder, flat, lengths in zip(self.builders, batch.flats, batch.lengths):
@@ -94,19 +104,34 @@ class Writer:
             os.replace(f"{tmp}.idx", f"{final}.idx")
 
 
-def merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, with_roles: bool) -> None:
-    """Concatenate per-file parts in order (byte-identical to tokenizing them as one stream)."""
-    writer = Writer(final_prefixes, dtype, with_roles)
+def merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, with_roles: bool,
+          consume: bool = False) -> None:
+    """Concatenate parts in order (byte-identical to tokenizing them as one stream). ``consume``: the parts are
+    used up: the first one's .bin files become the output's, the others are appended in the kernel, and every
+    part's files are removed."""
+    writer = Writer(final_prefixes, dtype, with_roles, adopt=part_prefixes[0] if consume else None)
     try:
-        for parts in part_prefixes:
+        for k, parts in enumerate(part_prefixes):
+            with_data = not (consume and k == 0)
             for builder, part in zip(writer.builders, parts):
-                builder.add_index(part)
+                builder.add_index(part, with_data)
             if with_roles:
-                writer.roles.add_index(roles_prefix(parts[0]))
+                writer.roles.add_index(roles_prefix(parts[0]), with_data)
     except BaseException:
         writer.abort()
         raise
     writer.commit()
+    if consume:
+        for parts in part_prefixes:
+            remove_dataset(parts + ([roles_prefix(parts[0])] if with_roles else []))
+
+
+def remove_dataset(prefixes: list[str]) -> None:
+    """Remove the .bin/.idx files of ``prefixes`` (those that exist)."""
+    for p in prefixes:
+        for path in (f"{p}.bin", f"{p}.idx"):
+            if os.path.exists(path):
+                os.remove(path)
 
 
 class Progress:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from megatron_srp.data.corpus import CorpusError, _lines, read_documents
+from megatron_srp.data.corpus import CorpusError, _lines, lines_before, read_documents, spans
 
 
 @pytest.mark.parametrize("block", [1, 3, 7, 64])
@@ -51,3 +51,54 @@ def test_a_text_that_is_not_a_string_is_named_with_its_line(tmp_path, value, wha
     with pytest.raises(CorpusError) as e:
         list(read_documents(str(path)))
     assert str(e.value).startswith(f"{path}:3: field 'text' is {what}")
+
+
+@pytest.mark.parametrize("block", [4, 64, 16 << 20])
+def test_lines_stop_at_the_limit(block):
+    data = b"\n".join(b"x" * n for n in range(40))
+    f = io.BytesIO(data)
+    f.seek(10)
+    want = data[10:10 + 300].split(b"\n")
+    assert [bytes(x) for x in _lines(f, block=block, limit=300)] == want
+
+
+@pytest.mark.parametrize("count, min_bytes", [(1, 1), (2, 1), (3, 500), (8, 1), (64, 1), (4, 10 ** 9)])
+def test_spans_read_every_document_once_with_its_line(tmp_path, count, min_bytes):
+    """Ranges cover the file in whole lines (blank lines, a line longer than a range, no final newline) and
+    give each document the line number and id it has when the file is read whole; a bad row names its line."""
+    import json
+
+    rng = random.Random(count)
+    rows = [json.dumps({"text": "y" * rng.choice([0, 3, 40, 900])}) if i % 13 else "" for i in range(200)]
+    rows[57] = json.dumps({"text": "z" * 5000})  # spans several split points when ranges are small
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(rows))  # no newline at the end
+    whole = [(d.line, d.id, d.text) for d in read_documents(str(path))]
+    ranges = spans(str(path), count, min_bytes)
+    assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+    assert all(a < b for a, b in ranges) and all(b == a2 for (_, b), (a2, _) in zip(ranges, ranges[1:]))
+    assert len(ranges) <= count and (len(ranges) > 1) == (count > 1 and path.stat().st_size >= 2 * min_bytes)
+    data = path.read_bytes()
+    assert all(a == 0 or data[a - 1:a] == b"\n" for a, _ in ranges)
+    assert lines_before(str(path), ranges[-1][0]) == data[:ranges[-1][0]].count(b"\n")
+    got = [(d.line, d.id, d.text) for r in ranges for d in read_documents(str(path), span=r)]
+    assert got == whole
+    rows[150] = "{broken"
+    path.write_text("\n".join(rows))
+    last = next(r for r in spans(str(path), count, min_bytes) if r[0] <= len("\n".join(rows[:150])) < r[1])
+    with pytest.raises(CorpusError, match=rf"^{path}:151: malformed JSON"):
+        list(read_documents(str(path), span=last))
+
+
+def test_parquet_spans_are_row_groups_read_with_their_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.Table.from_pylist([{"text": "w" * (i % 50)} for i in range(230)]), path, row_group_size=20)
+    whole = [(d.line, d.id, d.text) for d in read_documents(str(path))]
+    for count in (1, 2, 5, 12, 40):
+        found = spans(str(path), count, 1)
+        assert found[0][0] == 0 and found[-1][1] == 12 and (len(found) > 1) == (count > 1) and len(found) <= count
+        assert all(a < b == c for (a, b), (c, _) in zip(found, found[1:] + [(12, 0)]))
+        assert [(d.line, d.id, d.text) for s in found for d in read_documents(str(path), span=s)] == whole

@@ -175,6 +175,87 @@ def test_several_files_give_the_bytes_of_one_concatenated_file(world, tmp_path):
     assert not Path(f"{d / 'out' / 'parts'}.parts").exists()
 
 
+def _outputs(prefix: str) -> dict:
+    """Every file of a dataset prefix (and its roles), by suffix."""
+    files = {ext: Path(f"{prefix}{ext}") for ext in (".bin", ".idx", ".roles.bin", ".roles.idx")}
+    return {ext: p.read_bytes() for ext, p in files.items() if p.exists()}
+
+
+def _spy_spans(monkeypatch) -> list:
+    """The spans of each file tokenized in processes (SPAN_MIN_BYTES lowered so that small shards split too)."""
+    calls = []
+    monkeypatch.setattr(preprocess_tool, "SPAN_MIN_BYTES", 64)
+    real = preprocess_tool._process_spans
+    monkeypatch.setattr(preprocess_tool, "_process_spans", lambda job, i, prefixes, found, *a: (
+        calls.append(found), real(job, i, prefixes, found, *a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("variant", ["plain", "srp", "filter"])
+def test_spans_in_processes_give_the_bytes_of_one_process(world, monkeypatch, variant):
+    """--workers N splits a jsonl file into N byte ranges, a forked process each; the parts are concatenated
+    into the same bytes and statistics as one process writes, and no part is left behind. A parquet file
+    splits by row groups."""
+    d, tok, docs = world
+    one, one_stats = _preprocess(world, variant, f"{variant}_one")
+    calls = _spy_spans(monkeypatch)
+    if variant == "filter":  # the kernel's copy refused: the parts are copied by reading and writing
+        def refuse(*a):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    split, split_stats = _preprocess(world, variant, f"{variant}_split", extra=["--workers", "3"])
+    assert split_stats["tokenizer_backend"] == "gigatoken"
+    assert len(calls) == 3 and all(len(r) == 3 for r in calls), calls  # every shard in three spans
+    assert _outputs(split) == _outputs(one) and len(_outputs(one)) == (4 if variant == "srp" else 2)
+    drop = ("seconds", "tokens_per_second", "outputs", "files")
+    assert {k: v for k, v in split_stats.items() if k not in drop} == {k: v for k, v in one_stats.items() if k not in drop}
+    assert not [p.name for p in (d / "out").iterdir() if ".span" in p.name or ".tmp-" in p.name]
+    if variant == "plain":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{"id": r["id"], "text": r["text"]} for r in docs])
+        pq.write_table(table, d / "all.parquet", row_group_size=25)
+        one, one_stats = _preprocess(world, "plain", "parquet_one", inputs=[str(d / "all.parquet")])
+        monkeypatch.setattr(preprocess_tool, "SPAN_MIN_BYTES", 1)
+        split, split_stats = _preprocess(world, "plain", "parquet_split", extra=["--workers", "3"],
+                                         inputs=[str(d / "all.parquet")])
+        assert len(calls[-1]) == 3 and calls[-1][-1][1] == pq.ParquetFile(d / "all.parquet").num_row_groups
+        assert _outputs(split) == _outputs(one) and split_stats["documents_written"] == len(docs)
+
+
+def test_a_failing_or_dying_span_fails_the_run_and_leaves_nothing(world, tmp_path, monkeypatch, capsys):
+    """A bad row in a later span is named by its line; a span's process that dies fails the run; either way
+    no output and no part is left."""
+    d, tok, _ = world
+    rows = [json.dumps({"text": f"Row {i} of a file read in spans."}) for i in range(300)]
+    rows[240] = "{broken"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(rows) + "\n")
+    calls = _spy_spans(monkeypatch)
+    base = ["--input", str(bad), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model", str(tok),
+            "--no-progress", "--workers", "2"]
+    assert preprocess_tool.main(base) == 2
+    assert f"{bad}:241: malformed JSON" in capsys.readouterr().err and len(calls[-1]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+    assert preprocess_tool.main(base + ["--on-error", "skip", "--stats", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert (s["documents_written"], s["skipped_rows"], s["row_errors"]) == (299, 1, {"malformed_json": 1})
+    for p in tmp_path.glob("o*"):
+        p.unlink()
+    real = preprocess_tool._process
+
+    def dies_after_the_first_span(job, i, prefixes, pool, progress, next_input=None, span=None, sidecar=None):
+        if span is not None and span[0] > 0:
+            os._exit(3)
+        return real(job, i, prefixes, pool, progress, next_input, span, sidecar)
+
+    monkeypatch.setattr(preprocess_tool, "_process", dies_after_the_first_span)
+    assert preprocess_tool.main(base) == 2
+    assert "died (exit code 3" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "s.json"]
+
+
 def test_injected_tags_and_control_strings_stay_text(world):
     d, tok, docs = world
     srp, _ = _preprocess(world, "srp", "srp_inj")
@@ -382,6 +463,45 @@ def test_killed_preprocess_resumes_to_identical_bytes(world, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["files"][0].get("reused") is True
     for ext in (".bin", ".idx"):
         assert Path(f"{resumed}_text_document{ext}").read_bytes() == Path(f"{straight}_text_document{ext}").read_bytes()
+
+
+def _span_like(pid_file):
+    """A process that forks a child as preprocessing forks a span's process; the child sleeps."""
+    pid = os.fork()
+    if pid == 0:
+        preprocess_tool._die_with_parent()
+        time.sleep(120)
+        os._exit(0)
+    Path(pid_file).write_text(str(pid))
+    time.sleep(120)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_run_takes_its_span_processes_with_it(tmp_path):
+    """SIGKILL of a preprocessing process: its span processes get SIGKILL too (none is left running)."""
+    import multiprocessing as mp
+
+    pid_file = tmp_path / "child.pid"
+    parent = mp.get_context("fork").Process(target=_span_like, args=(str(pid_file),))
+    parent.start()
+    deadline = time.time() + 30
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    child = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    deadline = time.time() + 10
+    while Path(f"/proc/{child}").exists() and time.time() < deadline:
+        try:  # a zombie stays in /proc until reaped: dead is enough
+            if Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.02)
+    alive = Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] != "Z"
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the child outlived its killed parent"
 
 
 def test_killed_annotation_resumes_to_identical_sidecars(world, tmp_path):
