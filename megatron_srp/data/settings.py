@@ -103,7 +103,7 @@ class PreprocessConfig:
     tokenizer_type: Literal["HuggingFaceTokenizer"] = "HuggingFaceTokenizer"
     """Megatron-LM's tokenizer type (only Hugging Face tokenizers)"""
     workers: int = 1
-    """CPU cores to tokenize with (gigatoken: threads; tokenizers: processes)"""
+    """CPU cores to tokenize with (gigatoken: a process per span of a large file; tokenizers: processes)"""
     append_eod: bool = False
     """end every non-empty document with the end-of-document token"""
     json_keys: list[str] = field(default_factory=lambda: ["text"])

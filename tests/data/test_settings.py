@@ -58,5 +58,5 @@ def test_flag_help_is_the_field_docstring(capsys):
     with pytest.raises(SystemExit):
         preprocess.settings_from_argv(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "CPU cores to tokenize with (gigatoken: threads; tokenizers: processes)" in out
+    assert "CPU cores to tokenize with (gigatoken: a process per span of a large file; tokenizers: processes)" in out
     assert "datatrove logs and completion markers (default: OUTPUT.datatrove)" in out
