@@ -11,8 +11,8 @@ from __future__ import annotations
 import bisect
 import glob
 import gzip
-import itertools
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,12 +164,12 @@ def spans(path: str, count: int, min_bytes: int) -> list[tuple[int, int]]:
 
         meta = pq.ParquetFile(path).metadata
         sizes = [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
-        return _cut(list(itertools.accumulate(sizes, initial=0)), count, min_bytes)
+        return _row_group_ranges(list(itertools.accumulate(sizes, initial=0)), count, min_bytes)
     return _line_ranges(path, count, min_bytes)
 
 
-def _cut(before: list[int], count: int, min_bytes: int) -> list[tuple[int, int]]:
-    """Row-group ranges from each group's offset (``before``: sizes of the groups before it, then the total)."""
+def _row_group_ranges(before: list[int], count: int, min_bytes: int) -> list[tuple[int, int]]:
+    """Ranges of row groups; ``before``: each group's offset (the size of the groups before it), then the total."""
     groups, total = len(before) - 1, before[-1]
     count = max(1, min(count, groups, total // max(1, min_bytes)))
     starts = [0]

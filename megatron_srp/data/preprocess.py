@@ -20,7 +20,8 @@ Document text is encoded by gigatoken when it is installed and gives tokenizers'
 tokenizer (checked at start; otherwise tokenizers, and the statistics say which). Outputs appear
 only when complete (temporary names, then renames; the .idx comes last). Several input files are
 tokenized into per-file parts under PREFIX.parts/ (a rerun skips finished parts), then merged in
-input order.
+input order. With --workers N a large file is read in N spans, a forked process each (byte ranges of
+whole lines; parquet: row groups), whose parts are concatenated: the same bytes as one process.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input
     last = finished() if chunk else None  # (matched before the counts below)
     if sidecar is not None:
         sidecar.check_unchanged(path)  # a file rewritten since its digest: its texts were never checked
-        for v, n in sidecar.verdict_counts().items():  # label and category counts per distinct verdict (read)
+        for v, n in sidecar.verdict_counts().items():  # label and category counts of the documents read here
             stats.labels[v.label] = stats.labels.get(v.label, 0) + n
             for c in v.categories:
                 stats.categories[c] = stats.categories.get(c, 0) + n

@@ -86,10 +86,7 @@ class Writer:
         """Remove the temporary files of an unfinished output."""
         for b in self.builders + ([self.roles] if self.roles is not None else []):
             b.close()
-        for t in self.tmp:
-            for path in (f"{t}.bin", f"{t}.idx", f"{roles_prefix(t)}.bin", f"{roles_prefix(t)}.idx"):
-                if os.path.exists(path):
-                    os.remove(path)
+        remove_dataset([p for t in self.tmp for p in (t, roles_prefix(t))])
 
     def commit(self) -> None:
         # A .bin/.idx pair is two files, so io's one-file writes do not fit: the .idx is renamed last,
