@@ -7,7 +7,9 @@
 Runs the tool's ``main`` in this process (Linux only) and samples every thread's user and system time
 from /proc/self/task every 50 ms. Prints (JSON) the wall time, the CPU seconds of each thread (the main
 thread reads and parses, ``encode_*`` are the encoding threads, the native ones gigatoken's pool), and
-utilization: all CPU seconds over wall x cores.
+utilization: all CPU seconds over wall x cores. One process only: with --workers N a file of 32 MiB or
+more is read in N span processes, which are not sampled here (bench/preprocess_timeline.py counts them);
+give a smaller file or --workers 1 to see the threads of one process.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
       --append-eod --workers 2
 
 Runs the tool in a child process (``RAYON_NUM_THREADS`` = ``--workers``' value, 2 by default) after ``sync``
-and prints, per interval, the cores its threads used (user + system time from /proc), then the wall
-time. ``--fresh`` deletes the outputs a previous run left at the prefix first, so the run writes new
+and prints, per interval, the cores its threads and its span processes used (user + system time from
+/proc), then the wall time. ``--fresh`` deletes the outputs a previous run left at the prefix first, so the run writes new
 files (BENCHMARKS.md: replacing existing ones costs a wait at the end). Linux only.
 """
 
@@ -26,9 +26,23 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants (the span processes of --workers N): its own, its reaped
+    children's, and each live child's (found through /proc/PID/task/*/children)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    total = sum(int(x) for x in fields[11:15]) / TICK  # utime, stime, cutime, cstime
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            try:
+                total += cpu_seconds(child)
+            except (FileNotFoundError, ProcessLookupError):  # reaped meanwhile: in cutime next time
+                pass
+    return total
 
 
 def main() -> None:
