@@ -277,7 +277,7 @@ def _spans_of(job: Job, i: int) -> list:
     spans on every core. [None] (the whole file, in this process) otherwise."""
     cfg = job.config
     if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "gigatoken" \
-            or "fork" not in mp.get_all_start_methods():
+            or "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:  # (may have no children)
         return [None]
     found = spans(job.inputs[i], cfg.workers, SPAN_MIN_BYTES)
     return found if len(found) > 1 else [None]

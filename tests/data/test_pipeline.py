@@ -225,6 +225,29 @@ def test_spans_in_processes_give_the_bytes_of_one_process(world, monkeypatch, va
         assert _outputs(split) == _outputs(one) and split_stats["documents_written"] == len(docs)
 
 
+def _preprocess_in_a_daemon(world, name, queue):
+    try:
+        queue.put(_preprocess(world, "plain", name, extra=["--workers", "2"])[0])
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        queue.put(e)
+
+
+def test_a_daemonic_process_reads_in_one_process(world, monkeypatch):
+    """A daemonic process (a Pool worker) may not fork children: it tokenizes the file itself."""
+    import multiprocessing as mp
+
+    calls = _spy_spans(monkeypatch)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_preprocess_in_a_daemon, args=(world, "plain_daemon", queue), daemon=True)
+    proc.start()
+    got = queue.get(timeout=120)
+    proc.join()
+    assert not isinstance(got, BaseException), got
+    one, _ = _preprocess(world, "plain", "plain_daemon_ref")
+    assert _outputs(got) == _outputs(one) and not calls
+
+
 def test_a_failing_or_dying_span_fails_the_run_and_leaves_nothing(world, tmp_path, monkeypatch, capsys):
     """A bad row in a later span is named by its line; a span's process that dies fails the run; either way
     no output and no part is left."""
