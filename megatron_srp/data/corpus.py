@@ -62,6 +62,17 @@ class ReadStats:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
+@dataclass(frozen=True)
+class Span:
+    """A part of a file read apart (``spans``): bytes [start, end) of whole lines of a jsonl file, or row groups
+    [start, end) of a parquet file."""
+
+    start: int
+    end: int
+    lines_before: Optional[int] = None
+    """jsonl: the lines before ``start`` (the line numbers continue from there); None: counted when read."""
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -153,12 +164,12 @@ def _lines(f, block: int = 16 << 20, limit: Optional[int] = None) -> Iterator[me
         yield memoryview(buf)[:end]
 
 
-def spans(path: str, count: int, min_bytes: int) -> list[tuple[int, int]]:
+def spans(path: str, count: int, min_bytes: int) -> list[Span]:
     """Up to ``count`` consecutive parts of a file of about equal size, each at least ``min_bytes``, to be
     read apart (``read_documents(span=...)``): byte ranges of whole lines of a jsonl file, ranges of row
     groups of a parquet file; one span for a small (or compressed) file."""
     if path.endswith(".gz"):
-        return [(0, input_size(path))]
+        return [Span(0, input_size(path), 0)]
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -168,7 +179,7 @@ def spans(path: str, count: int, min_bytes: int) -> list[tuple[int, int]]:
     return _line_ranges(path, count, min_bytes)
 
 
-def _row_group_ranges(before: list[int], count: int, min_bytes: int) -> list[tuple[int, int]]:
+def _row_group_ranges(before: list[int], count: int, min_bytes: int) -> list[Span]:
     """Ranges of row groups; ``before``: each group's offset (the size of the groups before it), then the total."""
     groups, total = len(before) - 1, before[-1]
     count = max(1, min(count, groups, total // max(1, min_bytes)))
@@ -177,10 +188,10 @@ def _row_group_ranges(before: list[int], count: int, min_bytes: int) -> list[tup
         g = bisect.bisect_left(before, k * total / count)
         if starts[-1] < g < groups:
             starts.append(g)
-    return [(a, b) for a, b in zip(starts, starts[1:] + [max(groups, 1)])]
+    return [Span(a, b) for a, b in zip(starts, starts[1:] + [max(groups, 1)])]
 
 
-def _line_ranges(path: str, count: int, min_bytes: int) -> list[tuple[int, int]]:
+def _line_ranges(path: str, count: int, min_bytes: int) -> list[Span]:
     """Byte ranges of whole lines, in order."""
     size = input_size(path)
     count = max(1, min(count, size // max(1, min_bytes)))
@@ -191,17 +202,17 @@ def _line_ranges(path: str, count: int, min_bytes: int) -> list[tuple[int, int]]
             f.readline()
             if starts[-1] < f.tell() < size:  # (a line longer than a range spans several split points)
                 starts.append(f.tell())
-    return [(a, b) for a, b in zip(starts, starts[1:] + [size])]
+    return [Span(a, b, 0 if a == 0 else None) for a, b in zip(starts, starts[1:] + [size])]
 
 
-def lines_before(path: str, offset: int, block: int = 16 << 20) -> int:
-    """Newlines in a file's first ``offset`` bytes: the line number a range starting there continues from
-    (about 0.3 s per GB from the page cache)."""
-    count, buf = 0, bytearray(block)
+def count_lines(path: str, start: int, end: int, block: int = 16 << 20) -> int:
+    """Newlines in bytes [start, end) of a file (about 0.3 s per GB from the page cache)."""
+    count, buf, left = 0, bytearray(block), end - start
     with open(path, "rb", buffering=0) as f:
-        while offset > 0 and (n := f.readinto(memoryview(buf)[:min(block, offset)])):
+        f.seek(start)
+        while left > 0 and (n := f.readinto(memoryview(buf)[:min(block, left)])):
             count += buf.count(b"\n", 0, n)
-            offset -= n
+            left -= n
     return count
 
 
@@ -216,14 +227,14 @@ def _unparsable(path: str, line: int, raw: bytes, error: Exception) -> Optional[
     return CorpusError(f"{path}:{line}: malformed JSON ({error})")
 
 
-def _raw_rows(path: str, stats: ReadStats, span: Optional[tuple[int, int]] = None) -> Iterator[tuple[int, object]]:
+def _raw_rows(path: str, stats: ReadStats, span: Optional[Span] = None) -> Iterator[tuple[int, object]]:
     """(line, parsed row or exception) for each non-blank row of a file, or of one of its ``spans``;
     advances ``stats.position`` (from ``stats.origin``, where the span starts)."""
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq  # only for parquet inputs: pyarrow takes seconds to import
 
         pf = pq.ParquetFile(path)
-        groups = list(range(*span) if span is not None else range(pf.num_row_groups))
+        groups = list(range(span.start, span.end) if span is not None else range(pf.num_row_groups))
         line = sum(pf.metadata.row_group(g).num_rows for g in range(groups[0] if groups else 0))
         size, rows = input_size(path), max(1, pf.metadata.num_rows)
         stats.origin = stats.position = size * line // rows
@@ -234,10 +245,11 @@ def _raw_rows(path: str, stats: ReadStats, span: Optional[tuple[int, int]] = Non
             stats.position = size * line // rows
         return
     gz, start, first, limit = path.endswith(".gz"), 0, 1, None
-    if span is not None and span != (0, input_size(path)):
+    if span is not None and (span.start, span.end) != (0, input_size(path)):
         if gz:
             raise ValueError(f"{path}: a compressed file is read whole")
-        start, first, limit = span[0], lines_before(path, span[0]) + 1, span[1] - span[0]
+        before = span.lines_before if span.lines_before is not None else count_lines(path, 0, span.start)
+        start, first, limit = span.start, before + 1, span.end - span.start
         stats.origin = stats.position = start
     with (gzip.open if gz else open)(path, "rb") as f:
         f.seek(start)
@@ -254,7 +266,7 @@ def _raw_rows(path: str, stats: ReadStats, span: Optional[tuple[int, int]] = Non
 
 def read_documents(path: str, json_keys: Sequence[str] = ("text",), id_key: str = "id",
                    on_error: OnError = "fail", max_chars: Optional[int] = None,
-                   stats: Optional[ReadStats] = None, span: Optional[tuple[int, int]] = None
+                   stats: Optional[ReadStats] = None, span: Optional[Span] = None
                    ) -> Iterator[Document]:
     """Documents of one file (or of one of its ``spans``), in order, with their lines in the whole file. Empty
     texts are documents too (they tokenize to nothing)."""

@@ -34,14 +34,14 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
-from megatron_srp.data.corpus import ReadStats, expand_inputs, read_documents, relative_names, spans
+from megatron_srp.data.corpus import ReadStats, Span, count_lines, expand_inputs, read_documents, relative_names, spans
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes, remove_dataset
 from megatron_srp.data.roles import roles_prefix
@@ -167,7 +167,7 @@ def _read_annotations(annotations_dir: str, path: str, shard_name: str):
 
 
 def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input: Optional[int] = None,
-               span: Optional[tuple[int, int]] = None, sidecar=None) -> Iterator[tuple]:
+               span: Optional[Span] = None, sidecar=None) -> Iterator[tuple]:
     """Chunks of input ``i`` (or of one of its ``spans``, with the file's ``sidecar`` read already):
     (DocInput list with annotations matched and rewrites filled in, the text-hash checks left to the encoding
     step, and for srp the chunk's annotations as flat arrays). The annotations of ``next_input`` are read
@@ -177,7 +177,7 @@ def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input
     if cfg.variant != "plain":
         if sidecar is None:
             sidecar = job.sidecar(i)
-        if span is None or span[0] == 0:  # counted once per file
+        if span is None or span.start == 0:  # counted once per file
             stats.inputs_verified_by_digest += sidecar.texts_verified  # then no text is hashed
         if next_input is not None:
             job.prefetch(next_input)
@@ -239,7 +239,7 @@ def _fill_rewrites(job: Job, chunk: list, checks: list) -> tuple[list, list]:
 
 
 def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress, next_input: Optional[int] = None,
-             span: Optional[tuple[int, int]] = None, sidecar=None) -> Stats:
+             span: Optional[Span] = None, sidecar=None) -> Stats:
     """Tokenize input file ``i`` (or one of its ``spans``) into ``prefixes`` (published only when
     complete); read ``next_input``'s annotations meanwhile."""
     path = job.inputs[i]
@@ -300,12 +300,13 @@ class _SpanProgress:
         pass
 
 
-def _span_task(job: Job, i: int, parts: list[str], span: tuple[int, int], sidecar, shared, conn) -> None:
-    """A forked process: tokenize ``span`` of input ``i`` into ``parts``; send back the statistics or the
+def _span_task(job: Job, i: int, parts: list[str], found: list[Span], k: int, sidecar, shared, lines, conn) -> None:
+    """A forked process: tokenize span ``k`` of input ``i`` into ``parts``; send back the statistics or the
     error."""
     _die_with_parent()
     try:
-        conn.send(("ok", _process(job, i, parts, None, _SpanProgress(shared), None, span, sidecar)))
+        span = _with_lines_before(job.inputs[i], found, k, lines)
+        conn.send(("ok", _process(job, i, parts, None, _SpanProgress(shared[k]), None, span, sidecar)))
     except BaseException as e:  # noqa: BLE001 - every error goes to the parent, which raises it
         try:
             conn.send(("error", e))
@@ -313,6 +314,20 @@ def _span_task(job: Job, i: int, parts: list[str], span: tuple[int, int], sideca
             conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
     finally:
         conn.close()
+
+
+def _with_lines_before(path: str, found: list[Span], k: int, lines: list) -> Span:
+    """Span ``k`` of a jsonl file with the count of the lines before it. The process of span k counts the lines
+    of span k - 1 and shares the count (``lines``, -1 until then), then adds up the counts before its span: the
+    file is counted once in all, in parallel, and span 0 starts at once (counting from the file's start in
+    every process would read the file N/2 times)."""
+    if path.endswith(".parquet"):  # its rows are counted in the metadata
+        return found[k]
+    if k > 0:
+        lines[k - 1].value = count_lines(path, found[k - 1].start, found[k - 1].end)
+    while any(n.value < 0 for n in lines[:k]):  # (a span that dies fails the run: the parent kills this one)
+        time.sleep(0.002)
+    return replace(found[k], lines_before=sum(n.value for n in lines[:k]))
 
 
 def _die_with_parent() -> None:
@@ -336,13 +351,14 @@ def _process_spans(job: Job, i: int, prefixes: list[str], found: list, progress:
     ctx = mp.get_context("fork")
     parts = [[f"{p}.span{k:03d}" for p in prefixes] for k in range(len(found))]
     with_roles = job.settings.variant == "srp"
-    shared = [ctx.Value("q", 0, lock=False) for _ in found]
+    shared = [ctx.Value("q", 0, lock=False) for _ in found]  # bytes read, per span
+    lines = [ctx.Value("q", -1, lock=False) for _ in found]  # lines in each span, as counted (``_with_lines_before``)
     procs, pipes, results = [], {}, {}
     try:
-        for k, span in enumerate(found):
+        for k in range(len(found)):
             recv, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_span_task, name=f"srp-preprocess-span{k}", daemon=True,
-                               args=(job, i, parts[k], span, sidecar, shared[k], send))
+                               args=(job, i, parts[k], found, k, sidecar, shared, lines, send))
             proc.start()
             send.close()
             procs.append(proc)
@@ -356,7 +372,7 @@ def _process_spans(job: Job, i: int, prefixes: list[str], found: list, progress:
                     kind, value = conn.recv()
                 except EOFError:
                     procs[k].join()
-                    raise SpanProcessDied(f"{job.inputs[i]}: the process tokenizing span {found[k]} died "
+                    raise SpanProcessDied(f"{job.inputs[i]}: the process tokenizing {found[k]} died "
                                           f"(exit code {procs[k].exitcode}; out of memory?)") from None
                 if kind == "error":
                     raise value

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from megatron_srp.data.corpus import CorpusError, _lines, lines_before, read_documents, spans
+from megatron_srp.data.corpus import CorpusError, Span, _lines, count_lines, read_documents, spans
 
 
 @pytest.mark.parametrize("block", [1, 3, 7, 64])
@@ -74,18 +74,23 @@ def test_spans_read_every_document_once_with_its_line(tmp_path, count, min_bytes
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(rows))  # no newline at the end
     whole = [(d.line, d.id, d.text) for d in read_documents(str(path))]
-    ranges = spans(str(path), count, min_bytes)
+    found = spans(str(path), count, min_bytes)
+    ranges = [(sp.start, sp.end) for sp in found]
     assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
     assert all(a < b for a, b in ranges) and all(b == a2 for (_, b), (a2, _) in zip(ranges, ranges[1:]))
     assert len(ranges) <= count and (len(ranges) > 1) == (count > 1 and path.stat().st_size >= 2 * min_bytes)
     data = path.read_bytes()
     assert all(a == 0 or data[a - 1:a] == b"\n" for a, _ in ranges)
-    assert lines_before(str(path), ranges[-1][0]) == data[:ranges[-1][0]].count(b"\n")
-    got = [(d.line, d.id, d.text) for r in ranges for d in read_documents(str(path), span=r)]
-    assert got == whole
+    assert [count_lines(str(path), a, b) for a, b in ranges] == [data[a:b].count(b"\n") for a, b in ranges]
+    assert found[0].lines_before == 0 and all(sp.lines_before is None for sp in found[1:])
+    counted = [(d.line, d.id, d.text) for sp in found for d in read_documents(str(path), span=sp)]
+    before = [data[:a].count(b"\n") for a, _ in ranges]  # given, as the span processes share their counts
+    given = [(d.line, d.id, d.text) for (a, b), n in zip(ranges, before)
+             for d in read_documents(str(path), span=Span(a, b, n))]
+    assert counted == given == whole
     rows[150] = "{broken"
     path.write_text("\n".join(rows))
-    last = next(r for r in spans(str(path), count, min_bytes) if r[0] <= len("\n".join(rows[:150])) < r[1])
+    last = next(sp for sp in spans(str(path), count, min_bytes) if sp.start <= len("\n".join(rows[:150])) < sp.end)
     with pytest.raises(CorpusError, match=rf"^{path}:151: malformed JSON"):
         list(read_documents(str(path), span=last))
 
@@ -99,6 +104,6 @@ def test_parquet_spans_are_row_groups_read_with_their_rows(tmp_path):
     whole = [(d.line, d.id, d.text) for d in read_documents(str(path))]
     for count in (1, 2, 5, 12, 40):
         found = spans(str(path), count, 1)
-        assert found[0][0] == 0 and found[-1][1] == 12 and (len(found) > 1) == (count > 1) and len(found) <= count
-        assert all(a < b == c for (a, b), (c, _) in zip(found, found[1:] + [(12, 0)]))
+        assert found[0].start == 0 and found[-1].end == 12 and (len(found) > 1) == (count > 1) and len(found) <= count
+        assert all(a.start < a.end == b.start for a, b in zip(found, found[1:]))
         assert [(d.line, d.id, d.text) for s in found for d in read_documents(str(path), span=s)] == whole

@@ -221,7 +221,7 @@ def test_spans_in_processes_give_the_bytes_of_one_process(world, monkeypatch, va
         monkeypatch.setattr(preprocess_tool, "SPAN_MIN_BYTES", 1)
         split, split_stats = _preprocess(world, "plain", "parquet_split", extra=["--workers", "3"],
                                          inputs=[str(d / "all.parquet")])
-        assert len(calls[-1]) == 3 and calls[-1][-1][1] == pq.ParquetFile(d / "all.parquet").num_row_groups
+        assert len(calls[-1]) == 3 and calls[-1][-1].end == pq.ParquetFile(d / "all.parquet").num_row_groups
         assert _outputs(split) == _outputs(one) and split_stats["documents_written"] == len(docs)
 
 
@@ -270,7 +270,7 @@ def test_a_failing_or_dying_span_fails_the_run_and_leaves_nothing(world, tmp_pat
     real = preprocess_tool._process
 
     def dies_after_the_first_span(job, i, prefixes, pool, progress, next_input=None, span=None, sidecar=None):
-        if span is not None and span[0] > 0:
+        if span is not None and span.start > 0:
             os._exit(3)
         return real(job, i, prefixes, pool, progress, next_input, span, sidecar)
 
