@@ -274,10 +274,11 @@ def _spans_of(job: Job, i: int) -> list:
     """Spans of input ``i`` (``corpus.spans``: byte ranges of a jsonl file, row groups of a parquet file) to
     tokenize in as many forked processes: --workers of them where gigatoken encodes. Reading (the JSON parse
     or the parquet rows into Python objects) holds a process's GIL: in one process it runs on one core, in
-    spans on every core. [None] (the whole file, in this process) otherwise."""
+    spans on every core. [None] (the whole file, in this process) otherwise, and off Linux (forking a process
+    that has loaded the tokenizers is Linux's safe case; macOS warns against it)."""
     cfg = job.config
     if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "gigatoken" \
-            or "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:  # (may have no children)
+            or not sys.platform.startswith("linux") or mp.current_process().daemon:  # (fork; a daemon has no children)
         return [None]
     found = spans(job.inputs[i], cfg.workers, SPAN_MIN_BYTES)
     return found if len(found) > 1 else [None]

@@ -191,6 +191,10 @@ def _spy_spans(monkeypatch) -> list:
     return calls
 
 
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spans are forked on Linux only")
+
+
+@LINUX_ONLY
 @pytest.mark.parametrize("variant", ["plain", "srp", "filter"])
 def test_spans_in_processes_give_the_bytes_of_one_process(world, monkeypatch, variant):
     """--workers N splits a jsonl file into N byte ranges, a forked process each; the parts are concatenated
@@ -248,6 +252,7 @@ def test_a_daemonic_process_reads_in_one_process(world, monkeypatch):
     assert _outputs(got) == _outputs(one) and not calls
 
 
+@LINUX_ONLY
 def test_a_failing_or_dying_span_fails_the_run_and_leaves_nothing(world, tmp_path, monkeypatch, capsys):
     """A bad row in a later span is named by its line; a span's process that dies fails the run; either way
     no output and no part is left."""
@@ -500,7 +505,7 @@ def _span_like(pid_file):
     time.sleep(120)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@LINUX_ONLY
 def test_a_killed_run_takes_its_span_processes_with_it(tmp_path):
     """SIGKILL of a preprocessing process: its span processes get SIGKILL too (none is left running)."""
     import multiprocessing as mp
