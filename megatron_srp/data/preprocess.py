@@ -34,17 +34,17 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, build_rewriter
-from megatron_srp.data.corpus import ReadStats, Span, count_lines, expand_inputs, read_documents, relative_names, spans
+from megatron_srp.data.corpus import ReadStats, Span, expand_inputs, read_documents, relative_names
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
-from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes, remove_dataset
-from megatron_srp.data.roles import roles_prefix
+from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
+from megatron_srp.data.preprocess_spans import process_spans, spans_of
 from megatron_srp.data.settings import PreprocessConfig, preprocess_config, preprocess_parser
 from megatron_srp.data.tokenizer import TokenizerError
 from megatron_srp.errors import SRPError
@@ -264,137 +264,6 @@ def _process(job: Job, i: int, prefixes: list[str], pool, progress: Progress, ne
     return stats
 
 
-# -- one file in spans, a process each ---------------------------------------------------------
-
-SPAN_MIN_BYTES = 16 << 20
-"""A file is split into spans of at least this size (``_spans_of``)."""
-
-
-def _spans_of(job: Job, i: int) -> list:
-    """Spans of input ``i`` (``corpus.spans``: byte ranges of a jsonl file, row groups of a parquet file) to
-    tokenize in as many forked processes: --workers of them where gigatoken encodes. Reading (the JSON parse
-    or the parquet rows into Python objects) holds a process's GIL: in one process it runs on one core, in
-    spans on every core. [None] (the whole file, in this process) otherwise, and off Linux (forking a process
-    that has loaded the tokenizers is Linux's safe case; macOS warns against it)."""
-    cfg = job.config
-    if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "gigatoken" \
-            or not sys.platform.startswith("linux") or mp.current_process().daemon:  # (fork; a daemon has no children)
-        return [None]
-    found = spans(job.inputs[i], cfg.workers, SPAN_MIN_BYTES)
-    return found if len(found) > 1 else [None]
-
-
-class SpanProcessDied(SRPError, RuntimeError):
-    """A span's process ended without a result (killed: out of memory, a signal)."""
-
-
-class _SpanProgress:
-    """A span process's side of the progress bar: how far it has read, in memory the parent reads."""
-
-    def __init__(self, shared):
-        self.shared = shared
-
-    def advance(self, position: int) -> None:
-        self.shared.value = position
-
-    def file_done(self, path: str) -> None:
-        pass
-
-
-def _span_task(job: Job, i: int, parts: list[str], found: list[Span], k: int, sidecar, shared, lines, conn) -> None:
-    """A forked process: tokenize span ``k`` of input ``i`` into ``parts``; send back the statistics or the
-    error."""
-    _die_with_parent()
-    try:
-        span = _with_lines_before(job.inputs[i], found, k, lines)
-        conn.send(("ok", _process(job, i, parts, None, _SpanProgress(shared[k]), None, span, sidecar)))
-    except BaseException as e:  # noqa: BLE001 - every error goes to the parent, which raises it
-        try:
-            conn.send(("error", e))
-        except Exception:  # an error that does not pickle: its text
-            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
-    finally:
-        conn.close()
-
-
-def _with_lines_before(path: str, found: list[Span], k: int, lines: list) -> Span:
-    """Span ``k`` of a jsonl file with the count of the lines before it. The process of span k counts the lines
-    of span k - 1 and shares the count (``lines``, -1 until then), then adds up the counts before its span: the
-    file is counted once in all, in parallel, and span 0 starts at once (counting from the file's start in
-    every process would read the file N/2 times)."""
-    if path.endswith(".parquet"):  # its rows are counted in the metadata
-        return found[k]
-    if k > 0:
-        lines[k - 1].value = count_lines(path, found[k - 1].start, found[k - 1].end)
-    while any(n.value < 0 for n in lines[:k]):  # (a span that dies fails the run: the parent kills this one)
-        time.sleep(0.002)
-    return replace(found[k], lines_before=sum(n.value for n in lines[:k]))
-
-
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies (a killed job leaves no span running)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except (OSError, AttributeError):
-        pass
-
-
-def _process_spans(job: Job, i: int, prefixes: list[str], found: list, progress: Progress,
-                   next_input: Optional[int] = None) -> Stats:
-    """Input ``i`` tokenized in spans, one forked process each, into parts that are then concatenated into
-    ``prefixes``: the same bytes and statistics as one process (tests)."""
-    from multiprocessing.connection import wait as wait_for
-
-    sidecar = job.sidecar(i) if job.settings.variant != "plain" else None  # read once, inherited by the forks
-    job.settle()  # no thread of ours mid-read at the fork
-    ctx = mp.get_context("fork")
-    parts = [[f"{p}.span{k:03d}" for p in prefixes] for k in range(len(found))]
-    with_roles = job.settings.variant == "srp"
-    shared = [ctx.Value("q", 0, lock=False) for _ in found]  # bytes read, per span
-    lines = [ctx.Value("q", -1, lock=False) for _ in found]  # lines in each span, as counted (``_with_lines_before``)
-    procs, pipes, results = [], {}, {}
-    try:
-        for k in range(len(found)):
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_span_task, name=f"srp-preprocess-span{k}", daemon=True,
-                               args=(job, i, parts[k], found, k, sidecar, shared, lines, send))
-            proc.start()
-            send.close()
-            procs.append(proc)
-            pipes[recv] = k
-        if next_input is not None:
-            job.prefetch(next_input)
-        while pipes:
-            for conn in wait_for(list(pipes), timeout=0.5):
-                k = pipes.pop(conn)
-                try:
-                    kind, value = conn.recv()
-                except EOFError:
-                    procs[k].join()
-                    raise SpanProcessDied(f"{job.inputs[i]}: the process tokenizing {found[k]} died "
-                                          f"(exit code {procs[k].exitcode}; out of memory?)") from None
-                if kind == "error":
-                    raise value
-                results[k] = value
-            progress.advance(sum(v.value for v in shared))
-        merge(parts, prefixes, job.dtype, with_roles, consume=True)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join()
-        for k, proc in enumerate(procs):  # a failed run's parts, finished or not (a killed span's temp names)
-            names = parts[k] + ([roles_prefix(parts[k][0])] if with_roles else [])
-            remove_dataset(names + [f"{n}.tmp-{proc.pid}" for n in names])
-    stats = Stats()
-    for k in range(len(found)):
-        stats.add(results[k])
-    progress.file_done(job.inputs[i])
-    return stats
-
-
 def _overlapped(encode, chunks, threads: int = 1):
     """encode(chunk) on ``threads`` threads, results in order, while the next chunks are read. The encoders
     release the GIL (gigatoken, numpy), so with two threads one chunk's Python and numpy work overlaps the
@@ -520,9 +389,9 @@ def process_files(job: Job, indices, use_parts: bool) -> list[dict]:
                 progress.file_done(path)
                 continue
             later = todo[todo.index(i) + 1:]
-            found = _spans_of(job, i) if pool is None else [None]
+            found = spans_of(job, i) if pool is None else [None]
             if len(found) > 1:
-                s = asdict(_process_spans(job, i, prefixes, found, progress, later[0] if later else None))
+                s = asdict(process_spans(job, i, prefixes, found, progress, _process, later[0] if later else None))
             else:
                 s = asdict(_process(job, i, prefixes, pool, progress, later[0] if later else None))
             if use_parts:

@@ -1,0 +1,151 @@
+"""One input file tokenized in spans, a forked process each (``--workers N``), the parts then concatenated.
+
+Reading (the JSON parse into Python strings, or parquet rows into Python objects) holds a process's GIL, so
+one process reads on one core however many threads encode. A span is a byte range of whole lines of a jsonl
+file or a range of row groups of a parquet file (``corpus.spans``); each span's process runs preprocess's
+``_process`` on its span into a part, and the parts are concatenated into the output: the same bytes and
+statistics as one process. A span that fails or dies fails the run and leaves nothing; span processes die
+with their parent (Linux's parent-death signal).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+from dataclasses import replace
+from typing import Optional
+
+from megatron_srp.data.corpus import Span, count_lines, spans
+from megatron_srp.data.preprocess_output import Stats, merge, remove_dataset
+from megatron_srp.data.roles import roles_prefix
+from megatron_srp.errors import SRPError
+
+SPAN_MIN_BYTES = 16 << 20
+"""A file is split into spans of at least this size (``spans_of``)."""
+
+
+def spans_of(job, i: int) -> list:
+    """Spans of input ``i`` (``corpus.spans``: byte ranges of a jsonl file, row groups of a parquet file) to
+    tokenize in as many forked processes: --workers of them where gigatoken encodes. Reading (the JSON parse
+    or the parquet rows into Python objects) holds a process's GIL: in one process it runs on one core, in
+    spans on every core. [None] (the whole file, in this process) otherwise, and off Linux (forking a process
+    that has loaded the tokenizers is Linux's safe case; macOS warns against it)."""
+    cfg = job.config
+    if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "gigatoken" \
+            or not sys.platform.startswith("linux") or mp.current_process().daemon:  # (fork; a daemon has no children)
+        return [None]
+    found = spans(job.inputs[i], cfg.workers, SPAN_MIN_BYTES)
+    return found if len(found) > 1 else [None]
+
+
+class SpanProcessDied(SRPError, RuntimeError):
+    """A span's process ended without a result (killed: out of memory, a signal)."""
+
+
+class _SpanProgress:
+    """A span process's side of the progress bar: how far it has read, in memory the parent reads."""
+
+    def __init__(self, shared):
+        self.shared = shared
+
+    def advance(self, position: int) -> None:
+        self.shared.value = position
+
+    def file_done(self, path: str) -> None:
+        pass
+
+
+def _span_task(job, i: int, parts: list[str], found: list[Span], k: int, sidecar, shared, lines, process, conn) -> None:
+    """A forked process: tokenize span ``k`` of input ``i`` into ``parts``; send back the statistics or the
+    error."""
+    _die_with_parent()
+    try:
+        span = _with_lines_before(job.inputs[i], found, k, lines)
+        conn.send(("ok", process(job, i, parts, None, _SpanProgress(shared[k]), None, span, sidecar)))
+    except BaseException as e:  # noqa: BLE001 - every error goes to the parent, which raises it
+        try:
+            conn.send(("error", e))
+        except Exception:  # an error that does not pickle: its text
+            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+    finally:
+        conn.close()
+
+
+def _with_lines_before(path: str, found: list[Span], k: int, lines: list) -> Span:
+    """Span ``k`` of a jsonl file with the count of the lines before it. The process of span k counts the lines
+    of span k - 1 and shares the count (``lines``, -1 until then), then adds up the counts before its span: the
+    file is counted once in all, in parallel, and span 0 starts at once (counting from the file's start in
+    every process would read the file N/2 times)."""
+    if path.endswith(".parquet"):  # its rows are counted in the metadata
+        return found[k]
+    if k > 0:
+        lines[k - 1].value = count_lines(path, found[k - 1].start, found[k - 1].end)
+    while any(n.value < 0 for n in lines[:k]):  # (a span that dies fails the run: the parent kills this one)
+        time.sleep(0.002)
+    return replace(found[k], lines_before=sum(n.value for n in lines[:k]))
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed job leaves no span running)."""
+    try:
+        import ctypes  # here: only a span process needs it
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def process_spans(job, i: int, prefixes: list[str], found: list[Span], progress, process,
+                  next_input: Optional[int] = None) -> Stats:
+    """Input ``i`` of ``job`` (preprocess's Job) tokenized in spans, one forked process each running
+    ``process`` (preprocess's ``_process``) on its span, into parts that are then concatenated into
+    ``prefixes``: the same bytes and statistics as one process (tests)."""
+    from multiprocessing.connection import wait as wait_for
+
+    sidecar = job.sidecar(i) if job.settings.variant != "plain" else None  # read once, inherited by the forks
+    job.settle()  # no thread of ours mid-read at the fork
+    ctx = mp.get_context("fork")
+    parts = [[f"{p}.span{k:03d}" for p in prefixes] for k in range(len(found))]
+    with_roles = job.settings.variant == "srp"
+    shared = [ctx.Value("q", 0, lock=False) for _ in found]  # bytes read, per span
+    lines = [ctx.Value("q", -1, lock=False) for _ in found]  # lines in each span, as counted (``_with_lines_before``)
+    procs, pipes, results = [], {}, {}
+    try:
+        for k in range(len(found)):
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_span_task, name=f"srp-preprocess-span{k}", daemon=True,
+                               args=(job, i, parts[k], found, k, sidecar, shared, lines, process, send))
+            proc.start()
+            send.close()
+            procs.append(proc)
+            pipes[recv] = k
+        if next_input is not None:
+            job.prefetch(next_input)
+        while pipes:
+            for conn in wait_for(list(pipes), timeout=0.5):
+                k = pipes.pop(conn)
+                try:
+                    kind, value = conn.recv()
+                except EOFError:
+                    procs[k].join()
+                    raise SpanProcessDied(f"{job.inputs[i]}: the process tokenizing {found[k]} died "
+                                          f"(exit code {procs[k].exitcode}; out of memory?)") from None
+                if kind == "error":
+                    raise value
+                results[k] = value
+            progress.advance(sum(v.value for v in shared))
+        merge(parts, prefixes, job.dtype, with_roles, consume=True)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        for k, proc in enumerate(procs):  # a failed run's parts, finished or not (a killed span's temp names)
+            names = parts[k] + ([roles_prefix(parts[k][0])] if with_roles else [])
+            remove_dataset(names + [f"{n}.tmp-{proc.pid}" for n in names])
+    stats = Stats()
+    for k in range(len(found)):
+        stats.add(results[k])
+    progress.file_done(job.inputs[i])
+    return stats
