@@ -131,6 +131,8 @@ def process_spans(job, i: int, prefixes: list[str], found: list[Span], progress,
                     procs[k].join()
                     raise SpanProcessDied(f"{job.inputs[i]}: the process tokenizing {found[k]} died "
                                           f"(exit code {procs[k].exitcode}; out of memory?)") from None
+                finally:
+                    conn.close()
                 if kind == "error":
                     raise value
                 results[k] = value
