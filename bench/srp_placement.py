@@ -49,9 +49,9 @@ def main() -> None:
             if size >= args.mb * 1e6:
                 break
     ids, offsets = fast._batch(texts)
-    ends = fast._byte_ends(ids, offsets)[0]
+    total = int(fast._byte_ends(ids, offsets)[0].at(np.array([len(ids) - 1]))[0])
     rng = np.random.default_rng(0)
-    positions = np.sort(rng.integers(0, int(ends[-1]), size=max(1, len(ids) // 200))).astype(np.int64)
+    positions = np.sort(rng.integers(0, total, size=max(1, len(ids) // 200))).astype(np.int64)
 
     def built():
         starts, _ = fast._byte_starts(ids, offsets)

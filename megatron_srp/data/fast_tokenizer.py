@@ -202,11 +202,8 @@ class FastEncoder:
                 lens[i] = len(b)
         # the narrowest type for the trim tables below (gathered over every token where starts are built)
         longest = int(lens.max(initial=0))
-        self._byte_len = lens.astype(np.uint8 if longest < 256 else np.int64)
-        # gathered straight into the type of a chunk's byte positions: no narrow copy to widen afterwards
-        self._byte_len_as = {np.dtype(np.int32): lens.astype(np.int32), np.dtype(np.int64): lens}
-        self._longest = max(1, longest)
-        """The vocabulary's longest token in bytes: whether a chunk's byte positions fit int32."""
+        self._byte_len = lens.astype(np.uint8 if longest < 256 else np.uint16 if longest < 65536 else np.int64)
+        """Each token's bytes in the narrowest type: gathered over every token of a chunk (``BlockedEnds``)."""
         lead = np.zeros(vocab_size, dtype=self._byte_len.dtype)
         if self._trim is not None:
             for i in range(vocab_size):
@@ -420,26 +417,33 @@ class FastEncoder:
         ends, bases, kept = self._byte_ends(flat, offsets)
         return flat, TokenStarts(self, flat, ends, kept), np.diff(offsets), bases
 
-    def _byte_ends(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each token's end in bytes, counted across the texts ``offsets`` delimit in ``ids``; each text's base
-        (where the tokens before it end); and the texts' first tokens whose one leading space the ByteLevel
-        post-processor keeps (``add_prefix_space``: their start is their end minus all their bytes)."""
-        # int32 while a chunk's bytes fit (always, at --chunk-mb's scale): half the memory traffic of int64
-        wide = np.dtype(np.int32 if len(ids) * self._longest < 2 ** 31 else np.int64)
-        ends = np.cumsum(_gather(self._byte_len_as[wide], ids), dtype=wide)  # every pass over 30 M tokens counts
+    def _byte_ends(self, ids: np.ndarray, offsets: np.ndarray) -> tuple["BlockedEnds", np.ndarray, np.ndarray]:
+        """Each token's end in bytes, counted across the texts ``offsets`` delimit in ``ids`` (``BlockedEnds``);
+        each text's base (where the tokens before it end); and ``_kept_firsts``."""
+        ends = BlockedEnds(_gather(self._byte_len, ids))
         firsts = offsets[:-1]
-        bases = np.where(firsts > 0, ends[np.maximum(firsts - 1, 0)], 0) if len(ends) else np.zeros(len(firsts), np.int64)
-        kept = np.zeros(0, np.int64)
-        if self._trim:
-            firsts = firsts[np.diff(offsets) > 0]
-            kept = firsts[self._lead[ids[firsts]] == 1]
-        return ends, bases.astype(np.int64), kept
+        bases = np.zeros(len(firsts), np.int64)
+        after = firsts > 0
+        bases[after] = ends.at(firsts[after] - 1)
+        return ends, bases, self._kept_firsts(ids, offsets)
+
+    def _kept_firsts(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The texts' first tokens whose one leading space the ByteLevel post-processor keeps
+        (``add_prefix_space``: their start is their end minus all their bytes)."""
+        if not self._trim:
+            return np.zeros(0, np.int64)
+        firsts = offsets[:-1][np.diff(offsets) > 0]
+        return firsts[self._lead[ids[firsts]] == 1]
 
     def _byte_starts(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each token's start in bytes (``tokenizers``' offsets with the ByteLevel trim rule, probed at start)
-        across the texts ``offsets`` delimit, and each text's base; built in place over the ends."""
-        starts, bases, kept = self._byte_ends(ids, offsets)
+        across the texts ``offsets`` delimit, and each text's base: every start built (a text at a time for the
+        segmenter; srp searches them instead, ``TokenStarts``)."""
+        starts = np.cumsum(_gather(self._byte_len, ids), dtype=np.int64)
+        firsts = offsets[:-1]
+        bases = np.where(firsts > 0, starts[np.maximum(firsts - 1, 0)], 0) if len(starts) else np.zeros(len(firsts), np.int64)
         starts -= self._back[ids]
+        kept = self._kept_firsts(ids, offsets)
         starts[kept] -= self._trimmed[ids[kept]]
         return starts, bases
 
@@ -585,6 +589,72 @@ class PieceTokens:
         return start, (self._starts_of[i + 1] if i + 1 < len(self._starts_of) else len(self._text))
 
 
+BLOCK = 64
+"""Tokens per block of ``BlockedEnds``."""
+
+
+class BlockedEnds:
+    """Where each token of a byte line ends (the running sum of the tokens' byte lengths), kept as the lengths and
+    the end of every block of ``BLOCK`` tokens. srp asks for the ends of about 1 token in 200; summing blocks
+    reads the lengths once and writes one sum per block, where a running sum over every token is serial (about
+    2 ns a token on the machines of BENCHMARKS.md, 1 s per GB) and writes a wide integer per token."""
+
+    def __init__(self, lengths: np.ndarray):
+        self.n = len(lengths)
+        pad = -self.n % BLOCK
+        padded = np.concatenate([lengths, np.zeros(pad, lengths.dtype)]) if pad else lengths
+        self._rows = padded.reshape(-1, BLOCK)  # (zero-length tokens past the end: they move no end)
+        narrow = np.uint16 if lengths.dtype == np.uint8 else np.int64  # (a block of uint8 lengths fits uint16)
+        self._block_ends = np.cumsum(self._rows.sum(axis=1, dtype=narrow), dtype=np.int64)
+
+    def _before(self, blocks: np.ndarray) -> np.ndarray:
+        """Where each of ``blocks`` starts."""
+        before = np.zeros(len(blocks), np.int64)
+        later = blocks > 0
+        before[later] = self._block_ends[blocks[later] - 1]
+        return before
+
+    def _walk(self, blocks: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """In each of ``blocks``, the first token that ends ``rest`` or more bytes into it (its index there) and how
+        far into the block it ends. One step per token place over all the blocks at once: a running sum per
+        block would cost numpy a call per block."""
+        columns = self._rows.T[:, blocks]  # (BLOCK, blocks): token i of every block in row i
+        wide = np.int64 if columns.dtype == np.int64 else np.int32  # (a block of narrower lengths fits int32)
+        rest = np.maximum(rest, 0).astype(wide)  # (no token ends before byte 0 of its block)
+        short = rest - columns[0]  # bytes still to go once the block's first token is taken (it always is)
+        taken = np.ones(len(blocks), np.int64)
+        for lengths in columns[1:]:
+            left = short > 0
+            taken += left
+            short -= lengths * left  # (numpy's ``where=`` takes twice as long)
+        return taken - 1, rest - short
+
+    def at(self, k: np.ndarray) -> np.ndarray:
+        """The ends of tokens ``k`` (each below ``n``)."""
+        blocks, within = np.divmod(np.asarray(k, dtype=np.int64), BLOCK)
+        running = np.cumsum(self._rows[blocks], axis=1, dtype=np.int64)  # (a few thousand a chunk: the texts' ends)
+        return self._before(blocks) + running[np.arange(len(blocks)), within]
+
+    def first_reaching(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``np.searchsorted(ends, positions, side="left")`` (``n`` where no token ends at or after a position),
+        and the end of each token found (where one is)."""
+        blocks = np.searchsorted(self._block_ends, positions, side="left")
+        k, end = np.full(len(positions), self.n, np.int64), np.zeros(len(positions), np.int64)
+        inside = blocks < len(self._block_ends)
+        if inside.any():
+            b = blocks[inside]
+            before = self._before(b)
+            # the block ends at or after the position, so a real token of it reaches it (padding adds no bytes)
+            within, reach = self._walk(b, positions[inside] - before)
+            k[inside] = b * BLOCK + within
+            end[inside] = before + reach
+        return k, end
+
+    def all(self) -> np.ndarray:
+        """Every token's end (tests and the reference path)."""
+        return np.cumsum(self._rows.reshape(-1)[:self.n], dtype=np.int64)
+
+
 class TokenStarts:
     """Where the tokens of a byte line start, searched without being built: srp needs the first token
     starting at or after each segment end (1.5 M of them at 1 GB), not the start of every token (300 M).
@@ -594,29 +664,35 @@ class TokenStarts:
     previous token's end, and the first token starting at or after ``p`` is the first token ending at or
     after ``p`` (when it starts there) or the one after it."""
 
-    def __init__(self, enc: FastEncoder, ids: np.ndarray, ends: np.ndarray, kept: np.ndarray):
+    def __init__(self, enc: FastEncoder, ids: np.ndarray, ends: BlockedEnds, kept: np.ndarray):
         self._enc, self._ids, self._ends, self._kept = enc, ids, ends, kept
 
-    def start_of(self, k: np.ndarray) -> np.ndarray:
-        """The starts of tokens ``k``."""
+    def _starts(self, k: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """The starts of tokens ``k``, which end at ``ends``."""
         ids = self._ids[k]
-        starts = self._ends[k] - self._enc._back[ids]
+        starts = ends - self._enc._back[ids]
         kept = np.isin(k, self._kept)
         starts[kept] -= self._enc._trimmed[ids[kept]]
         return starts
 
+    def start_of(self, k: np.ndarray) -> np.ndarray:
+        """The starts of tokens ``k``."""
+        return self._starts(k, self._ends.at(k))
+
     def first_at_or_after(self, positions: np.ndarray) -> np.ndarray:
         """``np.searchsorted(starts, positions, side="left")``."""
-        n = len(self._ends)
-        k = np.searchsorted(self._ends, positions.astype(self._ends.dtype), side="left")  # same type: no copy of ends
-        inside = k < n
+        positions = np.asarray(positions, dtype=np.int64)
+        k, ends = self._ends.first_reaching(positions)
+        inside = k < self._ends.n
         late = np.zeros(len(k), dtype=bool)
-        late[inside] = self.start_of(k[inside]) < positions[inside]
+        late[inside] = self._starts(k[inside], ends[inside]) < positions[inside]
         return k + late
 
     def all(self) -> np.ndarray:
         """Every start (tests and the reference path)."""
-        return self.start_of(np.arange(len(self._ends)))
+        starts = self._ends.all() - self._enc._back[self._ids]
+        starts[self._kept] -= self._enc._trimmed[self._ids[self._kept]]
+        return starts
 
 
 class SortedStarts:

@@ -351,3 +351,22 @@ def test_the_segmenter_counts_with_gigatoken_as_with_tokenizers(tok_dir, budget)
     assert any(len(s) > 1 for s in want) and ["".join(s) for s in got] == docs
     pieces = fast.token_offsets()(docs)
     assert [len(p) for p in pieces] == [len(e) for e in ref.token_offsets()(docs)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 1000])
+def test_blocked_ends_equal_the_running_sum(n):
+    """srp's token ends kept per block answer as the running sum over every token would (lengths of 0 included:
+    the padding past the last token is such a length)."""
+    from megatron_srp.data.fast_tokenizer import BlockedEnds
+
+    lengths = np.random.default_rng(n).integers(0, 5, n).astype(np.uint8)
+    running = np.cumsum(lengths, dtype=np.int64)
+    ends = BlockedEnds(lengths)
+    assert ends.all().tolist() == running.tolist()
+    k = np.arange(n)
+    assert ends.at(k).tolist() == running.tolist()
+    positions = np.arange(-2, int(running[-1] if n else 0) + 3)
+    found, end = ends.first_reaching(positions)
+    assert found.tolist() == np.searchsorted(running, positions, side="left").tolist()
+    inside = found < n
+    assert end[inside].tolist() == running[found[inside]].tolist()
