@@ -10,6 +10,7 @@ with their parent (Linux's parent-death signal).
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import sys
 import time
@@ -111,6 +112,9 @@ def process_spans(job, i: int, prefixes: list[str], found: list[Span], progress,
     shared = [ctx.Value("q", 0, lock=False) for _ in found]  # bytes read, per span
     lines = [ctx.Value("q", -1, lock=False) for _ in found]  # lines in each span, as counted (``_with_lines_before``)
     procs, pipes, results = [], {}, {}
+    # What the forks inherit (the sidecar: 1.5 M segments per GB) stays out of their garbage collections: srp
+    # spent 0.3 s of CPU per GB walking it (perf). Unfrozen here once the span processes are done.
+    gc.freeze()
     try:
         for k in range(len(found)):
             recv, send = ctx.Pipe(duplex=False)
@@ -139,6 +143,7 @@ def process_spans(job, i: int, prefixes: list[str], found: list[Span], progress,
             progress.advance(sum(v.value for v in shared))
         merge(parts, prefixes, job.dtype, with_roles, consume=True)
     finally:
+        gc.unfreeze()
         for proc in procs:
             if proc.is_alive():
                 proc.kill()

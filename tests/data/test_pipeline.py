@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -208,7 +209,16 @@ def test_spans_in_processes_give_the_bytes_of_one_process(world, monkeypatch, va
         def refuse(*a):
             raise OSError(18, "Invalid cross-device link")
         monkeypatch.setattr(os, "copy_file_range", refuse)
+    real = preprocess_tool._process
+
+    def seen_frozen(job, i, prefixes, pool, progress, next_input=None, span=None, sidecar=None):
+        if span is not None and not gc.get_freeze_count():  # (a span's error fails the run)
+            raise AssertionError("the span process's collections walk what it inherited")
+        return real(job, i, prefixes, pool, progress, next_input, span, sidecar)
+
+    monkeypatch.setattr(preprocess_tool, "_process", seen_frozen)
     split, split_stats = _preprocess(world, variant, f"{variant}_split", extra=["--workers", "3"])
+    assert gc.get_freeze_count() == 0  # the parent collects as before
     assert split_stats["tokenizer_backend"] == "gigatoken"
     assert len(calls) == 3 and all(len(r) == 3 for r in calls), calls  # every shard in three spans
     assert _outputs(split) == _outputs(one) and len(_outputs(one)) == (4 if variant == "srp" else 2)
