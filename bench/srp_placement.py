@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""srp's reflection placement on real chunks: every token start built, then searched (before), against
-``TokenStarts`` (each token's end only; a start is worked out for the tokens next to a segment end).
+"""srp's reflection placement on real chunks: every token start built, then searched, against ``TokenStarts``
+(token ends kept per block of 64 tokens, ``BlockedEnds``; a start is worked out only for the tokens next to a
+segment end). Run it from two trees to compare revisions (BENCHMARKS.md).
 
   python bench/srp_placement.py --corpus /tmp/text1g --mb 80 --repeat 5
 
