@@ -354,12 +354,13 @@ def test_the_segmenter_counts_with_gigatoken_as_with_tokenizers(tok_dir, budget)
 
 
 @pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 1000])
-def test_blocked_ends_equal_the_running_sum(n):
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_blocked_ends_equal_the_running_sum(n, dtype):
     """srp's token ends kept per block answer as the running sum over every token would (lengths of 0 included:
-    the padding past the last token is such a length)."""
+    the padding past the last token is such a length; uint16: a vocabulary with tokens of 256 bytes or more)."""
     from megatron_srp.data.fast_tokenizer import BlockedEnds
 
-    lengths = np.random.default_rng(n).integers(0, 5, n).astype(np.uint8)
+    lengths = np.random.default_rng(n).integers(0, 5 if dtype == np.uint8 else 700, n).astype(dtype)
     running = np.cumsum(lengths, dtype=np.int64)
     ends = BlockedEnds(lengths)
     assert ends.all().tolist() == running.tolist()
