@@ -360,7 +360,7 @@ def test_blocked_ends_equal_the_running_sum(n, dtype):
     the padding past the last token is such a length; uint16: a vocabulary with tokens of 256 bytes or more)."""
     from megatron_srp.data.fast_tokenizer import BlockedEnds
 
-    lengths = np.random.default_rng(n).integers(0, 5 if dtype == np.uint8 else 700, n).astype(dtype)
+    lengths = np.random.default_rng(n).integers(0, 5 if dtype == np.uint8 else 2000, n).astype(dtype)
     running = np.cumsum(lengths, dtype=np.int64)
     ends = BlockedEnds(lengths)
     assert ends.all().tolist() == running.tolist()
@@ -371,3 +371,29 @@ def test_blocked_ends_equal_the_running_sum(n, dtype):
     assert found.tolist() == np.searchsorted(running, positions, side="left").tolist()
     inside = found < n
     assert end[inside].tolist() == running[found[inside]].tolist()
+
+
+def test_token_starts_with_tokens_of_256_bytes_or_more(tmp_path):
+    """A vocabulary with a token of 256 bytes or more keeps its byte lengths as uint16: every token starts at the
+    byte of its text that tokenizers' offsets give, and searching the starts finds what building them would."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["y" * 2048] * 8 + TEXTS, trainer)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    fast = TextTokenizer(str(tmp_path), True, backend="gigatoken")
+    ref = TextTokenizer(str(tmp_path), True, backend="tokenizers")
+    assert fast.backend == "gigatoken" and fast._fast._byte_len.dtype == np.uint16
+    # (ASCII: a byte-level token may start inside a character, where tokenizers names the character's start)
+    texts = ["y" * 700 + " then words", "plain", "y" * 3000, *(t for t in TEXTS if t.isascii())]
+    (ids, starts, lengths, bases), (ref_ids, ref_starts, _, ref_bases) = (
+        t.encode_flat_with_token_starts(texts) for t in (fast, ref))
+    assert ids.tolist() == ref_ids.tolist()
+    built = starts.all()
+    # (each backend lays the texts on its own byte line: compare starts within each text)
+    assert (built - np.repeat(bases, lengths)).tolist() == (ref_starts.all() - np.repeat(ref_bases, lengths)).tolist()
+    probe = np.arange(-1, int(built.max(initial=0)) + 3)
+    assert starts.first_at_or_after(probe).tolist() == np.searchsorted(built, probe, side="left").tolist()
