@@ -437,15 +437,20 @@ class FastEncoder:
 
     def _byte_starts(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each token's start in bytes (``tokenizers``' offsets with the ByteLevel trim rule, probed at start)
-        across the texts ``offsets`` delimit, and each text's base: every start built (a text at a time for the
-        segmenter; srp searches them instead, ``TokenStarts``)."""
-        starts = np.cumsum(_gather(self._byte_len, ids), dtype=np.int64)
+        across the texts ``offsets`` delimit, and each text's base: every start built, by a running sum (a text at
+        a time for the segmenter and BOS tokenizers, where ``BlockedEnds`` would double the cost; srp searches
+        the starts instead, ``TokenStarts``)."""
+        ends = np.cumsum(_gather(self._byte_len, ids), dtype=np.int64)
         firsts = offsets[:-1]
-        bases = np.where(firsts > 0, starts[np.maximum(firsts - 1, 0)], 0) if len(starts) else np.zeros(len(firsts), np.int64)
-        starts -= self._back[ids]
-        kept = self._kept_firsts(ids, offsets)
+        bases = np.where(firsts > 0, ends[np.maximum(firsts - 1, 0)], 0) if len(ends) else np.zeros(len(firsts), np.int64)
+        return self._starts_from_ends(ids, ends, self._kept_firsts(ids, offsets)), bases
+
+    def _starts_from_ends(self, ids: np.ndarray, ends: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        """Where tokens ``ids`` start, given where they end and which of them are ``kept`` (``_kept_firsts``: indices
+        or a mask)."""
+        starts = ends - self._back[ids]
         starts[kept] -= self._trimmed[ids[kept]]
-        return starts, bases
+        return starts
 
     @staticmethod
     def _byte_to_char(text: str) -> np.ndarray:
@@ -669,15 +674,7 @@ class TokenStarts:
 
     def _starts(self, k: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """The starts of tokens ``k``, which end at ``ends``."""
-        ids = self._ids[k]
-        starts = ends - self._enc._back[ids]
-        kept = np.isin(k, self._kept)
-        starts[kept] -= self._enc._trimmed[ids[kept]]
-        return starts
-
-    def start_of(self, k: np.ndarray) -> np.ndarray:
-        """The starts of tokens ``k``."""
-        return self._starts(k, self._ends.at(k))
+        return self._enc._starts_from_ends(self._ids[k], ends, np.isin(k, self._kept))
 
     def first_at_or_after(self, positions: np.ndarray) -> np.ndarray:
         """``np.searchsorted(starts, positions, side="left")``."""
@@ -690,9 +687,7 @@ class TokenStarts:
 
     def all(self) -> np.ndarray:
         """Every start (tests and the reference path)."""
-        starts = self._ends.all() - self._enc._back[self._ids]
-        starts[self._kept] -= self._enc._trimmed[self._ids[self._kept]]
-        return starts
+        return self._enc._starts_from_ends(self._ids, self._ends.all(), self._kept)
 
 
 class SortedStarts:
