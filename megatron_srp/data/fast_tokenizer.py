@@ -366,8 +366,7 @@ class FastEncoder:
         watch = self._watch
         flat, offsets, unsure = self._batch_and_unsure(texts, watching=True)
         hits = np.zeros(len(texts), dtype=bool)
-        maybe = np.flatnonzero(flat >= watch.ids[0])  # added tokens sit at the vocabulary's end: few candidates
-        found = maybe[np.isin(flat[maybe], watch.ids)]
+        found = _watched_at(flat, watch.ids)
         hits[np.searchsorted(offsets, found, side="right") - 1] = True
         for i in unsure:  # tokenizers encoded these: it knows no watch ids, so the text itself is searched
             hits[i] = watch.pattern.search(texts[i]) is not None
@@ -491,6 +490,17 @@ class _Watch:
 
     def __init__(self, json_config: str, ids: np.ndarray, pattern):
         self.json, self.ids, self.pattern = json_config, ids, pattern
+
+
+def _watched_at(flat: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Where ``flat`` holds one of the watch ``ids`` (sorted). They are added tokens at the vocabulary's end, so a
+    chunk's largest id usually rules them all out (one pass, no comparison array). The bound is a Python int:
+    an int64 scalar made numpy widen every uint32 id to int64 before comparing (0.23 s per GB, perf)."""
+    lowest = int(ids[0])
+    if not len(flat) or int(flat.max()) < lowest:
+        return np.zeros(0, np.int64)
+    maybe = np.flatnonzero(flat >= lowest)
+    return maybe[np.isin(flat[maybe], ids)]
 
 
 def _overlap(a: str, b: str) -> bool:

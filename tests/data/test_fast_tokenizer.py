@@ -397,3 +397,45 @@ def test_token_starts_with_tokens_of_256_bytes_or_more(tmp_path):
     assert (built - np.repeat(bases, lengths)).tolist() == (ref_starts.all() - np.repeat(ref_bases, lengths)).tolist()
     probe = np.arange(-1, int(built.max(initial=0)) + 3)
     assert starts.first_at_or_after(probe).tolist() == np.searchsorted(built, probe, side="left").tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_srp_insertion_equals_numpys_insert(tok_dir, seed):
+    """srp's reflections and ends of document, merged as runs, land as ``np.insert`` puts them (a reflection
+    before the end of document at its place, several reflections at one place in their order, places at 0
+    and after the last token, none at all) and the roles mark the reflections only."""
+    from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT
+
+    enc = DocumentEncoder(str(tok_dir), MaterializeSettings(variant="srp"), "gigatoken")
+    verdicts = [Verdict("safe"), Verdict("unsafe", ("Violent",)), Verdict("unsafe", ("Violent", "Jailbreak"))]
+    for v in verdicts:
+        enc.reflection_ids(v)
+    rng = np.random.default_rng(seed)
+    n = [0, 1, 50, 400][seed]
+    ids = rng.integers(0, 300, n).astype(np.uint32)
+    cuts = np.sort(np.concatenate([rng.integers(0, n + 1, 30), [0, n, n]])) if seed else np.zeros(0, np.int64)
+    refl = rng.integers(0, len(verdicts), len(cuts))
+    eod_at = np.unique(np.concatenate([rng.integers(0, n + 1, 5), cuts[::4], [n]]))
+    out, roles = enc._insert(ids, cuts, refl, eod_at)
+    at, values, is_refl = [], [], []
+    for place, kind, r in sorted([(c, 0, r) for c, r in zip(cuts.tolist(), refl.tolist())]
+                                 + [(e, 1, -1) for e in eod_at.tolist()], key=lambda x: (x[0], x[1])):
+        run = enc._reflections[r].tolist() if kind == 0 else [enc.tok.eod]
+        at += [place] * len(run)
+        values += run
+        is_refl += [kind == 0] * len(run)
+    assert out.dtype == enc.out_dtype
+    assert out.tolist() == np.insert(ids.astype(np.int64), at, values).tolist()
+    want = np.insert(np.full(n, ROLE_TEXT), at, np.where(is_refl, ROLE_REFLECTION, ROLE_TEXT))
+    assert roles.tolist() == want.tolist()
+
+
+def test_watched_ids_are_found_in_uint32_ids():
+    """The watch ids' positions in a chunk's ids (gigatoken's uint32), where none can be there too."""
+    from megatron_srp.data.fast_tokenizer import _watched_at
+
+    watch = np.asarray([500, 502], dtype=np.int64)
+    flat = np.asarray([1, 500, 501, 7, 502, 499, 500], dtype=np.uint32)
+    assert _watched_at(flat, watch).tolist() == [1, 4, 6]
+    assert _watched_at(flat[[0, 2, 3, 5]], watch).tolist() == []
+    assert _watched_at(np.zeros(0, np.uint32), watch).tolist() == []
