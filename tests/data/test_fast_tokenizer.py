@@ -403,7 +403,7 @@ def test_token_starts_with_tokens_of_256_bytes_or_more(tmp_path):
 def test_srp_insertion_equals_numpys_insert(tok_dir, seed):
     """srp's reflections and ends of document, merged as runs, land as ``np.insert`` puts them (a reflection
     before the end of document at its place, several reflections at one place in their order, places at 0
-    and after the last token, none at all) and the roles mark the reflections only."""
+    and after the last token, no reflection, no end of document) and the roles mark the reflections only."""
     from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT
 
     enc = DocumentEncoder(str(tok_dir), MaterializeSettings(variant="srp"), "gigatoken")
@@ -416,6 +416,8 @@ def test_srp_insertion_equals_numpys_insert(tok_dir, seed):
     cuts = np.sort(np.concatenate([rng.integers(0, n + 1, 30), [0, n, n]])) if seed else np.zeros(0, np.int64)
     refl = rng.integers(0, len(verdicts), len(cuts))
     eod_at = np.unique(np.concatenate([rng.integers(0, n + 1, 5), cuts[::4], [n]]))
+    if seed == 2:  # --append-eod off
+        eod_at = np.zeros(0, np.int64)
     out, roles = enc._insert(ids, cuts, refl, eod_at)
     at, values, is_refl = [], [], []
     for place, kind, r in sorted([(c, 0, r) for c, r in zip(cuts.tolist(), refl.tolist())]
