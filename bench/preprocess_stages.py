@@ -68,7 +68,9 @@ def instrument(job) -> None:
     fast_tokenizer.has_unassigned = timed("Unicode check (has_unassigned)", fast_tokenizer.has_unassigned)
     job.encoder._guard_all = timed("injection guard scan", job.encoder._guard_all)
     job.encoder._segment_ends = timed("srp: segment ends", job.encoder._segment_ends)
-    materialize._scatter_insert = timed("EOD / reflection scatter", materialize._scatter_insert)
+    materialize._scatter_insert = timed("EOD / reflection scatter", materialize._scatter_insert)  # plain
+    if hasattr(job.encoder, "_insert"):  # srp since 7377baf (before it, srp used the scatter above too)
+        job.encoder._insert = timed("EOD / reflection scatter", job.encoder._insert)
     annotations.check_texts = timed("srp: text hash checks", annotations.check_texts)
     corpus.orjson = TimedOrjson(corpus.orjson)
 

