@@ -284,10 +284,11 @@ def digest_may_match(meta: dict, input_path: str) -> bool:
 
 class ChunkSegments(NamedTuple):
     """The annotations of a chunk's documents as flat arrays: each document's segment count, then every
-    segment's span, verdict code into ``table`` and end in UTF-8 bytes (None for a sidecar without them)."""
+    segment's end in characters, verdict code into ``table`` and end in UTF-8 bytes (None for a sidecar without
+    them)."""
 
     counts: np.ndarray
-    spans: np.ndarray
+    ends: np.ndarray
     codes: np.ndarray
     table: list
     byte_ends: Optional[np.ndarray] = None
@@ -305,8 +306,15 @@ def _numpy(arr: pa.Array, what: str, path: str) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * np.dtype(dtype).itemsize)
 
 
+def _one_array(table: pa.Table, name: str):
+    """A column as one array: its only chunk as it is (``combine_chunks`` copies even one chunk: 30 ms per GB of
+    text across srp's columns), several combined."""
+    col = table.column(name)
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 def _list_column(table: pa.Table, name: str, path: str) -> pa.ListArray:
-    col = table.column(name).combine_chunks()
+    col = _one_array(table, name)
     if col.null_count:
         raise AnnotationError(f"{path}: damaged sidecar (column {name!r} has {col.null_count} missing rows)")
     return col
@@ -341,7 +349,7 @@ class ShardAnnotations:
 
     def __init__(self, path: str, meta: dict, table: pa.Table):
         self.path, self.meta = path, meta
-        lines = _numpy(table.column("line").combine_chunks(), "column 'line'", path)
+        lines = _numpy(_one_array(table, "line"), "column 'line'", path)
         self.row_of_line = dict(zip(lines.tolist(), range(len(lines))))
         self.ids = table.column("id").to_pylist()
         self._text_sha_column = table.column("text_sha")
@@ -355,10 +363,10 @@ class ShardAnnotations:
             if not np.array_equal(o, self.offsets):
                 raise AnnotationError(f"{path}: damaged sidecar (column {k!r} has other segment counts than "
                                       f"'seg_start')")
-        starts = _numpy(cols["seg_start"].values, "column 'seg_start'", path)
-        ends = _numpy(cols["seg_end"].values, "column 'seg_end'", path)
-        self.spans = np.empty((len(starts), 2), dtype=np.int64)
-        self.spans[:, 0], self.spans[:, 1] = starts, ends
+        self._starts = _numpy(cols["seg_start"].values, "column 'seg_start'", path)
+        self.ends = _numpy(cols["seg_end"].values, "column 'seg_end'", path)
+        """Every segment's end in characters (srp reads these; ``spans`` pairs them with the starts)."""
+        self._spans: Optional[np.ndarray] = None
         self.byte_ends = _numpy(cols["seg_end_byte"].values, "column 'seg_end_byte'", path) if with_bytes else None
         self.codes, self.table = self._verdict_codes(_flat_values(cols["label"], "label", path),
                                                      _flat_values(cols["categories"], "categories", path), path)
@@ -368,6 +376,16 @@ class ShardAnnotations:
         self.texts_verified = False
         """Set by ``verify_input``: the input is the annotated file byte for byte, so no text is hashed again."""
         self._digest: Optional[InputDigest] = None
+
+    @property
+    def spans(self) -> np.ndarray:
+        """Every segment's (start, end) in characters, built when first asked for (filter and rewrite): srp reads
+        ``ends`` only, and the pairs cost its start-up 60 ms per GB of text."""
+        if self._spans is None:
+            spans = np.empty((len(self.ends), 2), dtype=np.int64)
+            spans[:, 0], spans[:, 1] = self._starts, self.ends
+            self._spans = spans
+        return self._spans
 
     @property
     def text_shas(self) -> list:
@@ -414,7 +432,7 @@ class ShardAnnotations:
         if not coded or len(set(label_of)) < len(label_of) or len(set(category_of)) < len(category_of):
             # plain strings, or a dictionary that spells one string twice (two codes, one verdict)
             return ShardAnnotations._verdict_codes_python(labels, categories, cat_off, path)
-        label_idx = _numpy(labels.indices, "column 'label'", path).astype(np.int64)
+        label_idx = _numpy(labels.indices, "column 'label'", path).astype(np.int32, copy=False)  # (keys fit)
         cat_idx = _numpy(names.indices, "column 'categories'", path)
         n_cats = np.diff(cat_off)
         # key: label * (C + 1) + (its one category + 1, or 0 for none); several categories: keys past them all
@@ -433,7 +451,7 @@ class ShardAnnotations:
         else:
             first = np.unique(keys, return_index=True)[1]
         order = distinct[np.argsort(first, kind="stable")]  # first appearance, as the sidecar lists them
-        code_of = np.empty(base + len(several), dtype=np.int64)
+        code_of = np.empty(base + len(several), dtype=np.int32)  # codes: half the bytes of int64
         code_of[order] = np.arange(len(order))
         combos = {v: k for k, v in several.items()}
         table = []
@@ -522,7 +540,7 @@ class ShardAnnotations:
             seg = slice(int(starts[0]), int(starts[0]) + total)
         else:
             seg = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
-        return ChunkSegments(counts, self.spans[seg], self.codes[seg], self.table,
+        return ChunkSegments(counts, self.ends[seg], self.codes[seg], self.table,
                              None if self.byte_ends is None else self.byte_ends[seg])
 
     def for_document(self, doc: Document, input_path: str) -> tuple[np.ndarray, list[Verdict]]:

@@ -242,7 +242,7 @@ class DocumentEncoder:
         if segments is None:
             flat = self._flat_segments(docs)
         else:
-            flat = (segments.counts, segments.spans, self._codes_to_reflections(segments.table, segments.codes),
+            flat = (segments.counts, segments.ends, self._codes_to_reflections(segments.table, segments.codes),
                     segments.byte_ends)
         seg_ends, refl, seg_doc = self._segment_ends(*flat, texts, all_points, lengths, bases)
         # A reflection goes before the first token that starts at or after its segment's end (at a document's
@@ -285,7 +285,8 @@ class DocumentEncoder:
         return out, roles
 
     def _flat_segments(self, docs) -> tuple:
-        """Per-document annotations as ``_segment_ends`` takes them: counts, spans, reflections, byte ends."""
+        """Per-document annotations as ``_segment_ends`` takes them: counts, character ends, reflections, byte
+        ends."""
         counts = np.fromiter((len(d.verdicts or ()) for d in docs), dtype=np.int64, count=len(docs))
         spans = np.concatenate([np.zeros((0, 2), np.int64), *(np.asarray(d.spans if d.spans is not None else (),
                                                                           dtype=np.int64).reshape(-1, 2) for d in docs)])
@@ -296,9 +297,9 @@ class DocumentEncoder:
             refl = np.concatenate([np.zeros(0, np.int64), *(self._segment_reflections(d) for d in docs if d.verdicts)])
         byte_ends = np.concatenate([d.byte_ends for d in docs]) if docs and all(
             d.byte_ends is not None for d in docs) else None
-        return counts, spans, refl, byte_ends
+        return counts, spans[:, 1], refl, byte_ends
 
-    def _segment_ends(self, counts, spans, refl, byte_ends, texts, all_points, lengths, bases) -> tuple:
+    def _segment_ends(self, counts, char_ends, refl, byte_ends, texts, all_points, lengths, bases) -> tuple:
         """Every segment end of the chunk on its byte line, the reflection each one gets (an index into
         ``self._reflections``; verdict codes are mapped here) and its document. Documents without tokens get
         none. With the sidecar's byte ends, per-document work only where the guard inserted characters;
@@ -306,14 +307,14 @@ class DocumentEncoder:
         owner = np.repeat(np.arange(len(counts)), counts)
         first = np.cumsum(counts) - counts
         if byte_ends is None:  # characters: converted below where a text is not ASCII
-            ends = spans[:, 1].astype(np.int64)
+            ends = char_ends.astype(np.int64)
             todo = [i for i in np.flatnonzero(counts).tolist() if all_points[i] or not texts[i].isascii()]
         else:
             ends = byte_ends.astype(np.int64)
             todo = [i for i, points in enumerate(all_points) if points and counts[i]]
         for i in todo:
             a, b = first[i], first[i] + counts[i]
-            chars = spans[a:b, 1]
+            chars = char_ends[a:b]
             # the guard inserted U+200B: a segment end moves right by the insertions before it (3 bytes each)
             moved = np.searchsorted(np.asarray(all_points[i]), chars, "left") if all_points[i] else 0
             if byte_ends is not None:

@@ -188,7 +188,7 @@ def _inputs_of(job: Job, i: int, stats: Stats, read_stats: ReadStats, next_input
         segments = None
         if flat:
             segments = sidecar.chunk_segments(docs, path, checks)
-            stats.segments += len(segments.spans)
+            stats.segments += len(segments.ends)
         stats.texts_hash_checked += len(checks)
         return _fill_rewrites(job, chunk, checks) + (segments,)
 
