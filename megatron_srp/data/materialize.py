@@ -27,14 +27,13 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from megatron_srp.data.roles import ROLE_REFLECTION, ROLE_TEXT
-
-assert (ROLE_TEXT, ROLE_REFLECTION) == (0, 1)  # srp's roles are ``not kept`` as bytes (``DocumentEncoder._insert``)
 from megatron_srp.data.fast_tokenizer import char_to_byte
 from megatron_srp.data.indexed_writer import optimal_dtype
 from megatron_srp.data.tokenizer import TextTokenizer
 from megatron_srp.reflection import ZERO_WIDTH_SPACE, ReflectionFormat, Verdict
 
 _ZWSP_BYTES = len(ZERO_WIDTH_SPACE.encode("utf-8"))  # what the guard inserts, in UTF-8 bytes
+assert (ROLE_TEXT, ROLE_REFLECTION) == (0, 1)  # srp's roles are "not kept" as bytes (``DocumentEncoder._insert``)
 
 Variant = Literal["plain", "srp", "filter", "rewrite"]
 VARIANTS = ("plain", "srp", "filter", "rewrite")
