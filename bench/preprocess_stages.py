@@ -68,9 +68,12 @@ def instrument(job) -> None:
     fast_tokenizer.has_unassigned = timed("Unicode check (has_unassigned)", fast_tokenizer.has_unassigned)
     job.encoder._guard_all = timed("injection guard scan", job.encoder._guard_all)
     job.encoder._segment_ends = timed("srp: segment ends", job.encoder._segment_ends)
-    materialize._scatter_insert = timed("EOD / reflection scatter", materialize._scatter_insert)  # plain
-    if hasattr(job.encoder, "_insert"):  # srp since 7377baf (before it, srp used the scatter above too)
-        job.encoder._insert = timed("EOD / reflection scatter", job.encoder._insert)
+    if hasattr(materialize, "_insert_at"):  # plain's ends of document and srp's insertion (the masked writes)
+        materialize._insert_at = timed("EOD / reflection scatter", materialize._insert_at)
+    else:  # trees before it
+        materialize._scatter_insert = timed("EOD / reflection scatter", materialize._scatter_insert)
+    if hasattr(job.encoder, "_insert"):  # srp: its runs merged and placed, the scatter above included
+        job.encoder._insert = timed("srp: reflection runs (scatter included)", job.encoder._insert)
     annotations.check_texts = timed("srp: text hash checks", annotations.check_texts)
     corpus.orjson = TimedOrjson(corpus.orjson)
 

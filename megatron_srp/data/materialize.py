@@ -103,18 +103,16 @@ class ChunkOutput:
     """Documents the injection guard changed (a reflection tag or a special-token string in the text)."""
 
 
-def _scatter_insert(ids: np.ndarray, at: np.ndarray, values: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``np.insert(ids, at, values)`` (equal indices keep their order in ``at``) as ``dtype``, and where each
-    value landed. Written straight in the output's dtype: no widened copy, none for the writer to narrow."""
-    order = np.argsort(at, kind="stable")
-    new_pos = np.empty(len(at), dtype=np.int64)
-    new_pos[order] = at[order] + np.arange(len(at))
-    out = np.empty(len(ids) + len(at), dtype=dtype)
+def _insert_at(ids: np.ndarray, new_pos: np.ndarray, values, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` with ``values`` inserted so that they land at ``new_pos`` (their places in the result), as ``dtype``;
+    and where the ids went (a mask over the result). Written straight in the output's dtype: no widened copy, none
+    for the writer to narrow."""
+    out = np.empty(len(ids) + len(new_pos), dtype=dtype)
     keep = np.ones(len(out), dtype=bool)
     keep[new_pos] = False
     out[keep] = ids
     out[new_pos] = values
-    return out, new_pos
+    return out, keep
 
 
 class DocumentEncoder:
@@ -218,8 +216,8 @@ class DocumentEncoder:
                 flat, lens = self.tok.encode_flat(texts)
             changed |= changed_k
             if self.settings.append_eod:  # the end of document after every non-empty one, in one pass
-                ends = np.cumsum(lens)[lens > 0]
-                flat, _ = _scatter_insert(flat, ends, np.full(len(ends), self.tok.eod), self.out_dtype)
+                ends = np.cumsum(lens)[lens > 0]  # (increasing: the k-th lands k places later)
+                flat, _ = _insert_at(flat, ends + np.arange(len(ends)), self.tok.eod, self.out_dtype)
                 lens = lens + (lens > 0)
             flats.append(flat)
             lengths.append(lens)
@@ -262,7 +260,8 @@ class DocumentEncoder:
         """``ids`` with reflection ``refl[i]`` inserted before token ``cuts[i]`` and an end of document before each
         of ``eod_at`` (after the reflections inserted there), in the output's dtype; and every token's role.
         Both lists are sorted, so the inserted runs are merged in order by two searches: no sort of every
-        inserted token (``_scatter_insert``'s argsort and its gathers were a quarter of srp's insertion)."""
+        inserted token (a stable argsort of every inserted token's place and its gathers were a quarter of srp's
+        insertion)."""
         r, m = len(cuts), len(eod_at)
         refl_rank = np.arange(r) + np.searchsorted(eod_at, cuts, "left")  # (an end of document at a cut: after)
         eod_rank = np.arange(m) + np.searchsorted(cuts, eod_at, "right")
@@ -274,11 +273,7 @@ class DocumentEncoder:
         first = np.cumsum(run_len) - run_len  # inserted tokens before each run
         order = np.arange(int(run_len.sum()))
         new_pos = np.repeat(at, run_len) + order  # token t of run j lands at at[j] + first[j] + t
-        out = np.empty(len(ids) + len(order), dtype=self.out_dtype)
-        keep = np.ones(len(out), dtype=bool)
-        keep[new_pos] = False
-        out[keep] = ids
-        out[new_pos] = pool[np.repeat(src - first, run_len) + order]
+        out, keep = _insert_at(ids, new_pos, pool[np.repeat(src - first, run_len) + order], self.out_dtype)
         roles = np.logical_not(keep).view(np.uint8)  # ROLE_REFLECTION where a token was inserted,
         roles[new_pos[first[eod_rank]]] = ROLE_TEXT  # except the ends of document
         return out, roles
