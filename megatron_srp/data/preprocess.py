@@ -44,7 +44,7 @@ from megatron_srp.data.classify import REWRITERS, RewriteCache, SegmentInput, bu
 from megatron_srp.data.corpus import ReadStats, Span, expand_inputs, read_documents, relative_names
 from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
 from megatron_srp.data.preprocess_output import Progress, Stats, Writer, merge, output_prefixes
-from megatron_srp.data.preprocess_spans import process_spans, spans_of
+from megatron_srp.data.preprocess_spans import may_fork_spans, process_spans, spans_of
 from megatron_srp.data.settings import PreprocessConfig, preprocess_config, preprocess_parser
 from megatron_srp.data.tokenizer import TokenizerError
 from megatron_srp.errors import SRPError
@@ -120,9 +120,10 @@ class Job:
     def part(self, i: int) -> list[str]:
         return output_prefixes(os.path.join(f"{self.config.output_prefix}.parts", f"{i:05d}"), self.config.json_keys)
 
-    def prefetch(self, i: int) -> None:
+    def prefetch(self, i: int, digest: bool = True) -> None:
         """Start reading input ``i``'s annotations (sidecar and file digest) on a thread: parquet, file reads
-        and xxhash release the GIL, so this overlaps start-up or the previous file."""
+        and xxhash release the GIL, so this overlaps start-up or the previous file. ``digest=False``: the
+        digest is left to the caller of ``sidecar`` (``ShardAnnotations.assume_input``)."""
         if self.settings.variant == "plain" or i in self.annotations or not 0 <= i < len(self.inputs):
             return
         from megatron_srp.data import annotations  # noqa: F401  (imported here, not mid-import at a fork)
@@ -130,16 +131,20 @@ class Job:
         if self.reader is None:
             self.reader = ThreadPoolExecutor(1, thread_name_prefix="annotations")
         self.annotations[i] = self.reader.submit(_read_annotations, self.config.annotations, self.inputs[i],
-                                                 self.names[i])
+                                                 self.names[i], digest)
 
     def settle(self) -> None:
         """Wait until no annotations are being read (before forking worker processes)."""
         wait(list(self.annotations.values()))
 
-    def sidecar(self, i: int):
-        """Input ``i``'s ``ShardAnnotations`` (``verify_input`` done)."""
+    def sidecar(self, i: int, defer_digest: bool = False):
+        """Input ``i``'s ``ShardAnnotations`` with ``verify_input`` done; ``defer_digest``: or, where the digest
+        was not taken yet, ``assume_input`` (the caller calls ``confirm_input`` before it publishes anything)."""
         self.prefetch(i)
-        return self.annotations.pop(i).result()
+        sidecar = self.annotations.pop(i).result()
+        if sidecar.digest_pending and not defer_digest:
+            sidecar.confirm_input(self.inputs[i])
+        return sidecar
 
     def close(self) -> None:
         if self.rewrite_cache is not None:
@@ -148,16 +153,19 @@ class Job:
             self.reader.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_annotations(annotations_dir: str, path: str, shard_name: str):
+def _read_annotations(annotations_dir: str, path: str, shard_name: str, digest: bool = True):
     """A file's sidecar, with ``verify_input`` done: the file's digest, when the sidecar recorded one for a
-    file of its size, is computed on a second thread meanwhile."""
+    file of its size, is computed on a second thread meanwhile. ``digest=False``: ``assume_input`` instead."""
     from megatron_srp.data import annotations as ann  # pyarrow: only variants that read annotations
 
     sidecar_path = ann.find_sidecar(annotations_dir, path, shard_name)
     meta = ann.read_metadata(sidecar_path)
-    if not ann.digest_may_match(meta, path):  # an older sidecar, or another file: checked text by text
+    if not digest or not ann.digest_may_match(meta, path):  # (no digest: an older sidecar, or another file)
         sidecar = ann.ShardAnnotations.read(sidecar_path, meta)
-        sidecar.verify_input(path)
+        if digest:
+            sidecar.verify_input(path)
+        else:
+            sidecar.assume_input(path)
         return sidecar
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(ann.InputDigest.of, path)
@@ -335,7 +343,7 @@ def setup(cfg: PreprocessConfig, first_input: Optional[int] = None) -> Job:
     os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.workers))
     job = Job(cfg, inputs, relative_names(inputs), settings, None)
     if first_input is not None and not _part_done(job.part(first_input)):  # (a rerun reuses finished parts)
-        job.prefetch(first_input)
+        job.prefetch(first_input, digest=not may_fork_spans(cfg))  # span processes start before the digest
     try:
         job.encoder = DocumentEncoder(cfg.tokenizer_model, settings, cfg.tokenizer_backend)
         for tag in reflection.special_tokens():

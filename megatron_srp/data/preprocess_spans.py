@@ -32,12 +32,17 @@ def spans_of(job, i: int) -> list:
     or the parquet rows into Python objects) holds a process's GIL: in one process it runs on one core, in
     spans on every core. [None] (the whole file, in this process) otherwise, and off Linux (forking a process
     that has loaded the tokenizers is Linux's safe case; macOS warns against it)."""
-    cfg = job.config
-    if cfg.workers <= 1 or cfg.variant == "rewrite" or job.encoder.tok.backend != "gigatoken" \
-            or not sys.platform.startswith("linux") or mp.current_process().daemon:  # (fork; a daemon has no children)
+    if not may_fork_spans(job.config) or job.encoder.tok.backend != "gigatoken":
         return [None]
-    found = spans(job.inputs[i], cfg.workers, SPAN_MIN_BYTES)
+    found = spans(job.inputs[i], job.config.workers, SPAN_MIN_BYTES)
     return found if len(found) > 1 else [None]
+
+
+def may_fork_spans(cfg) -> bool:
+    """Whether a run with these settings (preprocess's ``PreprocessConfig``) may tokenize a file in span
+    processes: ``spans_of`` decides per file once the tokenizer is loaded (gigatoken) and the size is known."""
+    return cfg.workers > 1 and cfg.variant != "rewrite" and cfg.tokenizer_backend != "tokenizers" \
+        and sys.platform.startswith("linux") and not mp.current_process().daemon  # (fork; a daemon has no children)
 
 
 class SpanProcessDied(SRPError, RuntimeError):
@@ -101,11 +106,27 @@ def process_spans(job, i: int, prefixes: list[str], found: list[Span], progress,
                   next_input: Optional[int] = None) -> Stats:
     """Input ``i`` of ``job`` (preprocess's Job) tokenized in spans, one forked process each running
     ``process`` (preprocess's ``_process``) on its span, into parts that are then concatenated into
-    ``prefixes``: the same bytes and statistics as one process (tests)."""
+    ``prefixes``: the same bytes and statistics as one process (tests). The spans start before the input's
+    digest is taken (``ShardAnnotations.assume_input``): this process takes it meanwhile, and where it is not
+    the annotated file's, the spans are stopped and run again checking every text."""
+    sidecar = job.sidecar(i, defer_digest=True) if job.settings.variant != "plain" else None  # inherited by the forks
+    job.settle()  # no thread of ours mid-read at the fork
+    results = _run_spans(job, i, prefixes, found, sidecar, progress, process, next_input)
+    if results is None:  # another file than the annotated one: sidecar.texts_verified is off now
+        results = _run_spans(job, i, prefixes, found, sidecar, progress, process, next_input)
+    stats = Stats()
+    for k in range(len(found)):
+        stats.add(results[k])
+    progress.file_done(job.inputs[i])
+    return stats
+
+
+def _run_spans(job, i: int, prefixes: list[str], found: list[Span], sidecar, progress, process,
+               next_input: Optional[int]) -> Optional[dict]:
+    """Fork the span processes, concatenate their parts into ``prefixes``; their statistics by span. None (and
+    nothing written) when ``sidecar``'s pending digest is not the input's."""
     from multiprocessing.connection import wait as wait_for
 
-    sidecar = job.sidecar(i) if job.settings.variant != "plain" else None  # read once, inherited by the forks
-    job.settle()  # no thread of ours mid-read at the fork
     ctx = mp.get_context("fork")
     parts = [[f"{p}.span{k:03d}" for p in prefixes] for k in range(len(found))]
     with_roles = job.settings.variant == "srp"
@@ -126,6 +147,8 @@ def process_spans(job, i: int, prefixes: list[str], found: list[Span], progress,
             pipes[recv] = k
         if next_input is not None:
             job.prefetch(next_input)
+        if sidecar is not None and sidecar.digest_pending and not sidecar.confirm_input(job.inputs[i]):
+            return None  # (the spans are stopped below)
         while pipes:
             for conn in wait_for(list(pipes), timeout=0.5):
                 k = pipes.pop(conn)
@@ -144,15 +167,13 @@ def process_spans(job, i: int, prefixes: list[str], found: list[Span], progress,
         merge(parts, prefixes, job.dtype, with_roles, consume=True)
     finally:
         gc.unfreeze()
+        for conn in pipes:  # (those of spans not heard from)
+            conn.close()
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
             proc.join()
         for k, proc in enumerate(procs):  # a failed run's parts, finished or not (a killed span's temp names)
-            names = parts[k] + ([roles_prefix(parts[k][0])] if with_roles else [])
-            remove_dataset(names + [f"{n}.tmp-{proc.pid}" for n in names])
-    stats = Stats()
-    for k in range(len(found)):
-        stats.add(results[k])
-    progress.file_done(job.inputs[i])
-    return stats
+            names = [n for p in parts[k] for n in (p, f"{p}.tmp-{proc.pid}")]  # (io.temp_name in that process)
+            remove_dataset(names + ([roles_prefix(n) for n in names[:2]] if with_roles else []))
+    return results

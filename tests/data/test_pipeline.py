@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -406,6 +407,43 @@ def test_the_annotated_file_is_checked_by_its_digest_any_other_text_by_text(worl
     assert stats["inputs_verified_by_digest"] == 0 and stats["texts_hash_checked"] == len(rows)
     for suffix in (".bin", ".idx"):
         assert Path(same + suffix).read_bytes() == Path(other + suffix).read_bytes()
+
+
+@LINUX_ONLY
+def test_spans_start_before_the_digest_and_run_again_when_it_is_another(world, tmp_path, monkeypatch, capsys):
+    """The span processes start on the annotated file's digest assumed, while their parent takes it: the same
+    file runs once with no text hashed; a file of the same size with another digest (the rows written again) has
+    its spans stopped and run again hashing every text, for the same bytes; a text changed in place is named."""
+    from megatron_srp.data import annotations as ann
+
+    d, _, _ = world
+    src = d / "corpus" / "shard_0.jsonl"
+    one, _ = _preprocess(world, "srp", "digest_one", inputs=[str(src)])
+    _spy_spans(monkeypatch)
+    runs, forked_first = [], []
+    real_run, real_confirm = preprocess_spans._run_spans, ann.ShardAnnotations.confirm_input
+    monkeypatch.setattr(preprocess_spans, "_run_spans", lambda *a: (runs.append(1), real_run(*a))[1])
+    monkeypatch.setattr(ann.ShardAnnotations, "confirm_input", lambda self, path: (
+        forked_first.append(bool(mp.active_children())), real_confirm(self, path))[1])
+    same, stats = _preprocess(world, "srp", "digest_spans", inputs=[str(src)], extra=["--workers", "2"])
+    assert (len(runs), forked_first) == (1, [True])
+    assert (stats["inputs_verified_by_digest"], stats["texts_hash_checked"]) == (1, 0)
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    relaid = tmp_path / "corpus" / "shard_0.jsonl"  # same shard name: the same sidecar
+    relaid.parent.mkdir()
+    relaid.write_text("".join(json.dumps(dict(reversed(r.items()))) + "\n" for r in rows))
+    assert relaid.stat().st_size == src.stat().st_size and relaid.read_bytes() != src.read_bytes()
+    other, stats = _preprocess(world, "srp", "digest_spans_other", inputs=[str(relaid)], extra=["--workers", "2"])
+    assert len(runs) == 3 and (stats["inputs_verified_by_digest"], stats["texts_hash_checked"]) == (0, len(rows))
+    assert _outputs(one) == _outputs(same) == _outputs(other)
+    text = rows[30]["text"]
+    rows[30]["text"] = text.replace(text[0], "Z" if text[0] != "Z" else "Y", 1)  # same size, another text
+    relaid.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert relaid.stat().st_size == src.stat().st_size
+    with pytest.raises(AssertionError):  # main returns 2
+        _preprocess(world, "srp", "digest_spans_changed", inputs=[str(relaid)], extra=["--workers", "2"])
+    assert f"shard_0.jsonl:31 (id '{rows[30]['id']}'): the text differs" in capsys.readouterr().err
+    assert not [p.name for p in (d / "out").iterdir() if "digest_spans_changed" in p.name]
 
 
 def test_old_sidecars_and_worker_processes_give_the_same_srp_bytes(tmp_path):
