@@ -63,7 +63,11 @@ def instrument(job) -> None:
     load = timed("gigatoken renewals (load)", fast._load)
     fast._load = lambda config=None: TimedTokenizer(load(config))
     fast._tok = TimedTokenizer(fast._tok)
+    if fast._watch_tok is not None:  # (loaded at start-up by the guard's watch)
+        fast._watch_tok = TimedTokenizer(fast._watch_tok)
     fast._release = timed("malloc_trim", fast._release)
+    if hasattr(fast, "_reference_ids"):  # trees before it encoded such texts whole, untimed
+        fast._reference_ids = timed("tokenizers (texts with unassigned characters)", fast._reference_ids)
     fast._byte_ends = timed("srp: token byte ends", fast._byte_ends)
     fast_tokenizer.has_unassigned = timed("Unicode check (has_unassigned)", fast_tokenizer.has_unassigned)
     job.encoder._guard_all = timed("injection guard scan", job.encoder._guard_all)

@@ -18,10 +18,12 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
 - On load, a probe set (unicode, whitespace runs, special-token strings, tags, digits) is encoded
   both ways; any difference in ids or offsets and the caller falls back to ``tokenizers``.
 - The two libraries classify characters (letter, number, space: the pretokenizer's regex) by
-  different Unicode versions: gigatoken's is newer than tokenizers' Oniguruma. A document with a
+  different Unicode versions: gigatoken's is newer than tokenizers' Oniguruma. In a document with a
   character this Python's Unicode tables call unassigned (U+16EBB, assigned in Unicode 17, is a
-  letter to gigatoken and punctuation to tokenizers 0.23) is encoded by ``tokenizers`` instead;
-  all other characters carry the same class in both.
+  letter to gigatoken and punctuation to tokenizers 0.23), the stretches around those characters are
+  encoded by ``tokenizers`` instead, or the whole document where the pretokenizer is not one whose
+  pretokens the stretches' cuts never split (``unassigned``); all other characters carry the same
+  class in both.
 
 gigatoken 0.10.0 caches pretokens without a bound (its issue 36; about 1 MiB per MB of text with new
 words): ``FastEncoder`` drops its gigatoken tokenizer after every ``refresh_bytes`` of text (64 MB;
@@ -40,11 +42,12 @@ import json
 import os
 import re
 import threading
-import unicodedata
 from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
+
+from megatron_srp.data.unassigned import cut_pattern, has_unassigned, unsure_stretches
 
 PROBES = (
     "Hello world", "  leading and trailing  ", "a\n\nb\tc\r\nd", "héllo wörld, naïve café", "日本語のテキスト",
@@ -52,51 +55,6 @@ PROBES = (
     "a<think> Unsafe, Violent </think>b", "   ", "def f(x):\n    return x ** 2  # note\n", "ÿ\u200b\xa0\u2028z",
     "don't it's we'll THEY'RE", "tab\there", "a" * 300, '    None,\n    "\U00016ebb",',
 )
-
-
-FIRST_UNASSIGNED = 0x378
-"""No code point below this is unassigned (``test_fast_tokenizer`` checks it against Python's tables)."""
-
-SAME, UNASSIGNED, NOT_LOOKED_UP = 0, 1, 2
-"""A code point's class in ``_classes``: the same in both libraries, unassigned, not looked up yet."""
-
-
-@lru_cache(maxsize=1)
-def _classes() -> np.ndarray:
-    """Per code point, filled in as texts bring new ones: a whole table up front (260,000 ``unicodedata``
-    calls) cost 0.03-0.05 s of every start-up, and real text has a few thousand distinct characters. Planes
-    4-13 are unassigned throughout; above U+E0FFF (the rest of plane 14, private use) no character is checked."""
-    table = np.full(0x110000, NOT_LOOKED_UP, dtype=np.uint8)
-    table[:FIRST_UNASSIGNED] = SAME
-    table[0x40000:0xE0000] = UNASSIGNED
-    table[0xE1000:] = SAME
-    return table
-
-
-def _look_up(points: np.ndarray) -> None:
-    """Fill in ``points``' classes (threads racing here write the same answers)."""
-    table = _classes()
-    for c in np.unique(points).tolist():
-        table[c] = UNASSIGNED if unicodedata.category(chr(c)) == "Cn" else SAME
-
-
-def has_unassigned(text: str) -> bool:
-    """Whether ``text`` has a character this Python's Unicode tables leave unassigned: a table lookup per code
-    point from U+0378 up (three times faster than a regular expression over the unassigned ranges, and mostly
-    without the GIL). Most non-ASCII text is Latin with a few symbols: one vectorized comparison leaves
-    little or nothing to look up (0.61 -> 0.22 s per GB of the real-text corpus, BENCHMARKS.md)."""
-    if text.isascii():
-        return False
-    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    high = points[points >= FIRST_UNASSIGNED]
-    if not len(high):
-        return False
-    found = _classes()[high]
-    worst = found.max()
-    if worst == NOT_LOOKED_UP:
-        _look_up(high[found == NOT_LOOKED_UP])
-        worst = _classes()[high].max()
-    return bool(worst == UNASSIGNED)
 
 
 @lru_cache(maxsize=1)
@@ -179,6 +137,9 @@ class FastEncoder:
         if guard_special_tokens:
             gt_cfg["added_tokens"] = [t for t in cfg.get("added_tokens", []) if not t.get("special")]
         self._gt_cfg = gt_cfg
+        self._config = cfg
+        self._cut = cut_pattern(cfg)
+        """Where texts with an unassigned character are cut into stretches for ``tokenizers`` (None: whole)."""
         self._guarding = guard_special_tokens
         self._json = json.dumps(gt_cfg)
         self._watch: Optional[_Watch] = None
@@ -302,10 +263,49 @@ class FastEncoder:
             return flat, offsets, unsure
         with self._lock:
             self.reference_documents += len(unsure)
-        # tokenizers' encode_batch releases the GIL (its encode does not): the other chunk's thread goes on
-        redone = [np.asarray(e.ids, dtype=flat.dtype)
-                  for e in self._hf.encode_batch([texts[i] for i in unsure], add_special_tokens=False)]
+        redone = self._reference_ids(texts, unsure, flat, offsets)
         return (*_splice(flat, offsets, unsure, redone), unsure)
+
+    def _reference_ids(self, texts: Sequence[str], unsure: list, flat: np.ndarray, offsets: np.ndarray) -> list:
+        """``tokenizers``' ids of the ``unsure`` texts, given gigatoken's (``flat``, ``offsets``): its own for
+        the stretches around their unassigned characters, gigatoken's between them (``unassigned``), or its
+        own for a whole text where that does not hold."""
+        plans, pieces = [], []
+        for i in unsure:
+            ids = flat[offsets[i]:offsets[i + 1]]
+            plan = self._stretch_plan(texts[i], ids) if self._cut is not None else None
+            plans.append(plan)
+            pieces += [texts[i]] if plan is None else [texts[i][a:b] for a, b, _, _ in plan]
+        # tokenizers' encode_batch releases the GIL (its encode does not): the other chunk's thread goes on
+        encoded = iter(self._hf.encode_batch(pieces, add_special_tokens=False))
+        redone = []
+        for i, plan in zip(unsure, plans):
+            if plan is None:
+                redone.append(np.asarray(next(encoded).ids, dtype=flat.dtype))
+                continue
+            ids, parts, prev = flat[offsets[i]:offsets[i + 1]], [], 0
+            for _, _, first, end in plan:
+                parts += [ids[prev:first], np.asarray(next(encoded).ids, dtype=flat.dtype)]
+                prev = end
+            parts.append(ids[prev:])
+            redone.append(np.concatenate(parts))
+        return redone
+
+    def _stretch_plan(self, text: str, ids: np.ndarray) -> Optional[list]:
+        """(start, end, first token, end token) of each stretch of ``text`` to encode again: its characters and
+        gigatoken's tokens (``ids``) over it. None where a stretch's end is not a token's end in ``ids``
+        (the text is then encoded whole): a watched string's id, or a pretoken that crosses a cut."""
+        if len(ids) and int(ids.max()) >= len(self._byte_len):  # a watched string: the text is encoded again anyway
+            return None
+        stretches, byte_at = unsure_stretches(text, self._cut)
+        ends = np.cumsum(self._byte_len[ids], dtype=np.int64)
+        plan = []
+        for a, b in stretches:
+            first, end = _token_at(ends, int(byte_at[a])), _token_at(ends, int(byte_at[b]))
+            if first is None or end is None:
+                return None
+            plan.append((a, b, first, end))
+        return plan
 
     def watch(self, strings: Sequence[str]) -> bool:
         """Find the texts that spell one of ``strings`` while encoding them (``encode_flat_watched``), instead
@@ -334,6 +334,7 @@ class FastEncoder:
             ids.append(next_id)
             next_id += 1
         cfg = dict(self._gt_cfg, added_tokens=added)
+        self._cut = cut_pattern(self._config, tuple(strings))
         pattern = re.compile("|".join(map(re.escape, sorted(set(strings), key=len, reverse=True))))
         watch = _Watch(json.dumps(cfg), np.asarray(sorted(ids), dtype=np.int64), pattern)
         previous, self._watch = self._watch, watch
@@ -509,6 +510,12 @@ def _overlap(a: str, b: str) -> bool:
     if a == b or a in b or b in a:
         return True
     return any(b.startswith(a[i:]) for i in range(1, len(a))) or any(a.startswith(b[i:]) for i in range(1, len(b)))
+
+
+def _token_at(ends: np.ndarray, byte: int) -> Optional[int]:
+    """The index of the token that starts at ``byte``, given each token's end (None: a token crosses it)."""
+    k = int(np.searchsorted(ends, byte, side="right"))
+    return k if (int(ends[k - 1]) if k else 0) == byte else None
 
 
 def _splice(flat: np.ndarray, offsets: np.ndarray, which: list, redone: list) -> tuple[np.ndarray, np.ndarray]:

@@ -124,31 +124,6 @@ def test_unassigned_characters_go_through_tokenizers(tok_dir):
     assert fast._fast.reference_documents == before + 2
 
 
-def test_has_unassigned_agrees_with_pythons_tables():
-    """The check skips code points below FIRST_UNASSIGNED (none of them may be unassigned) and looks each new
-    one up once: every text must get the answer of a lookup of each of its characters, first time or not."""
-    import unicodedata
-
-    from megatron_srp.data import fast_tokenizer as ft
-
-    def unassigned(c: str) -> bool:  # the rule: Python's Cn in planes 0-3 and U+E0000-U+E0FFF, all of 4-13
-        cp = ord(c)
-        return 0x40000 <= cp < 0xE0000 or ((cp < 0x40000 or 0xE0000 <= cp < 0xE1000)
-                                           and unicodedata.category(c) == "Cn")
-
-    below = [chr(c) for c in range(ft.FIRST_UNASSIGNED)]
-    assert not any(map(unassigned, below)) and unassigned(chr(ft.FIRST_UNASSIGNED))
-    rng = np.random.default_rng(0)
-    drawn = ["".join(map(chr, rng.integers(0x378, 0x110000, 40))).encode("utf-8", "replace").decode() for _ in range(300)]
-    texts = [*TEXTS, "caf\u00e9 \u0377", "caf\u00e9 \u0378", "\u00ff" * 50 + "\U000e0fff", "\U0001f642 \U00016ebb",
-             *drawn, *drawn]  # each drawn text twice: looked up, then from the table
-    for text in texts:
-        want = any(unassigned(c) for c in text)
-        assert ft.has_unassigned(text) == want, text
-    assert [ft.has_unassigned(t) for t in texts[len(TEXTS):len(TEXTS) + 4]] == [False, True, True, True]
-    assert ft._classes()[0x378] == ft.UNASSIGNED and ft._classes()[0x377] == ft.SAME
-
-
 @pytest.mark.parametrize("variant", ["plain", "srp", "filter", "rewrite"])
 @pytest.mark.parametrize("guard", [True, False])
 def test_every_variant_encodes_as_with_tokenizers(tok_dir, variant, guard):
