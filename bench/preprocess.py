@@ -80,6 +80,14 @@ def same_bytes(a: str, b: str) -> bool:
     return all(open(f"{a}{ext}", "rb").read() == open(f"{b}{ext}", "rb").read() for ext in (".bin", ".idx"))
 
 
+def compile_sources(*trees: str) -> None:
+    """Byte-compile the Python sources of ``trees`` (once, not timed), as an installed package has them: where
+    ``PYTHONDONTWRITEBYTECODE`` is set (this project's sandboxes set it), an editable install otherwise compiles
+    its modules again in every run (about 40 ms of each of ours)."""
+    for tree in trees:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", tree], check=False, stdout=subprocess.DEVNULL)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", help="a folder with corpus.jsonl and tokenizer/ (bench/make_corpus.py, make_text_corpus.py)")
@@ -99,6 +107,7 @@ def main():
     else:
         ap.error("give --corpus DIR, or --input FILE.jsonl and --tokenizer-model DIR")
     os.makedirs(args.out, exist_ok=True)
+    compile_sources(os.path.join(ROOT, "megatron_srp"), *([args.megatron_lm] if args.megatron_lm else []))
     py = sys.executable
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAYON_NUM_THREADS": str(args.workers)}
     common = ["--input", corpus, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from preprocess import remove_outputs  # bench/ is not a package: a script's folder is on sys.path
+from preprocess import compile_sources, remove_outputs  # bench/ is not a package: a script's folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,6 +60,7 @@ def main() -> None:
         p.error(f"--variant {args.variant} needs --annotations")
     os.makedirs(args.out, exist_ok=True)
     trees = {"before": args.before, "after": args.after}
+    compile_sources(*(os.path.join(t, "megatron_srp") for t in trees.values()))
     runs = {name: [] for name in trees}
     for r in range(args.rounds):
         for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):

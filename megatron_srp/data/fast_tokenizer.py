@@ -299,13 +299,11 @@ class FastEncoder:
             return None
         stretches, byte_at = unsure_stretches(text, self._cut)
         ends = np.cumsum(self._byte_len[ids], dtype=np.int64)
-        plan = []
-        for a, b in stretches:
-            first, end = _token_at(ends, int(byte_at[a])), _token_at(ends, int(byte_at[b]))
-            if first is None or end is None:
-                return None
-            plan.append((a, b, first, end))
-        return plan
+        chars = np.asarray(stretches, dtype=np.int64).reshape(-1)
+        tokens = _tokens_at(ends, byte_at[chars])
+        if tokens is None:
+            return None
+        return [(a, b, first, end) for (a, b), (first, end) in zip(stretches, tokens.reshape(-1, 2).tolist())]
 
     def watch(self, strings: Sequence[str]) -> bool:
         """Find the texts that spell one of ``strings`` while encoding them (``encode_flat_watched``), instead
@@ -512,10 +510,12 @@ def _overlap(a: str, b: str) -> bool:
     return any(b.startswith(a[i:]) for i in range(1, len(a))) or any(a.startswith(b[i:]) for i in range(1, len(b)))
 
 
-def _token_at(ends: np.ndarray, byte: int) -> Optional[int]:
-    """The index of the token that starts at ``byte``, given each token's end (None: a token crosses it)."""
-    k = int(np.searchsorted(ends, byte, side="right"))
-    return k if (int(ends[k - 1]) if k else 0) == byte else None
+def _tokens_at(ends: np.ndarray, bytes_at: np.ndarray) -> Optional[np.ndarray]:
+    """The index of the token that starts at each of ``bytes_at``, given each token's end (None: a token crosses
+    one of them)."""
+    k = np.searchsorted(ends, bytes_at, side="right")
+    before = np.where(k > 0, ends[np.maximum(k - 1, 0)] if len(ends) else 0, 0)
+    return k if np.array_equal(before, bytes_at) else None
 
 
 def _splice(flat: np.ndarray, offsets: np.ndarray, which: list, redone: list) -> tuple[np.ndarray, np.ndarray]:

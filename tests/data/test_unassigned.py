@@ -46,6 +46,7 @@ def test_stretches_reach_from_cut_to_cut():
     assert [text[a:b] for a, b in stretches] == ["ab \U00016ebb", " x\u0378 \u0378y"]
     assert byte_at.tolist() == np.cumsum([0] + [len(c.encode()) for c in text]).tolist()
     assert ua.unsure_stretches("\U00016ebb")[0] == [(0, 1)] and ua.unsure_stretches("a \U00016ebb")[0] == [(0, 3)]
+    assert ua.unsure_stretches("x\u0378 y\u0378 z")[0] == [(0, 5)]  # stretches that touch are one
 
 
 def _tokenizer(path, pre_tokenizer, texts, normalizer=None):
