@@ -42,6 +42,7 @@ import json
 import os
 import re
 import threading
+import unicodedata
 from functools import lru_cache
 from typing import Optional, Sequence
 
@@ -49,11 +50,14 @@ import numpy as np
 
 from megatron_srp.data.unassigned import cut_pattern, has_unassigned, unsure_stretches
 
+NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+"""Normalizers that keep ASCII text as it is and are Unicode's normal forms (checked by Python's tables)."""
+
 PROBES = (
     "Hello world", "  leading and trailing  ", "a\n\nb\tc\r\nd", "héllo wörld, naïve café", "日本語のテキスト",
     "emoji 🙂🙂 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "numbers 12345 3.14159 1,000,000", "x  <|endoftext|>  y", "<s>[INST]</s>",
     "a<think> Unsafe, Violent </think>b", "   ", "def f(x):\n    return x ** 2  # note\n", "ÿ\u200b\xa0\u2028z",
-    "don't it's we'll THEY'RE", "tab\there", "a" * 300, '    None,\n    "\U00016ebb",',
+    "don't it's we'll THEY'RE", "tab\there", "a" * 300, '    None,\n    "\U00016ebb",', "cafe\u0301 au lait",
 )
 
 
@@ -138,6 +142,10 @@ class FastEncoder:
             gt_cfg["added_tokens"] = [t for t in cfg.get("added_tokens", []) if not t.get("special")]
         self._gt_cfg = gt_cfg
         self._config = cfg
+        norm = cfg.get("normalizer")
+        self._norm_form = norm.get("type") if norm and norm.get("type") in NORMAL_FORMS else None
+        self._normalizer = hf.normalizer if norm else None
+        """Texts this changes take their token starts from tokenizers' offsets (``_shifts``)."""
         self._cut = cut_pattern(cfg)
         """Where texts with an unassigned character are cut into stretches for ``tokenizers`` (None: whole)."""
         self._guarding = guard_special_tokens
@@ -273,7 +281,7 @@ class FastEncoder:
         plans, pieces = [], []
         for i in unsure:
             ids = flat[offsets[i]:offsets[i + 1]]
-            plan = self._stretch_plan(texts[i], ids) if self._cut is not None else None
+            plan = self._stretch_plan(texts[i], ids) if self._cut is not None and not self._shifts(texts[i]) else None
             plans.append(plan)
             pieces += [texts[i]] if plan is None else [texts[i][a:b] for a, b, _, _ in plan]
         # tokenizers' encode_batch releases the GIL (its encode does not): the other chunk's thread goes on
@@ -294,7 +302,8 @@ class FastEncoder:
     def _stretch_plan(self, text: str, ids: np.ndarray) -> Optional[list]:
         """(start, end, first token, end token) of each stretch of ``text`` to encode again: its characters and
         gigatoken's tokens (``ids``) over it. None where a stretch's end is not a token's end in ``ids``
-        (the text is then encoded whole): a watched string's id, or a pretoken that crosses a cut."""
+        (the text is then encoded whole): a watched string's id, or a pretoken that crosses a cut. (Not for a
+        text the normalizer changes: its tokens count other bytes than its characters'.)"""
         if len(ids) and int(ids.max()) >= len(self._byte_len):  # a watched string: the text is encoded again anyway
             return None
         stretches, byte_at = unsure_stretches(text, self._cut)
@@ -353,7 +362,7 @@ class FastEncoder:
     def encode_flat_with_token_starts_watched(self, texts: Sequence[str], rewrite):
         """``encode_flat_with_token_starts`` of each text, or of ``rewrite(text)`` for the texts that spell a
         watched string (their bytes on the byte line are the rewritten text's), and which texts those were."""
-        if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
+        if self._prefix or self._suffix or self._empty.ids or self._any_shifts(texts):  # rare (as above)
             hits = np.fromiter((self._watch.pattern.search(t) is not None for t in texts), dtype=bool, count=len(texts))
             return (*self.encode_flat_with_token_starts([rewrite(t) if h else t for t, h in zip(texts, hits)]), hits)
         flat, offsets, hits = self._watched_batch(texts, rewrite)
@@ -408,9 +417,9 @@ class FastEncoder:
 
     def encode_flat_with_token_starts(self, texts: Sequence[str]) -> tuple[np.ndarray, "TokenStarts", np.ndarray, np.ndarray]:
         """As ``encode_flat_with_byte_starts``, the starts as a ``TokenStarts`` (searched, not built)."""
-        if self._prefix or self._suffix or self._empty.ids:  # rare: BOS/EOS around every document
-            flat, starts, lengths, bases = byte_line(texts, self.encode_with_starts(texts))
-            return flat, SortedStarts(starts), lengths, bases
+        if self._prefix or self._suffix or self._empty.ids or self._any_shifts(texts):  # rare: BOS/EOS around
+            flat, starts, lengths, bases = byte_line(texts, self.encode_with_starts(texts))  # every document, or
+            return flat, SortedStarts(starts), lengths, bases  # a text the normalizer changes: text by text
         flat, offsets = self._batch(texts)
         ends, bases, kept = self._byte_ends(flat, offsets)
         return flat, TokenStarts(self, flat, ends, kept), np.diff(offsets), bases
@@ -480,8 +489,26 @@ class FastEncoder:
         return [PieceTokens(self, text, flat[offsets[i]:offsets[i + 1]]) for i, text in enumerate(texts)]
 
     def _starts(self, text: str, ids: np.ndarray) -> np.ndarray:
+        if self._shifts(text):  # (the ids are tokenizers'; their bytes are the normalized text's)
+            return np.asarray([a for a, _ in self._hf.encode(text, add_special_tokens=False).offsets], np.int64)
         starts, _ = self._byte_starts(ids, np.asarray([0, len(ids)]))
         return starts if text.isascii() else self._byte_to_char(text)[starts]
+
+    def _shifts(self, text: str) -> bool:
+        """Whether the tokenizer's normalizer changes ``text`` (Qwen's NFC on a decomposed "e" + U+0301): its tokens
+        then count the normalized text's bytes, and their starts in ``text`` come from tokenizers' offsets. A
+        Unicode normal form is checked by Python's tables (the same answers for every character they assign)."""
+        if self._normalizer is None:
+            return False
+        if self._norm_form is not None:
+            if text.isascii():
+                return False
+            if not has_unassigned(text):
+                return not unicodedata.is_normalized(self._norm_form, text)
+        return self._normalizer.normalize_str(text) != text
+
+    def _any_shifts(self, texts: Sequence[str]) -> bool:
+        return self._normalizer is not None and any(map(self._shifts, texts))
 
 
 class _Watch:

@@ -90,10 +90,10 @@ def cut_pattern(config: dict, splitting: tuple = ()) -> Optional[re.Pattern]:
     """Where ``unsure_stretches`` may cut texts of the tokenizer with this tokenizer.json (``config``): ``CUT``,
     but not before an added token or one of the strings ``splitting`` the text like one (the text the
     pretokenizer sees ends there, and a run of spaces at its end stays whole). None where no cut is sure to fall
-    between pretokens: a normalizer; a pretokenizer other than ByteLevel with GPT-2's expression or a Split by
+    between pretokens: a normalizer other than NFC; a pretokenizer other than ByteLevel with GPT-2's expression or a Split by
     one of ``CUT_SAFE_PATTERNS``; an added token (or a string ``splitting``) holding a space or taking the spaces
     around it."""
-    if config.get("normalizer") is not None:
+    if config.get("normalizer") not in (None, {"type": "NFC"}):  # (NFC composes nothing across a space)
         return None
     pre = config.get("pre_tokenizer") or {}
     byte_level = {"type": "ByteLevel", "add_prefix_space": False}

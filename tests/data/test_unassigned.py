@@ -15,7 +15,7 @@ from megatron_srp.data.tokenizer import TextTokenizer
 
 PIECES = ["word", "Words", " ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", " \n ", "!", "?!", "12345", "7", "'s", "'T",
           "\U00016ebb", "\u0378", "x\U00016ebby", "\U00016ebb\U00016ebb", "日本", "🙂", "\u00a0", "(", ")", "é",
-          "<|endoftext|>", "<think>", "_", "-", "."]
+          "<|endoftext|>", "<think>", "_", "-", ".", "e\u0301", "\u0301"]  # (NFC composes the last two)
 
 
 def test_has_unassigned_agrees_with_pythons_tables():
@@ -64,12 +64,12 @@ def _tokenizer(path, pre_tokenizer, texts, normalizer=None):
     return path
 
 
-def _texts(seed: int, n: int, unassigned_share: float = 0.1) -> list[str]:
-    """Texts of 1-400 ``PIECES``, a piece with an unassigned character drawn at about ``unassigned_share``."""
+def _texts(seed: int, n: int, unassigned_share: float = 0.1, pieces: tuple = tuple(PIECES)) -> list[str]:
+    """Texts of 1-400 ``pieces``, a piece with an unassigned character drawn at about ``unassigned_share``."""
     rng = np.random.default_rng(seed)
-    odd = np.array([ua.has_unassigned(p) for p in PIECES])
+    odd = np.array([ua.has_unassigned(p) for p in pieces])
     p = np.where(odd, unassigned_share / odd.sum(), (1 - unassigned_share) / (~odd).sum())
-    return ["".join(rng.choice(PIECES, size=int(rng.integers(1, 400)), p=p)) for _ in range(n)]
+    return ["".join(rng.choice(pieces, size=int(rng.integers(1, 400)), p=p)) for _ in range(n)]
 
 
 PRETOKENIZERS = {
@@ -102,12 +102,14 @@ def test_stretches_give_tokenizers_ids(tmp_path, name, guard):
     starts as tokenizers gives them for the whole text, though only the stretches went through tokenizers, on
     texts where gigatoken alone differs."""
     pytest.importorskip("gigatoken")
-    path = _tokenizer(tmp_path / name, PRETOKENIZERS[name](), _texts(0, 300))
+    normalizer = normalizers.NFC() if name == "qwen2" else None  # as Qwen's tokenizer.json has it
+    path = _tokenizer(tmp_path / name, PRETOKENIZERS[name](), _texts(0, 300), normalizer)
     assert ua.cut_pattern(json.loads((path / "tokenizer.json").read_text())) is not None
     fast = TextTokenizer(str(path), guard, backend="gigatoken")
     ref = TextTokenizer(str(path), guard, backend="tokenizers")
     assert fast.backend == "gigatoken"
-    dense, rare = _texts(1, 200), _texts(2, 100, unassigned_share=0.005)
+    composed = tuple(p for p in PIECES if not any(map(unicodedata.combining, p)))  # (what NFC changes goes whole)
+    dense, rare = _texts(1, 200), _texts(2, 100, unassigned_share=0.005, pieces=composed)
     unsure = [t for t in dense if ua.has_unassigned(t)]
     raw = fast._fast._tok.encode_batch(unsure)
     assert any(list(r) != fast._fast._hf.encode(t, add_special_tokens=False).ids for r, t in zip(raw, unsure))
@@ -143,5 +145,33 @@ def test_only_known_pretokenizers_are_cut(tmp_path):
                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])):
         path = _tokenizer(tmp_path / type(other).__name__, other, texts)
         assert not _cuts(json.loads((path / "tokenizer.json").read_text()))
-    path = _tokenizer(tmp_path / "nfc", PRETOKENIZERS["gpt2"](), texts, normalizers.NFC())
-    assert not _cuts(json.loads((path / "tokenizer.json").read_text()))
+    for name, normalizer in (("nfc", normalizers.NFC()), ("lowercase", normalizers.Lowercase())):
+        path = _tokenizer(tmp_path / name, PRETOKENIZERS["gpt2"](), texts, normalizer)
+        assert _cuts(json.loads((path / "tokenizer.json").read_text())) == (name == "nfc")
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_srp_with_an_nfc_tokenizer_places_reflections_as_tokenizers_does(tmp_path, guard):
+    """Qwen's tokenizers normalize to NFC: gigatoken's ids are right for a decomposed "e" + U+0301, but its tokens
+    count the composed text's bytes, so their starts in the document come from tokenizers' offsets; srp's
+    reflections (placed by those starts) and every output equal the tokenizers backend's."""
+    pytest.importorskip("gigatoken")
+    from megatron_srp.data.materialize import DocInput, DocumentEncoder, MaterializeSettings
+    from megatron_srp.reflection import Verdict
+
+    path = _tokenizer(tmp_path / "nfc", PRETOKENIZERS["qwen2"](), _texts(0, 300), normalizers.NFC())
+    settings = MaterializeSettings(variant="srp", injection_guard=guard)
+    fast, ref = (DocumentEncoder(str(path), settings, backend) for backend in ("gigatoken", "tokenizers"))
+    assert fast.tok.backend == "gigatoken" and fast.tok._fast.offsets_exact  # (srp on gigatoken, not tokenizers)
+    texts = ["Cafe\u0301 au lait. " * 3 + "Plain words here.", "No accents at all. Second part.",
+             "e\u0301" * 40 + " then more text after it.", *_texts(3, 30)]
+    docs = []
+    for i, text in enumerate(texts):
+        cuts = sorted({0, len(text) // 3, len(text) // 2 + i % 5, len(text)})
+        spans = list(zip(cuts, cuts[1:]))
+        docs.append(DocInput([text], spans, [Verdict("unsafe", ("Violent",)) if k % 2 else Verdict("safe")
+                                             for k in range(len(spans))]))
+    a, b = fast.encode(docs), ref.encode(docs)
+    for x, y in zip(a.plain.flats + [a.plain.roles], b.plain.flats + [b.plain.roles]):
+        assert x.tolist() == y.tolist()
+    assert [x.tolist() for x in a.plain.lengths] == [x.tolist() for x in b.plain.lengths]
