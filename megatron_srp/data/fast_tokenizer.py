@@ -17,6 +17,9 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
   rewritten. Not where a kept added token overlaps one of the strings (it could hide it).
 - On load, a probe set (unicode, whitespace runs, special-token strings, tags, digits) is encoded
   both ways; any difference in ids or offsets and the caller falls back to ``tokenizers``.
+- A normalizer (Qwen's NFC) is applied by both libraries, but gigatoken's tokens then count the
+  normalized text's bytes: a text the normalizer changes takes its token starts from ``tokenizers``'
+  offsets (``_shifts``).
 - The two libraries classify characters (letter, number, space: the pretokenizer's regex) by
   different Unicode versions: gigatoken's is newer than tokenizers' Oniguruma. In a document with a
   character this Python's Unicode tables call unassigned (U+16EBB, assigned in Unicode 17, is a
