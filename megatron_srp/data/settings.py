@@ -145,8 +145,9 @@ class PreprocessConfig:
     (tokenizers_fallback_documents)"""
     chunk_docs: int = 4096
     """at most this many documents per encode call"""
-    chunk_mb: float = 8.0
-    """at most this much text (MB) per encode call"""
+    chunk_mb: float = 4.0
+    """at most this much text (MB) per encode call (4 MB: a chunk's arrays stay below glibc's largest mmap
+    threshold and are reused, where 8 MB faulted a third more pages; BENCHMARKS.md)"""
     tokenizer_backend: str = "auto"
     """auto: gigatoken when installed and equal to tokenizers on this tokenizer, else tokenizers"""
     keep_parts: bool = False
@@ -253,7 +254,7 @@ def preprocess_parser(description: str) -> argparse.ArgumentParser:
     b.add_argument("--id-key", default="id")
     b.add_argument("--stats", help=doc["stats"])
     b.add_argument("--chunk-docs", type=int, default=4096, help=doc["chunk_docs"])
-    b.add_argument("--chunk-mb", type=float, default=8.0, help=doc["chunk_mb"])
+    b.add_argument("--chunk-mb", type=float, default=4.0, help=doc["chunk_mb"])
     b.add_argument("--tokenizer-backend", choices=TOKENIZER_BACKENDS, default="auto", help=doc["tokenizer_backend"])
     b.add_argument("--keep-parts", action="store_true", help=doc["keep_parts"])
     b.add_argument("--no-progress", action="store_true")
