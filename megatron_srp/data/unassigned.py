@@ -7,12 +7,12 @@ every other character carries the same class in both (``has_unassigned`` finds t
 
 Such a character changes pretokens only between the nearest cuts around it (``unsure_stretches``): a cut is a
 space followed by a printable ASCII character (not by an added token), and for the pretokenizers ``cut_pattern``
-accepts, a pretoken starts there in both libraries and the pretokens before it are those of the text cut there. A space ends
-no letter, number or punctuation run and starts no line-break run (``\\s*[\\r\\n]+`` ends at a line break);
+accepts, a pretoken starts there in both libraries and the pretokens before it are those of the text cut there.
+A space ends no letter, number or punctuation run and starts no line-break run (``\\s*[\\r\\n]+`` ends at a line break);
 a run of spaces before a non-space gives its last space to the next pretoken (``\\s+(?!\\S)``) and keeps all of
 them at the end of a cut text: the same pretokens. Byte-level BPE works within a pretoken, so gigatoken's ids
 outside those stretches are ``tokenizers``' ids, and only the stretches need ``tokenizers``: a 227,000-character
-file with 75 such characters took it 0.13 s whole, 35 times gigatoken's time (BENCHMARKS.md).
+file with 75 such characters took it 0.15 s whole, 30 times gigatoken's time (BENCHMARKS.md "Balanced spans").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 FIRST_UNASSIGNED = 0x378
-"""No code point below this is unassigned (``test_fast_tokenizer`` checks it against Python's tables)."""
+"""No code point below this is unassigned (``tests/data/test_unassigned.py`` checks it against Python's tables)."""
 
 SAME, UNASSIGNED, NOT_LOOKED_UP = 0, 1, 2
 """A code point's class in ``_classes``: the same in both libraries, unassigned, not looked up yet."""
@@ -90,10 +90,10 @@ def cut_pattern(config: dict, splitting: tuple = ()) -> Optional[re.Pattern]:
     """Where ``unsure_stretches`` may cut texts of the tokenizer with this tokenizer.json (``config``): ``CUT``,
     but not before an added token or one of the strings ``splitting`` the text like one (the text the
     pretokenizer sees ends there, and a run of spaces at its end stays whole). None where no cut is sure to fall
-    between pretokens: a normalizer other than NFC; a pretokenizer other than ByteLevel with GPT-2's expression or a Split by
-    one of ``CUT_SAFE_PATTERNS``; an added token (or a string ``splitting``) holding a space or taking the spaces
-    around it."""
-    if config.get("normalizer") not in (None, {"type": "NFC"}):  # (NFC composes nothing across a space)
+    between pretokens: a normalizer other than NFC (which composes nothing across a space); a pretokenizer other
+    than ByteLevel with GPT-2's expression or a Split by one of ``CUT_SAFE_PATTERNS``; an added token (or a string
+    ``splitting``) holding a space or taking the spaces around it."""
+    if config.get("normalizer") not in (None, {"type": "NFC"}):
         return None
     pre = config.get("pre_tokenizer") or {}
     byte_level = {"type": "ByteLevel", "add_prefix_space": False}
@@ -122,8 +122,8 @@ def _has(node: dict, fields: dict) -> bool:
 
 def unsure_stretches(text: str, cut: re.Pattern = CUT) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The stretches of ``text`` (character ranges from one ``cut`` to the next, or to an end: ``cut_pattern``)
-    that hold an unassigned character, in order, those that touch joined; and each character's start in the text's UTF-8, then its
-    length in bytes."""
+    that hold an unassigned character, in order, those that touch joined; and each character's start in the
+    text's UTF-8, then its length in bytes."""
     points = _code_points(text)
     table = _classes()
     if (table[points] == NOT_LOOKED_UP).any():  # (``has_unassigned`` looked them up: a text not seen there)
