@@ -285,16 +285,16 @@ class FastEncoder:
         for i in unsure:
             ids = flat[offsets[i]:offsets[i + 1]]
             plan = self._stretch_plan(texts[i], ids) if self._cut is not None and not self._shifts(texts[i]) else None
-            plans.append(plan)
+            plans.append((ids, plan))
             pieces += [texts[i]] if plan is None else [texts[i][a:b] for a, b, _, _ in plan]
         # tokenizers' encode_batch releases the GIL (its encode does not): the other chunk's thread goes on
         encoded = iter(self._hf.encode_batch(pieces, add_special_tokens=False))
         redone = []
-        for i, plan in zip(unsure, plans):
+        for ids, plan in plans:
             if plan is None:
                 redone.append(np.asarray(next(encoded).ids, dtype=flat.dtype))
                 continue
-            ids, parts, prev = flat[offsets[i]:offsets[i + 1]], [], 0
+            parts, prev = [], 0
             for _, _, first, end in plan:
                 parts += [ids[prev:first], np.asarray(next(encoded).ids, dtype=flat.dtype)]
                 prev = end
