@@ -74,3 +74,26 @@ def test_save_init_without_a_checkpoint_dir_is_exit_2_not_a_system_exit(capsys):
     rc = pretrain.main([str(ROOT / "recipes/tiny_cpu.yaml"), "--save-init", "checkpoint.dir=null"])
     assert rc == 2
     assert "error: --save-init needs checkpoint.dir" in capsys.readouterr().err
+
+
+def test_preprocess_data_hands_the_collector_back_to_python_callers_only(tmp_path):
+    """``main`` freezes what is imported while it runs. A Python caller (argv given) gets the collector back;
+    the command line (argv None) leaves everything frozen, so the interpreter's exit does not walk it."""
+    import gc
+
+    from megatron_srp.cli.preprocess_data import main
+    from tests.fixtures import labelled_corpus, train_bpe_tokenizer, write_jsonl
+
+    rows = labelled_corpus(20)
+    write_jsonl(tmp_path / "corpus.jsonl", rows)
+    tok = train_bpe_tokenizer(tmp_path / "tok", [r["text"] for r in rows])
+    args = ["--input", str(tmp_path / "corpus.jsonl"), "--tokenizer-model", str(tok), "--append-eod", "--no-progress"]
+    assert main([*args, "--output-prefix", str(tmp_path / "in_process")]) == 0
+    assert gc.get_freeze_count() == 0
+    program = ("import gc, sys\nfrom megatron_srp.cli.preprocess_data import main\n"
+               "rc = main()\nprint(rc, gc.get_freeze_count() > 0)")
+    proc = subprocess.run([sys.executable, "-c", program, *args, "--output-prefix", str(tmp_path / "program")],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["0", "True"]
+    assert (tmp_path / "program_text_document.bin").read_bytes() == (tmp_path / "in_process_text_document.bin").read_bytes()
