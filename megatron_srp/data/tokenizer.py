@@ -13,6 +13,7 @@ ids on this tokenizer; ``tokenizers`` otherwise (``backend`` says which, ``fallb
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -71,7 +72,6 @@ class TextTokenizer:
         self.path = path
         self._text = load_backend(path)
         self._text.encode_special_tokens = guard_special_tokens
-        self._control = load_backend(path)  # for reflections: registered tags become their ids
         self.eod = eod_token_id(path, self._text)
         self.vocab_size = self._text.get_vocab_size(with_added_tokens=True)
         self.special_strings = sorted({t.content for t in self._text.get_added_tokens_decoder().values() if t.special})
@@ -163,6 +163,12 @@ class TextTokenizer:
         from megatron_srp.data.segment import hf_token_offsets  # nltk: imported only by the segmenter's users
 
         return hf_token_offsets(self._text)
+
+    @functools.cached_property
+    def _control(self) -> Tokenizer:
+        """A second copy for text we insert (reflections: registered tags become their ids), loaded when first
+        used: plain never does (10 ms of its start-up with an 8k vocabulary)."""
+        return load_backend(self.path)
 
     def encode_control(self, text: str) -> np.ndarray:
         """Ids of text we insert ourselves (a reflection): registered special tokens map to their ids."""
