@@ -39,7 +39,6 @@ keep them), and builds a fresh one (about 20 ms), so peak memory is bounded by a
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib.util
 import json
 import os
@@ -66,9 +65,10 @@ PROBES = (
 
 @lru_cache(maxsize=1)
 def _malloc_trim():
-    """glibc's ``malloc_trim`` (None elsewhere, e.g. musl or macOS: nothing to hand back there)."""
+    """glibc's ``malloc_trim`` (None elsewhere, e.g. musl or macOS: nothing to hand back there). Looked up among
+    the symbols the process has loaded: ``ctypes.util.find_library`` ran ``ldconfig -p`` (10 ms in each span)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
 
