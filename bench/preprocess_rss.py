@@ -9,11 +9,15 @@ Builds /tmp/rss_corpus.jsonl (deleted at the end) from the real-text corpus, cop
 copy with its letters permuted (a fixed permutation per copy) so that every copy brings new words
 and gigatoken's pretoken cache keeps growing, as it would on a real web crawl. Runs ours plain
 (fresh processes, one at a time) on the first 1/PART of the file for each ``--parts`` value (1: the
-whole file), ``--repeat`` times each, with the default tokenizer renewal (every 64 MB of text, freed
-pages handed back with malloc_trim) and without it (SRP_GIGATOKEN_REFRESH_MB=0). Besides the peak
-(the process's high-water mark, VmHWM), each run's RSS is sampled every 0.1 s from /proc (Linux) and reported as the
-highest sample in each quarter of the run: a bounded process shows the same ceiling in every quarter
-and at every input size, a leak a rising one. Prints JSON.
+whole file), ``--repeat`` times each, with the default tokenizer renewal (once resident memory has
+grown by 256 MiB over its lowest level since the last one, freed pages handed back with malloc_trim)
+and without it (SRP_GIGATOKEN_REFRESH_MB=0; 64: every 64 MB of text, the rule before 12-05). With
+``--workers N`` the span processes hold the tokenizers, so the whole process tree is sampled every 0.1 s
+from /proc (Linux): the largest process's high-water mark (VmHWM) and the tree's summed proportional memory
+(Pss: a page a fork shares with its parent counts once), reported as its highest sample in each quarter of
+the run: a bounded run shows the same ceiling in every quarter and at every input size, a leak a rising one.
+(Before 12-05 only the launched process was sampled, which since the spans is the parent, not the spans.)
+Prints JSON.
 """
 
 import argparse
@@ -49,17 +53,40 @@ def build(src: str, dst: str, gb: float) -> list[int]:
     return sizes
 
 
-def _rss_mib(pid: int) -> tuple:
-    """(current, peak) resident memory of a running process, from /proc (None, None elsewhere or once ended)."""
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the span processes of ``--workers N``), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += parents.get(found[-1], [])
+    return found
+
+
+def _memory_mib(pid: int) -> tuple:
+    """(resident, peak resident, proportional) memory of a running process in MiB, from /proc (Nones once it
+    ended). Proportional (Pss) shares a page among the processes that map it, so a tree's sum counts the
+    pages a fork inherited once."""
     try:
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS:", "VmHWM:")))
-        return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
-    except (OSError, KeyError):
-        return None, None
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            pss = next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024, pss // 1024
+    except (OSError, KeyError, StopIteration):
+        return None, None, None
 
 
 def run(cmd, env):
+    """Run ``cmd``, sampling its process tree every 0.1 s: the largest process's peak (VmHWM) and the tree's
+    summed proportional memory, highest sample per quarter of the run."""
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     samples, peak = [], 0
@@ -67,20 +94,24 @@ def run(cmd, env):
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        rss, hwm = _rss_mib(proc.pid)
-        if rss is not None:
-            samples.append(rss)
-            peak = max(peak, hwm)
+        total = 0
+        for p in _tree(proc.pid):
+            rss, hwm, pss = _memory_mib(p)
+            if rss is not None:
+                total += pss
+                peak = max(peak, hwm)
+        samples.append(total)
         time.sleep(0.1)
     # The kernel's maxrss is kept across exec, so a child forked from this (large) process would report this
-    # process's size: the peak is the child's own high-water mark, read while it runs.
+    # process's size: the peak is the children's own high-water marks, read while they run.
     peak = peak or round(usage.ru_maxrss / 1024)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-3000:]}")
     quarters = [max(q, default=None) for q in np.array_split(np.asarray(samples, dtype=np.int64), 4)] \
         if len(samples) >= 4 else []
-    return {"wall_s": round(time.time() - start, 1), "peak_rss_mib": peak,
-            "rss_max_per_quarter_mib": [int(q) for q in quarters]}
+    return {"wall_s": round(time.time() - start, 1), "largest_process_peak_rss_mib": peak,
+            "peak_pss_sum_mib": max(samples, default=0),
+            "pss_sum_max_per_quarter_mib": [int(q) for q in quarters]}
 
 
 def main():

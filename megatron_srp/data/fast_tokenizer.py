@@ -29,18 +29,18 @@ faster than ``tokenizers``. It is used only where it provably gives the same res
   class in both.
 
 gigatoken 0.10.0 caches pretokens without a bound (its issue 36; about 1 MiB per MB of text with new
-words): ``FastEncoder`` drops its gigatoken tokenizer after every ``refresh_bytes`` of text (64 MB;
-``SRP_GIGATOKEN_REFRESH_MB`` changes it, 0 never refreshes: bench/preprocess_rss.py compares), hands
-the freed pages back to the system once resident memory has grown by four intervals since it last did
-(glibc's ``malloc_trim``: gigatoken allocates with the system malloc, whose per-thread arenas otherwise
-keep them), and builds a fresh one (about 20 ms), so peak memory is bounded by a few intervals' cache.
+words): ``FastEncoder`` drops its gigatoken tokenizers once the process's resident memory has grown by 256 MiB
+over its lowest level since they were built, hands the freed pages back to the system (glibc's ``malloc_trim``:
+gigatoken allocates with the system malloc, whose per-thread arenas otherwise keep them) and builds fresh ones
+(15 ms with 8k tokens, 0.27 s with 128k), so peak memory stays within 256 MiB of its working level however long
+the input. Off Linux (no /proc) it renews every 64 MB of text; ``SRP_GIGATOKEN_REFRESH_MB`` sets such an
+interval (0: never renew; bench/preprocess_rss.py compares).
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
-import json
 import os
 import re
 import threading
@@ -49,6 +49,7 @@ from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
+import orjson
 
 from megatron_srp.data.unassigned import cut_pattern, has_unassigned, unsure_stretches
 
@@ -90,7 +91,15 @@ def release_freed_memory() -> None:
 
 
 TRIM_SLACK = 4
-"""Refresh intervals of growth in resident memory after which freed pages go back to the system."""
+"""Refresh intervals of growth in resident memory after which freed pages go back to the system (renewing
+every ``refresh_bytes`` of text)."""
+
+RENEW_AFTER_GROWTH = 256 << 20
+"""Growth of resident memory over its lowest level since the last renewal that renews the tokenizers (the
+default rule, where /proc tells the resident size)."""
+
+RENEW_EVERY_BYTES = 64 << 20
+"""Text between renewals where the resident size cannot be read (the default rule off Linux)."""
 
 
 class FastPathUnavailable(Exception):
@@ -135,7 +144,9 @@ class FastEncoder:
     def __init__(self, path: str, hf, guard_special_tokens: bool, refresh_bytes: Optional[int] = None):
         self._gt = _gigatoken()
         with open(os.path.join(path, "tokenizer.json"), "rb") as f:
-            cfg = json.loads(f.read())
+            # orjson: a 128k-token tokenizer.json (9 MB) parsed in 0.09 s and written in 0.01 s, where json took
+            # 0.12 and 0.17 s (any file tokenizers loaded is valid UTF-8 JSON, which orjson reads and writes)
+            cfg = orjson.loads(f.read())
         for key in ("truncation", "padding"):
             if cfg.get(key):
                 raise FastPathUnavailable(f"tokenizer.json sets {key}")
@@ -152,16 +163,19 @@ class FastEncoder:
         self._cut = cut_pattern(cfg)
         """Where texts with an unassigned character are cut into stretches for ``tokenizers`` (None: whole)."""
         self._guarding = guard_special_tokens
-        self._json_without_added = json.dumps({k: v for k, v in gt_cfg.items() if k != "added_tokens"})
+        self._json_without_added = orjson.dumps({k: v for k, v in gt_cfg.items() if k != "added_tokens"})
         self._json = self._config_json(gt_cfg.get("added_tokens", []))
         self._watch: Optional[_Watch] = None
         """Strings whose texts are found by gigatoken as it encodes (``watch``); None: not watching."""
         self._hf = hf
-        if refresh_bytes is None:
-            refresh_bytes = int(float(os.environ.get("SRP_GIGATOKEN_REFRESH_MB", 64)) * (1 << 20))
+        if refresh_bytes is None and os.environ.get("SRP_GIGATOKEN_REFRESH_MB"):
+            refresh_bytes = int(float(os.environ["SRP_GIGATOKEN_REFRESH_MB"]) * (1 << 20))
         self.refresh_bytes = refresh_bytes
+        """Renew every this many bytes of text (0: never); None: once resident memory has grown by
+        ``RENEW_AFTER_GROWTH`` (``_renewal_due``)."""
         self._since_refresh = 0
         self._trimmed_at = None
+        self._lowest_rss: Optional[int] = None
         self._lock = threading.Lock()
         self._tok = self._load()
         self._watch_tok = None
@@ -169,10 +183,11 @@ class FastEncoder:
         self._empty = hf.encode("", add_special_tokens=True)
         self._trim = _trim_rule(cfg.get("post_processor"))
         vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        vocab = self._tok.vocab
+        ids = np.fromiter(vocab.keys(), dtype=np.int64, count=len(vocab))
+        known = ids < vocab_size
         lens = np.zeros(vocab_size, dtype=np.int64)
-        for i, b in self._tok.vocab.items():
-            if i < vocab_size:
-                lens[i] = len(b)
+        lens[ids[known]] = np.fromiter(map(len, vocab.values()), dtype=np.int64, count=len(vocab))[known]
         # the narrowest type for the trim tables below (gathered over every token where starts are built)
         longest = int(lens.max(initial=0))
         self._byte_len = lens.astype(np.uint8 if longest < 256 else np.uint16 if longest < 65536 else np.int64)
@@ -191,13 +206,13 @@ class FastEncoder:
         self.offsets_exact = True
         self._check(hf)
 
-    def _config_json(self, added_tokens: list) -> str:
-        """gigatoken's tokenizer.json with these added tokens, the rest (vocabulary, merges) dumped once for
-        both tokenizers: a dump took 4 ms with 8k tokens."""
+    def _config_json(self, added_tokens: list) -> bytes:
+        """gigatoken's tokenizer.json with these added tokens, the rest (vocabulary, merges) written once for
+        both tokenizers."""
         rest = self._json_without_added
-        return f'{rest[:-1]}{", " if len(rest) > 2 else ""}"added_tokens": {json.dumps(added_tokens)}}}'
+        return rest[:-1] + (b"," if len(rest) > 2 else b"") + b'"added_tokens":' + orjson.dumps(added_tokens) + b"}"
 
-    def _load(self, config: Optional[str] = None):
+    def _load(self, config: Optional[bytes] = None):
         try:
             return self._gt.Tokenizer.from_json(config or self._json)
         except Exception as e:  # a model gigatoken does not implement (WordLevel, Unigram): tokenizers instead
@@ -239,21 +254,39 @@ class FastEncoder:
             starts[idx] = np.where(idx < first_text, -1, len(text))
         return starts.tolist()
 
+    def _renewal_due(self) -> bool:
+        """Whether to drop the tokenizers and their pretoken caches now. By default once resident memory has grown
+        by ``RENEW_AFTER_GROWTH`` over its lowest level since the last renewal: a renewal reloads the tokenizer
+        (15 ms with 8k tokens, 0.27 s with 128k), and the cache grows only with text of new words (every 64 MB
+        of text cost a 128k-token tokenizer 3 s at 1 GB and bounded nothing on real text, BENCHMARKS.md).
+        Every ``refresh_bytes`` of text where that is set, or ``RENEW_EVERY_BYTES`` where memory cannot be read."""
+        rss = resident_bytes() if self.refresh_bytes is None else None
+        if rss is None:
+            interval = RENEW_EVERY_BYTES if self.refresh_bytes is None else self.refresh_bytes
+            return 0 < interval < self._since_refresh
+        self._lowest_rss = rss if self._lowest_rss is None else min(self._lowest_rss, rss)
+        return rss > self._lowest_rss + RENEW_AFTER_GROWTH
+
     def _release(self) -> None:
-        """Hand freed pages back once the process has grown by ``TRIM_SLACK`` refresh intervals since it last did:
-        trimming at every refresh made the next chunks fault every page in again (on a VM a third of srp's
-        system time at 1 GB, BENCHMARKS.md), while the bound on resident memory holds either way."""
+        """Hand freed pages back: at every renewal of the default rule (each follows growth), and with
+        ``refresh_bytes`` once the process has grown by ``TRIM_SLACK`` intervals since it last did: trimming at
+        every 64 MB made the next chunks fault every page in again (on a VM a third of srp's system time at 1 GB,
+        BENCHMARKS.md), while the bound on resident memory holds either way."""
+        if self.refresh_bytes is None:
+            release_freed_memory()
+            self._lowest_rss = None  # (measured again once the new tokenizer encodes)
+            return
         rss = resident_bytes()
         if rss is None or self._trimmed_at is None or rss > self._trimmed_at + TRIM_SLACK * self.refresh_bytes:
             release_freed_memory()
             self._trimmed_at = resident_bytes()
 
     def _tokenizer(self, texts: Sequence[str], watching: bool):
-        """The gigatoken tokenizer to encode ``texts`` with, renewed every ``refresh_bytes`` of text (the
-        watching one, when it is used, counts with the other: they are renewed together)."""
+        """The gigatoken tokenizer to encode ``texts`` with, renewed when ``_renewal_due`` (the watching one, when
+        it is used, and the other are renewed together)."""
         with self._lock:  # preprocessing encodes two chunks at once
             self._since_refresh += sum(map(len, texts))
-            if 0 < self.refresh_bytes < self._since_refresh:  # drop the unbounded pretoken caches
+            if self._renewal_due():  # drop the unbounded pretoken caches
                 self._tok, self._watch_tok, self._since_refresh = None, None, 0  # freed once no chunk uses them
                 self._release()
             if watching:  # (each loaded when first used: with the guard on, most intervals use only this one)
@@ -523,7 +556,7 @@ class FastEncoder:
 class _Watch:
     """The watching tokenizer's config, the watch ids (sorted) and a search for texts ``tokenizers`` encodes."""
 
-    def __init__(self, json_config: str, ids: np.ndarray, pattern):
+    def __init__(self, json_config: bytes, ids: np.ndarray, pattern):
         self.json, self.ids, self.pattern = json_config, ids, pattern
 
 

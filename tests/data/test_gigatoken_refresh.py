@@ -1,4 +1,5 @@
-"""The gigatoken tokenizer is renewed every interval of text (its pretoken cache has no bound), ids unchanged."""
+"""The gigatoken tokenizer is renewed as memory grows or every interval of text (its pretoken cache has no bound),
+ids unchanged."""
 
 from __future__ import annotations
 
@@ -32,11 +33,36 @@ def test_renewed_tokenizer_gives_the_same_ids(tok_dir):
     assert len({id(t) for t in seen}) > 3  # renewed several times
 
 
-def test_default_interval_is_64_mb_and_the_variable_changes_it(tok_dir, monkeypatch):
+def test_by_default_growth_renews_and_the_variable_sets_an_interval_instead(tok_dir, monkeypatch):
+    """Renewed once resident memory has grown by RENEW_AFTER_GROWTH over its lowest level since the last
+    renewal (freed pages handed back each time), not after so much text; every 64 MB where memory cannot be
+    read; SRP_GIGATOKEN_REFRESH_MB sets an interval of text instead (0: never)."""
     monkeypatch.delenv("SRP_GIGATOKEN_REFRESH_MB", raising=False)
-    assert TextTokenizer(str(tok_dir), backend="gigatoken")._fast.refresh_bytes == 64 << 20
+    enc = TextTokenizer(str(tok_dir), backend="gigatoken")._fast
+    assert enc.refresh_bytes is None
+    mib, grow = 1 << 20, fast_tokenizer.RENEW_AFTER_GROWTH
+    rss, trims = [0], []
+    monkeypatch.setattr(fast_tokenizer, "resident_bytes", lambda: rss[0])
+    monkeypatch.setattr(fast_tokenizer, "release_freed_memory", lambda: trims.append(rss[0]))
+    text = ["some words of text " * 50]
+    renewed = []
+    for now in (400, 500, 350, 350 + grow // mib, 351 + grow // mib, 300, 310, 300 + grow // mib + 1, 320):
+        rss[0] = now * mib
+        before = enc._tok
+        enc.encode_flat(text * 3)
+        renewed.append(enc._tok is not before)
+    # the lowest level (350 MiB) plus the growth is not yet renewal; 1 MiB over it is; then measured afresh
+    assert renewed == [False, False, False, False, True, False, False, True, False]
+    assert trims == [(351 << 20) + grow, (301 << 20) + grow]
+    monkeypatch.setattr(fast_tokenizer, "resident_bytes", lambda: None)  # (off Linux)
+    monkeypatch.setattr(fast_tokenizer, "RENEW_EVERY_BYTES", 10_000)
+    first = enc._tok
+    enc.encode_flat(text * 12)  # 11,400 characters: past the interval
+    assert enc._tok is not first
     monkeypatch.setenv("SRP_GIGATOKEN_REFRESH_MB", "0")
     assert TextTokenizer(str(tok_dir), backend="gigatoken")._fast.refresh_bytes == 0
+    monkeypatch.setenv("SRP_GIGATOKEN_REFRESH_MB", "64")
+    assert TextTokenizer(str(tok_dir), backend="gigatoken")._fast.refresh_bytes == 64 << 20
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
