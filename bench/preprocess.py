@@ -131,7 +131,8 @@ def main():
         if not os.path.exists(os.path.join(ann, "annotations.json")):
             print("annotating once (column backend, not timed) ...", file=sys.stderr)
             subprocess.run([py, f"{ROOT}/tools/annotate.py", "--input", corpus, "--output", ann, "--tokenizer-model",
-                            tok, "--classifier", "column", "--no-progress"], env=env, check=True)
+                            tok, "--classifier", "column", "--no-progress"], env=env, check=True,
+                           stdout=subprocess.DEVNULL)  # (its statistics line would precede the report)
         commands["ours_srp"] = ([*ours, "--annotations", ann, "--variant", "srp", "--output-prefix", f"{args.out}/srp"],
                                 env, ROOT, f"{args.out}/srp_text_document")
     commands["limit_gigatoken_encode_files"] = ([py, f"{ROOT}/bench/gigatoken_limit.py", corpus, tok], env, ROOT, None)

@@ -176,6 +176,7 @@ class FastEncoder:
         self._since_refresh = 0
         self._trimmed_at = None
         self._lowest_rss: Optional[int] = None
+        self._rss_pid: Optional[int] = None
         self._lock = threading.Lock()
         self._tok = self._load()
         self._watch_tok = None
@@ -264,6 +265,8 @@ class FastEncoder:
         if rss is None:
             interval = RENEW_EVERY_BYTES if self.refresh_bytes is None else self.refresh_bytes
             return 0 < interval < self._since_refresh
+        if self._rss_pid != os.getpid():  # a span process measures its own level, not the parent's before the fork
+            self._lowest_rss, self._rss_pid = None, os.getpid()
         self._lowest_rss = rss if self._lowest_rss is None else min(self._lowest_rss, rss)
         return rss > self._lowest_rss + RENEW_AFTER_GROWTH
 

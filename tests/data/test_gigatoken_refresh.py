@@ -54,6 +54,12 @@ def test_by_default_growth_renews_and_the_variable_sets_an_interval_instead(tok_
     # the lowest level (350 MiB) plus the growth is not yet renewal; 1 MiB over it is; then measured afresh
     assert renewed == [False, False, False, False, True, False, False, True, False]
     assert trims == [(351 << 20) + grow, (301 << 20) + grow]
+    monkeypatch.setattr(fast_tokenizer.os, "getpid", lambda: -1)  # as in a span process after the fork:
+    for now, renews in ((700, False), (700 + grow // mib, False), (701 + grow // mib, True)):  # its own level
+        rss[0], before = now * mib, enc._tok
+        enc.encode_flat(text * 3)
+        assert (enc._tok is not before) == renews, now
+    monkeypatch.undo()
     monkeypatch.setattr(fast_tokenizer, "resident_bytes", lambda: None)  # (off Linux)
     monkeypatch.setattr(fast_tokenizer, "RENEW_EVERY_BYTES", 10_000)
     first = enc._tok
