@@ -4,6 +4,7 @@ outputs, the merge of per-file parts, and the progress bar."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -107,13 +108,17 @@ def merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, with
     used up: the first one's .bin files become the output's, the others are appended in the kernel, and every
     part's files are removed."""
     writer = Writer(final_prefixes, dtype, with_roles, adopt=part_prefixes[0] if consume else None)
+    files = [(builder, [parts[j] for parts in part_prefixes]) for j, builder in enumerate(writer.builders)]
+    if with_roles:
+        files.append((writer.roles, [roles_prefix(parts[0]) for parts in part_prefixes]))
     try:
-        for k, parts in enumerate(part_prefixes):
-            with_data = not (consume and k == 0)
-            for builder, part in zip(writer.builders, parts):
-                builder.add_index(part, with_data)
-            if with_roles:
-                writer.roles.add_index(roles_prefix(parts[0]), with_data)
+        if len(files) == 1:
+            _append_parts(*files[0], consume)
+        else:  # one thread per output file: the kernel copies into different files run at once (two files of
+            # 324 and 162 MB: 0.18 -> 0.13 s; into one file they take turns)
+            with ThreadPoolExecutor(len(files), thread_name_prefix="merge") as pool:
+                for done in [pool.submit(_append_parts, builder, parts, consume) for builder, parts in files]:
+                    done.result()
     except BaseException:
         writer.abort()
         raise
@@ -121,6 +126,12 @@ def merge(part_prefixes: list[list[str]], final_prefixes: list[str], dtype, with
     if consume:
         for parts in part_prefixes:
             remove_dataset(parts + ([roles_prefix(parts[0])] if with_roles else []))
+
+
+def _append_parts(builder: IndexedWriter, parts: list[str], consume: bool) -> None:
+    """Append the parts' datasets to ``builder`` in order (``consume``: the first one's .bin is already its own)."""
+    for k, part in enumerate(parts):
+        builder.add_index(part, with_data=not (consume and k == 0))
 
 
 def remove_dataset(prefixes: list[str]) -> None:
