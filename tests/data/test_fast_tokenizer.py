@@ -416,3 +416,34 @@ def test_watched_ids_are_found_in_uint32_ids():
     assert _watched_at(flat, watch).tolist() == [1, 4, 6]
     assert _watched_at(flat[[0, 2, 3, 5]], watch).tolist() == []
     assert _watched_at(np.zeros(0, np.uint32), watch).tolist() == []
+
+
+@pytest.mark.parametrize("tags", ["special", "added", "absent"])
+def test_reflections_encode_as_the_unguarded_tokenizer_and_load_it_only_for_special_tags(tmp_path, tags):
+    """A reflection's ids are those of the tokenizer without the guard, whether its tags are registered special
+    tokens, non-special added tokens (as in Qwen3's tokenizer) or plain text; the unguarded copy is loaded only
+    where a reflection spells a special token."""
+    from tokenizers import AddedToken
+
+    from megatron_srp.reflection import DEFAULT, Verdict
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXTS * 5, trainer)
+    if tags != "absent":
+        tok.add_tokens([AddedToken(t, special=tags == "special") for t in ("<think>", "</think>")])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    unguarded = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text_tok = TextTokenizer(str(tmp_path), guard_special_tokens=True, backend="gigatoken")
+    for verdict in (Verdict("safe"), Verdict("unsafe", ("Violent", "Jailbreak"))):
+        reflection = DEFAULT.render(verdict)
+        assert text_tok.encode_control(reflection).tolist() == unguarded.encode(reflection, add_special_tokens=False).ids
+        assert text_tok.decode(text_tok.encode_control(reflection)) == reflection
+    assert ("_control" in text_tok.__dict__) == (tags == "special")
+    if tags != "absent":  # (the guard itself: document text spelling a tag)
+        guarded = text_tok.encode_ids(["a <think> b"])[0].tolist()
+        assert (unguarded.token_to_id("<think>") in guarded) == (tags == "added")
