@@ -173,8 +173,12 @@ class TextTokenizer:
     def encode_control(self, text: str) -> np.ndarray:
         """Ids of text we insert ourselves (a reflection): registered special tokens map to their ids. The guard
         only makes special tokens text, so text that spells none is encoded by the guarded tokenizer (the same
-        ids: tested), and the unguarded copy is loaded only for text that spells one."""
-        tok = self._control if any(s in text for s in self.special_strings) else self._text
+        ids: tested), and the unguarded copy is loaded only for text that spells one (as written or normalized: a
+        special token may match the normalized text)."""
+        norm = self._text.normalizer
+        forms = (text, norm.normalize_str(text)) if norm is not None else (text,)
+        spells = any(s in form for s in self.special_strings for form in forms)
+        tok = self._control if spells else self._text
         return np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
     def decode(self, ids) -> str:

@@ -418,12 +418,12 @@ def test_watched_ids_are_found_in_uint32_ids():
     assert _watched_at(np.zeros(0, np.uint32), watch).tolist() == []
 
 
-@pytest.mark.parametrize("tags", ["special", "added", "absent"])
+@pytest.mark.parametrize("tags", ["special", "added", "absent", "normalized"])
 def test_reflections_encode_as_the_unguarded_tokenizer_and_load_it_only_for_special_tags(tmp_path, tags):
     """A reflection's ids are those of the tokenizer without the guard, whether its tags are registered special
-    tokens, non-special added tokens (as in Qwen3's tokenizer) or plain text; the unguarded copy is loaded only
-    where a reflection spells a special token."""
-    from tokenizers import AddedToken
+    tokens, non-special added tokens (as in Qwen3's tokenizer) or plain text, or a special token matches its
+    normalized text only; the unguarded copy is loaded only where a reflection spells a special token."""
+    from tokenizers import AddedToken, normalizers
 
     from megatron_srp.reflection import DEFAULT, Verdict
 
@@ -433,17 +433,21 @@ def test_reflections_encode_as_the_unguarded_tokenizer_and_load_it_only_for_spec
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(TEXTS * 5, trainer)
-    if tags != "absent":
+    if tags in ("special", "added"):
         tok.add_tokens([AddedToken(t, special=tags == "special") for t in ("<think>", "</think>")])
+    if tags == "normalized":  # a special token that " <think> Safe </think>" spells once lowercased
+        tok.normalizer = normalizers.Lowercase()
+        tok.add_special_tokens([AddedToken("> safe <", special=True, normalized=True)])
     tok.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
     unguarded = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
-    text_tok = TextTokenizer(str(tmp_path), guard_special_tokens=True, backend="gigatoken")
+    text_tok = TextTokenizer(str(tmp_path), guard_special_tokens=True)
     for verdict in (Verdict("safe"), Verdict("unsafe", ("Violent", "Jailbreak"))):
         reflection = DEFAULT.render(verdict)
         assert text_tok.encode_control(reflection).tolist() == unguarded.encode(reflection, add_special_tokens=False).ids
-        assert text_tok.decode(text_tok.encode_control(reflection)) == reflection
-    assert ("_control" in text_tok.__dict__) == (tags == "special")
-    if tags != "absent":  # (the guard itself: document text spelling a tag)
+        if tags != "normalized":
+            assert text_tok.decode(text_tok.encode_control(reflection)) == reflection
+    assert ("_control" in text_tok.__dict__) == (tags in ("special", "normalized"))
+    if tags in ("special", "added"):  # (the guard itself: document text spelling a tag)
         guarded = text_tok.encode_ids(["a <think> b"])[0].tolist()
         assert (unguarded.token_to_id("<think>") in guarded) == (tags == "added")
