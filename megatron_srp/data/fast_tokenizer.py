@@ -259,7 +259,8 @@ class FastEncoder:
         """Whether to drop the tokenizers and their pretoken caches now. By default once resident memory has grown
         by ``RENEW_AFTER_GROWTH`` over its lowest level since the last renewal: a renewal reloads the tokenizer
         (15 ms with 8k tokens, 0.27 s with 128k), and the cache grows only with text of new words (every 64 MB
-        of text cost a 128k-token tokenizer 3 s at 1 GB and bounded nothing on real text, BENCHMARKS.md).
+        of text cost a 128k-token tokenizer about 4 s of CPU at 1 GB and bounded nothing on real text,
+        BENCHMARKS.md).
         Every ``refresh_bytes`` of text where that is set, or ``RENEW_EVERY_BYTES`` where memory cannot be read."""
         rss = resident_bytes() if self.refresh_bytes is None else None
         if rss is None:

@@ -167,19 +167,21 @@ class TextTokenizer:
     @functools.cached_property
     def _control(self) -> Tokenizer:
         """A copy without the guard, for text we insert that spells a special token, loaded when first needed
-        (0.25 s with 128k tokens, in each span process of srp)."""
+        (a copy takes 0.25 s to load with 128k tokens)."""
         return load_backend(self.path)
 
     def encode_control(self, text: str) -> np.ndarray:
         """Ids of text we insert ourselves (a reflection): registered special tokens map to their ids. The guard
         only makes special tokens text, so text that spells none is encoded by the guarded tokenizer (the same
         ids: tested), and the unguarded copy is loaded only for text that spells one (as written or normalized: a
-        special token may match the normalized text)."""
+        special token may match the normalized text). Without the guard the tokenizer is that copy already."""
+        tok = self._control if self._text.encode_special_tokens and self._spells_special(text) else self._text
+        return np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def _spells_special(self, text: str) -> bool:
         norm = self._text.normalizer
         forms = (text, norm.normalize_str(text)) if norm is not None else (text,)
-        spells = any(s in form for s in self.special_strings for form in forms)
-        tok = self._control if spells else self._text
-        return np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return any(s in form for s in self.special_strings for form in forms)
 
     def decode(self, ids) -> str:
         return self._text.decode(list(map(int, ids)), skip_special_tokens=False)  # (the guard is the encoder's)

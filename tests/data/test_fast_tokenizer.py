@@ -448,6 +448,10 @@ def test_reflections_encode_as_the_unguarded_tokenizer_and_load_it_only_for_spec
         if tags != "normalized":
             assert text_tok.decode(text_tok.encode_control(reflection)) == reflection
     assert ("_control" in text_tok.__dict__) == (tags in ("special", "normalized"))
+    unguarded_tok = TextTokenizer(str(tmp_path), guard_special_tokens=False)  # (no copy needed without the guard)
+    reflection = DEFAULT.render(Verdict("safe"))
+    assert unguarded_tok.encode_control(reflection).tolist() == unguarded.encode(reflection, add_special_tokens=False).ids
+    assert "_control" not in unguarded_tok.__dict__
     if tags in ("special", "added"):  # (the guard itself: document text spelling a tag)
         guarded = text_tok.encode_ids(["a <think> b"])[0].tolist()
         assert (unguarded.token_to_id("<think>") in guarded) == (tags == "added")
