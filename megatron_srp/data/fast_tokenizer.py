@@ -309,10 +309,7 @@ class FastEncoder:
     def _batch_and_unsure(self, texts: Sequence[str], watching: bool) -> tuple[np.ndarray, np.ndarray, list]:
         """``_batch`` (watching: a watched string gives its watch id, see ``watch``), and the texts that
         ``tokenizers`` encoded instead (a character the two libraries may classify apart)."""
-        layout = self._tokenizer(texts, watching).encode_batch(list(texts)).layout
-        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-        flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
-        offsets = offsets - offsets[0]
+        flat, offsets = _encode_texts(self._tokenizer(texts, watching), texts)
         unsure = [i for i, t in enumerate(texts) if has_unassigned(t)]
         if not unsure:
             return flat, offsets, unsure
@@ -557,6 +554,39 @@ class FastEncoder:
         return self._normalizer is not None and any(map(self._shifts, texts))
 
 
+SERIAL_BYTES = 1 << 16
+"""A batch with less text than this is encoded a text at a time (the start-up probes)."""
+
+_forked = False
+"""Whether this process is a fork of the one that imported this module (a span process): gigatoken's batches run
+on the calling thread there (its own rule), so a text at a time costs the same."""
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _encode_texts(tok, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """gigatoken's ids of ``texts`` (uint32, back to back) and each text's offset into them, then their total.
+    A batch goes to ``encode_batch`` (on gigatoken's threads); in a forked process, or for a few bytes of text,
+    each text goes to ``encode``, which returns numpy arrays: ``encode_batch`` returns an awkward Array, and
+    importing awkward took 0.15-0.19 s, a fifth of a plain run over 100 MB, before the spans could fork."""
+    if _forked or sum(map(len, texts)) < SERIAL_BYTES:
+        encode = tok.backend.encode
+        parts = [encode(t) for t in texts]
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
+        return (np.concatenate(parts) if parts else np.zeros(0, np.uint32)), offsets
+    layout = tok.encode_batch(list(texts)).layout
+    offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+    return np.asarray(layout.content.data)[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+
 class _Watch:
     """The watching tokenizer's config, the watch ids (sorted) and a search for texts ``tokenizers`` encodes."""
 
@@ -612,13 +642,25 @@ def _gather(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     Arrow per element (which costs more than the gather)."""
     if len(ids) and int(ids.max()) >= len(table):
         raise IndexError(f"token id {int(ids.max())} outside the tokenizer's {len(table)} ids")
-    if len(ids) < SMALL_GATHER:  # the start-up probes and short texts: not worth importing pyarrow.compute (0.03 s)
+    if len(ids) < SMALL_GATHER:  # the start-up probes and short texts: not worth importing Arrow's kernels
         return table[ids]
     import pyarrow as pa  # already loaded where this runs: srp reads its annotations with it
-    import pyarrow.compute as pc
 
-    out = pc.take(_arrow(pa, table), _arrow(pa, ids), boundscheck=False)
+    take, options = _arrow_take()
+    out = take("take", [_arrow(pa, table), _arrow(pa, ids)], options)
     return np.frombuffer(out.buffers()[1], dtype=table.dtype, count=len(out), offset=out.offset * table.itemsize)
+
+
+@lru_cache(maxsize=1)
+def _arrow_take():
+    """Arrow's ``call_function`` and the options of a take without bounds checks. From ``pyarrow._compute``, the
+    kernels' module: importing ``pyarrow.compute`` wraps every kernel in a documented Python function first, 0.02-0.04
+    s in each span process against 5 ms."""
+    try:
+        from pyarrow._compute import TakeOptions, call_function
+    except ImportError:  # (a pyarrow that moved it: the public module has both)
+        from pyarrow.compute import TakeOptions, call_function
+    return call_function, TakeOptions(boundscheck=False)
 
 
 def _arrow(pa, values: np.ndarray):

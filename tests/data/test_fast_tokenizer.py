@@ -279,7 +279,8 @@ def test_help_and_plain_preprocessing_never_import_megatron_core(tok_dir, tmp_pa
 
 def test_gather_equals_numpy_indexing_without_importing_pandas():
     """Both paths of the token-table gather (numpy below SMALL_GATHER ids, Arrow's take above it, on strided and
-    offset views too) give ``table[ids]``; ids past the table are refused; pandas is never imported."""
+    offset views too) give ``table[ids]``; ids past the table are refused; neither pandas nor pyarrow.compute is
+    imported."""
     code = """if True:
         import sys, numpy as np
         from megatron_srp.data.fast_tokenizer import SMALL_GATHER, _gather
@@ -299,7 +300,64 @@ def test_gather_equals_numpy_indexing_without_importing_pandas():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "MODULES False True" in proc.stdout
+    assert "MODULES False False" in proc.stdout  # (pyarrow.compute's wrappers: 0.02-0.04 s in each span process)
+
+
+def test_a_text_at_a_time_gives_the_batch_ids(tok_dir, monkeypatch):
+    """In a forked process (and for a few bytes of text) gigatoken encodes a text at a time, with no awkward Array:
+    the same ids and offsets as its batches, for the guarded, the watching and the unguarded tokenizer."""
+    from megatron_srp.data import fast_tokenizer
+
+    texts = TEXTS * 60 + ["".join(TEXTS) * 40]
+    assert sum(map(len, texts)) > fast_tokenizer.SERIAL_BYTES
+    for guard in (True, False):
+        enc = TextTokenizer(str(tok_dir), guard, backend="gigatoken")._fast
+        watching = enc.watch(["<think>", "</think>", "<|endoftext|>"])
+        assert watching == guard  # (unguarded, special tokens are kept added tokens: nothing to watch)
+        for tok in [enc._tokenizer(texts, False)] + ([enc._tokenizer(texts, True)] if watching else []):
+            monkeypatch.setattr(fast_tokenizer, "_forked", False)
+            batch = fast_tokenizer._encode_texts(tok, texts)
+            monkeypatch.setattr(fast_tokenizer, "_forked", True)
+            each = fast_tokenizer._encode_texts(tok, texts)
+            assert each[0].dtype == batch[0].dtype == np.uint32
+            assert np.array_equal(each[0], batch[0]) and np.array_equal(each[1], batch[1])
+            assert len(each[1]) == len(texts) + 1 and each[1][-1] == len(each[0])
+        assert [len(x) for x in fast_tokenizer._encode_texts(tok, [])] == [0, 1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spans are forked on Linux only")
+def test_span_processes_and_their_parent_never_import_awkward(tok_dir, tmp_path):
+    """A file read in span processes is encoded without awkward Arrays, in the parent's start-up and in the
+    spans (importing awkward took 0.15-0.19 s before the spans could fork, a fifth of a 100 MB run); the output is
+    that of one process, which encodes in batches (and imports it)."""
+    rows = [{"text": t} for t in TEXTS] * 60
+    src = write_jsonl(tmp_path / "c.jsonl", rows)
+    code = f"""if True:
+        import os, sys
+        from megatron_srp.data import preprocess, preprocess_spans
+        preprocess_spans.SPAN_MIN_BYTES = 64
+        task = preprocess_spans._span_task
+        def watched(*a):
+            try:
+                task(*a)
+            finally:
+                print("SPAN awkward" if "awkward" in sys.modules else "SPAN without", flush=True)
+        preprocess_spans._span_task = watched
+        rc = preprocess.main(["--input", {str(src)!r}, "--output-prefix", {str(tmp_path / "split")!r},
+                              "--tokenizer-model", {str(tok_dir)!r}, "--append-eod", "--no-progress",
+                              "--workers", "2", "--chunk-mb", "0.1"])
+        print("PARENT", "awkward" if "awkward" in sys.modules else "without", rc)
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("SPAN without") == 2 and "SPAN awkward" not in proc.stdout, proc.stdout[-1000:]
+    assert "PARENT without 0" in proc.stdout, proc.stdout[-1000:]
+    argv = ["--input", str(src), "--output-prefix", str(tmp_path / "one"), "--tokenizer-model", str(tok_dir),
+            "--append-eod", "--no-progress", "--workers", "1", "--chunk-mb", "0.1"]
+    assert preprocess_tool.main(argv) == 0
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"split_text_document{ext}").read_bytes() == (tmp_path / f"one_text_document{ext}").read_bytes()
 
 
 def test_progress_has_a_total(tok_dir, tmp_path, capsys):
