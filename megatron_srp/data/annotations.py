@@ -577,8 +577,10 @@ class ShardAnnotations:
         return seg.spans, seg.verdicts
 
     def verdict_counts(self) -> dict[Verdict, int]:
-        """How often each verdict occurs in the documents returned so far."""
+        """How often each verdict occurs in the documents returned since the last call (a span process counts
+        each piece it reads apart)."""
         rows = np.asarray(self._used, dtype=np.int64)
+        self._used = []
         counts = np.diff(self.offsets)[rows]
         seg = np.repeat(self.offsets[rows] - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
         per_code = np.bincount(self.codes[seg], minlength=len(self.table))

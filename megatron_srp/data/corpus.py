@@ -16,7 +16,7 @@ import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import orjson
@@ -72,6 +72,11 @@ class Span:
     end: int
     lines_before: Optional[int] = None
     """jsonl: the lines before ``start`` (the line numbers continue from there); None: counted when read."""
+    claim: Optional[Callable[[int, int], int]] = field(default=None, compare=False, repr=False)
+    """For a span whose end another process may move forward (``preprocess_spans``): called with where the next
+    line (parquet: row group) starts and the lines (rows) before it, first at the start and then whenever reading
+    reaches the limit it returned last; returns how far reading may go now. Reading stops where that is no
+    further than the position: the rest was taken."""
 
 
 def text_hash(text: str) -> str:
@@ -243,11 +248,13 @@ def _raw_rows(path: str, stats: ReadStats, span: Optional[Span] = None) -> Itera
         line = sum(pf.metadata.row_group(g).num_rows for g in range(groups[0] if groups else 0))
         size, rows = input_size(path), max(1, pf.metadata.num_rows)
         stats.origin = stats.position = size * line // rows
-        for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
-            for row in batch.to_pylist():
-                line += 1
-                yield line, row
-            stats.position = size * line // rows
+        claim = span.claim if span is not None else None
+        for run in ([groups] if claim is None else _claimed_groups(groups, claim, pf.metadata, line)):
+            for batch in pf.iter_batches(batch_size=1024, row_groups=run):
+                for row in batch.to_pylist():
+                    line += 1
+                    yield line, row
+                stats.position = size * line // rows
         return
     gz, start, first, limit = path.endswith(".gz"), 0, 1, None
     if span is not None and (span.start, span.end) != (0, input_size(path)):
@@ -256,9 +263,15 @@ def _raw_rows(path: str, stats: ReadStats, span: Optional[Span] = None) -> Itera
         before = span.lines_before if span.lines_before is not None else count_lines(path, 0, span.start)
         start, first, limit = span.start, before + 1, span.end - span.start
         stats.origin = stats.position = start
+    claim = span.claim if span is not None else None
+    allowed = claim(start, first - 1) if claim is not None else None
     with (gzip.open if gz else open)(path, "rb") as f:
         f.seek(start)
         for line, raw in enumerate(_lines(f, limit=limit), start=first):
+            if allowed is not None and stats.position >= allowed:  # (the position: where this line starts)
+                allowed = claim(stats.position, line - 1)
+                if stats.position >= allowed:
+                    break
             stats.position = f.fileobj.tell() if gz else stats.position + len(raw) + 1
             try:
                 row = orjson.loads(raw)  # a blank line fails too (an empty document): checked only then
@@ -267,6 +280,15 @@ def _raw_rows(path: str, stats: ReadStats, span: Optional[Span] = None) -> Itera
                 if row is None:
                     continue
             yield line, row
+
+
+def _claimed_groups(groups: list[int], claim, meta, rows_before: int) -> Iterator[list[int]]:
+    """A span's row groups one at a time, each claimed before it is read (``Span.claim``)."""
+    for g in groups:
+        if claim(g, rows_before) <= g:
+            return
+        yield [g]
+        rows_before += meta.row_group(g).num_rows
 
 
 def read_documents(path: str, json_keys: Sequence[str] = ("text",), id_key: str = "id",

@@ -241,6 +241,45 @@ def test_spans_in_processes_give_the_bytes_of_one_process(world, monkeypatch, va
         assert _outputs(split) == _outputs(one) and split_stats["documents_written"] == len(docs)
 
 
+@LINUX_ONLY
+@pytest.mark.parametrize("variant", ["plain", "srp", "parquet"])
+def test_a_span_process_that_is_done_takes_over_half_of_what_a_slower_one_has_left(world, monkeypatch, variant):
+    """A span process whose span is read takes the second half of the unclaimed rest of a slower one's (here the
+    first span's, which claims slowly), again and again: the pieces' parts concatenate into the bytes and the
+    statistics of one process; srp matches every document of a taken piece to its annotation by its line."""
+    d, tok, docs = world
+    inputs = None
+    if variant == "parquet":  # row groups of 4 rows: a piece is taken by groups
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([{"id": r["id"], "text": r["text"]} for r in docs]),
+                       d / "taken.parquet", row_group_size=4)
+        inputs = [str(d / "taken.parquet")]
+    kind = "plain" if variant == "parquet" else variant
+    one, one_stats = _preprocess(world, kind, f"{variant}_whole", inputs=inputs)
+    monkeypatch.setattr(preprocess_spans, "SPAN_MIN_BYTES", 1)
+    monkeypatch.setattr(preprocess_spans, "CLAIM_BYTES", 512)
+    monkeypatch.setattr(preprocess_spans, "TAKE_MIN_BYTES", 1024)
+    claim = preprocess_spans._Pieces.claim
+
+    def slow_first(self, k, position, lines_before):
+        allowed = claim(self, k, position, lines_before)
+        if k == 0:
+            time.sleep(0.02)
+        return allowed
+
+    monkeypatch.setattr(preprocess_spans._Pieces, "claim", slow_first)
+    merged, merge = [], preprocess_spans.merge
+    monkeypatch.setattr(preprocess_spans, "merge", lambda parts, *a, **k: (merged.append(len(parts)), merge(parts, *a, **k))[1])
+    taken, taken_stats = _preprocess(world, kind, f"{variant}_taken", extra=["--workers", "2"], inputs=inputs)
+    assert merged and all(n > 2 for n in merged), merged  # two spans a file, and pieces taken from the first
+    assert _outputs(taken) == _outputs(one) and len(_outputs(one)) == (4 if variant == "srp" else 2)
+    drop = ("seconds", "tokens_per_second", "outputs", "files")
+    assert {k: v for k, v in taken_stats.items() if k not in drop} == {k: v for k, v in one_stats.items() if k not in drop}
+    assert not [p.name for p in (d / "out").iterdir() if ".span" in p.name or ".tmp-" in p.name]
+
+
 def _preprocess_in_a_daemon(world, name, queue):
     try:
         queue.put(_preprocess(world, "plain", name, extra=["--workers", "2"])[0])
