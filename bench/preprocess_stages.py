@@ -6,7 +6,8 @@
 
 Runs the preprocessing pipeline of ``megatron_srp.data.preprocess`` (same reader, encoder and writer, the
 output written under a temporary folder) without its two encoding threads, so each stage's seconds add
-up to the run and no stage hides behind another. Prints seconds per stage (JSON). The real run overlaps
+up to the run and no stage hides behind another; gigatoken encodes a text at a time, as in each span process
+of ``--workers N`` (``--batches``: in batches on its threads, as one process does). Prints seconds per stage (JSON). The real run overlaps
 the stages on two threads: ``bench/preprocess_threads.py`` shows how busy that keeps the cores.
 """
 
@@ -40,13 +41,20 @@ def timed(name, fn):
 
 
 class TimedTokenizer:
-    """gigatoken's tokenizer with its ``encode_batch`` (the native, GIL-free tokenization) timed."""
+    """gigatoken's tokenizer with its native tokenization timed: ``encode_batch``, and ``encode`` (a text at a
+    time, as span processes encode)."""
 
     def __init__(self, tok):
         self._tok = tok
+        self.backend = TimedBackend(tok.backend)
 
     def encode_batch(self, texts):
         return timed("gigatoken encode_batch", self._tok.encode_batch)(texts)
+
+
+class TimedBackend:
+    def __init__(self, backend):
+        self.encode = timed("gigatoken encode (a text at a time)", backend.encode)
 
 
 class TimedOrjson:
@@ -89,6 +97,9 @@ def main() -> None:
     ap.add_argument("--tokenizer-model", help="with --input")
     ap.add_argument("--variant", default="plain", choices=["plain", "srp"])
     ap.add_argument("--annotations", help="srp: tools/annotate.py's output for the same file")
+    ap.add_argument("--batches", action="store_true",
+                    help="encode in gigatoken batches on its threads, as one process does (default: a text at a "
+                         "time, as each span process of --workers N does)")
     args = ap.parse_args()
     path = args.input or os.path.join(args.corpus, "corpus.jsonl")
     model = args.tokenizer_model or os.path.join(args.corpus, "tokenizer")
@@ -98,6 +109,8 @@ def main() -> None:
         if args.variant == "srp":
             argv += ["--variant", "srp", "--annotations", args.annotations]
         job = pp.setup(pp.settings_from_argv(argv))
+        if not args.batches:  # what a span process does (``fast_tokenizer._encode_texts``)
+            fast_tokenizer._forked = True
         instrument(job)
         stats, read_stats = Stats(), ReadStats()
         writer = Writer(job.finals, job.dtype, with_roles=args.variant == "srp")
