@@ -110,7 +110,7 @@ def main() -> None:
             argv += ["--variant", "srp", "--annotations", args.annotations]
         job = pp.setup(pp.settings_from_argv(argv))
         if not args.batches:  # what a span process does (``fast_tokenizer._encode_texts``)
-            fast_tokenizer._forked = True
+            fast_tokenizer.encode_a_text_at_a_time()
         instrument(job)
         stats, read_stats = Stats(), ReadStats()
         writer = Writer(job.finals, job.dtype, with_roles=args.variant == "srp")

@@ -557,26 +557,25 @@ class FastEncoder:
 SERIAL_BYTES = 1 << 16
 """A batch with less text than this is encoded a text at a time (the start-up probes)."""
 
-_forked = False
-"""Whether this process is a fork of the one that imported this module (a span process): gigatoken's batches run
-on the calling thread there (its own rule), so a text at a time costs the same."""
+_one_at_a_time = False
+"""Whether this process encodes every batch a text at a time (``encode_a_text_at_a_time``)."""
 
 
-def _mark_forked() -> None:
-    global _forked
-    _forked = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_mark_forked)
+def encode_a_text_at_a_time() -> None:
+    """From now on this process encodes each text with gigatoken's ``encode`` (a span process, which encodes on
+    its reading thread: gigatoken's batches would run on that thread anyway, its rule after a fork, and ``encode``
+    returns numpy arrays where batches return awkward Arrays). Not for a process that encodes on two threads:
+    ``encode`` holds the GIL, a batch does not."""
+    global _one_at_a_time
+    _one_at_a_time = True
 
 
 def _encode_texts(tok, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """gigatoken's ids of ``texts`` (uint32, back to back) and each text's offset into them, then their total.
-    A batch goes to ``encode_batch`` (on gigatoken's threads); in a forked process, or for a few bytes of text,
-    each text goes to ``encode``, which returns numpy arrays: ``encode_batch`` returns an awkward Array, and
-    importing awkward took 0.15-0.19 s, a fifth of a plain run over 100 MB, before the spans could fork."""
-    if _forked or sum(map(len, texts)) < SERIAL_BYTES:
+    A batch goes to ``encode_batch`` (on gigatoken's threads); in a span process (``encode_a_text_at_a_time``), or
+    for a few bytes of text, each text goes to ``encode``: ``encode_batch`` returns an awkward Array, and importing
+    awkward took 0.15-0.19 s, a fifth of a plain run over 100 MB, before the spans could fork."""
+    if _one_at_a_time or sum(map(len, texts)) < SERIAL_BYTES:
         encode = tok.backend.encode
         parts = [encode(t) for t in texts]
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)

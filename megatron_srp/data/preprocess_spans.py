@@ -23,6 +23,7 @@ from functools import partial
 from typing import Optional
 
 from megatron_srp.data.corpus import Span, count_lines, spans
+from megatron_srp.data.fast_tokenizer import encode_a_text_at_a_time
 from megatron_srp.data.preprocess_output import Stats, merge
 from megatron_srp.errors import SRPError
 
@@ -142,6 +143,7 @@ def _span_task(job, i: int, prefixes: list[str], found: list[Span], k: int, piec
     """A forked process: tokenize span ``k`` of input ``i``, then the pieces it takes from the others, each into
     its part; send back each piece's start and statistics, or the error."""
     _die_with_parent()
+    encode_a_text_at_a_time()  # (one thread reads and encodes here)
     try:
         span, done, progress = _with_lines_before(job.inputs[i], found, k, lines), [], _SpanProgress(shared[k])
         span = replace(span, claim=partial(pieces.claim, k))

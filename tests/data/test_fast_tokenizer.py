@@ -304,7 +304,7 @@ def test_gather_equals_numpy_indexing_without_importing_pandas():
 
 
 def test_a_text_at_a_time_gives_the_batch_ids(tok_dir, monkeypatch):
-    """In a forked process (and for a few bytes of text) gigatoken encodes a text at a time, with no awkward Array:
+    """In a span process (and for a few bytes of text) gigatoken encodes a text at a time, with no awkward Array:
     the same ids and offsets as its batches, for the guarded, the watching and the unguarded tokenizer."""
     from megatron_srp.data import fast_tokenizer
 
@@ -315,9 +315,9 @@ def test_a_text_at_a_time_gives_the_batch_ids(tok_dir, monkeypatch):
         watching = enc.watch(["<think>", "</think>", "<|endoftext|>"])
         assert watching == guard  # (unguarded, special tokens are kept added tokens: nothing to watch)
         for tok in [enc._tokenizer(texts, False)] + ([enc._tokenizer(texts, True)] if watching else []):
-            monkeypatch.setattr(fast_tokenizer, "_forked", False)
+            monkeypatch.setattr(fast_tokenizer, "_one_at_a_time", False)
             batch = fast_tokenizer._encode_texts(tok, texts)
-            monkeypatch.setattr(fast_tokenizer, "_forked", True)
+            monkeypatch.setattr(fast_tokenizer, "_one_at_a_time", True)
             each = fast_tokenizer._encode_texts(tok, texts)
             assert each[0].dtype == batch[0].dtype == np.uint32
             assert np.array_equal(each[0], batch[0]) and np.array_equal(each[1], batch[1])
