@@ -336,13 +336,13 @@ def test_span_processes_and_their_parent_never_import_awkward(tok_dir, tmp_path)
         import os, sys
         from megatron_srp.data import preprocess, preprocess_spans
         preprocess_spans.SPAN_MIN_BYTES = 64
-        task = preprocess_spans._span_task
-        def watched(*a):
-            try:
-                task(*a)
-            finally:
+        process = preprocess._process
+        def watched(*a):  # (in a span process: printed before the process sends its result and may be ended)
+            out = process(*a)
+            if len(a) > 6 and a[6] is not None:
                 print("SPAN awkward" if "awkward" in sys.modules else "SPAN without", flush=True)
-        preprocess_spans._span_task = watched
+            return out
+        preprocess._process = watched
         rc = preprocess.main(["--input", {str(src)!r}, "--output-prefix", {str(tmp_path / "split")!r},
                               "--tokenizer-model", {str(tok_dir)!r}, "--append-eod", "--no-progress",
                               "--workers", "2", "--chunk-mb", "0.1"])
@@ -351,7 +351,7 @@ def test_span_processes_and_their_parent_never_import_awkward(tok_dir, tmp_path)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("SPAN without") == 2 and "SPAN awkward" not in proc.stdout, proc.stdout[-1000:]
+    assert proc.stdout.count("SPAN without") >= 2 and "SPAN awkward" not in proc.stdout, proc.stdout[-1000:]
     assert "PARENT without 0" in proc.stdout, proc.stdout[-1000:]
     argv = ["--input", str(src), "--output-prefix", str(tmp_path / "one"), "--tokenizer-model", str(tok_dir),
             "--append-eod", "--no-progress", "--workers", "1", "--chunk-mb", "0.1"]
