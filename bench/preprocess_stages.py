@@ -7,8 +7,9 @@
 Runs the preprocessing pipeline of ``megatron_srp.data.preprocess`` (same reader, encoder and writer, the
 output written under a temporary folder) without its two encoding threads, so each stage's seconds add
 up to the run and no stage hides behind another; gigatoken encodes a text at a time, as in each span process
-of ``--workers N`` (``--batches``: in batches on its threads, as one process does). Prints seconds per stage (JSON). The real run overlaps
-the stages on two threads: ``bench/preprocess_threads.py`` shows how busy that keeps the cores.
+of ``--workers N`` (``--batches``: in batches on its threads, as one process does). Prints seconds per stage
+(JSON). The real run overlaps the stages on two threads: ``bench/preprocess_threads.py`` shows how busy that
+keeps the cores.
 """
 
 from __future__ import annotations

@@ -205,11 +205,18 @@ def _line_ranges(path: str, count: int, min_bytes: int) -> list[Span]:
     starts = [0]
     with open(path, "rb") as f:
         for k in range(1, count):
-            f.seek(k * size // count - 1)  # from the byte before: a range may start exactly at k * size / count
-            f.readline()
-            if starts[-1] < f.tell() < size:  # (a line longer than a range spans several split points)
-                starts.append(f.tell())
+            at = line_start(f, k * size // count)
+            if starts[-1] < at < size:  # (a line longer than a range spans several split points)
+                starts.append(at)
     return [Span(a, b, 0 if a == 0 else None) for a, b in zip(starts, starts[1:] + [size])]
+
+
+def line_start(f, near: int) -> int:
+    """Where the first line of binary file ``f`` that starts at byte ``near`` (> 0) or after starts; the file's size
+    where none does."""
+    f.seek(near - 1)  # from the byte before: a line may start exactly at ``near``
+    f.readline()
+    return f.tell()
 
 
 def count_lines(path: str, start: int, end: int, block: int = 256 << 10) -> int:

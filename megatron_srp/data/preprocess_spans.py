@@ -22,7 +22,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Optional
 
-from megatron_srp.data.corpus import Span, count_lines, spans
+from megatron_srp.data.corpus import Span, count_lines, line_start, spans
 from megatron_srp.data.fast_tokenizer import encode_a_text_at_a_time
 from megatron_srp.data.preprocess_output import Stats, merge
 from megatron_srp.errors import SRPError
@@ -128,9 +128,7 @@ class _Pieces:
         if self.parquet:
             return near
         with open(self.path, "rb") as f:
-            f.seek(near - 1)
-            f.readline()
-            return f.tell()
+            return line_start(f, near)
 
 
 def _part_names(prefixes: list[str], start: int) -> list[str]:
